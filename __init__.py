@@ -1,0 +1,1 @@
+"""Governed feature backfills on Dagster."""

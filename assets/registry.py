@@ -1,0 +1,319 @@
+"""The feature registry: one declarative spec per feature table. Adding a table is adding a spec here."""
+
+from __future__ import annotations
+
+import hashlib
+import inspect
+import types
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from pyspark.sql import DataFrame
+
+from backfills.assets import transformations as tx
+from backfills.assets.transformations import DateRange, Inputs
+from backfills.errors import UnknownTableError
+
+RAW_TRANSACTIONS = "raw_transactions"
+
+
+@dataclass(frozen=True)
+class FeatureInput:
+    """An upstream table and how many earlier days (lookback) or later files (lateness) a partition needs."""
+
+    table: str
+    lookback_days: int = 0
+    lateness_days: int = 0
+
+
+@dataclass(frozen=True)
+class Column:
+    name: str
+    type: str  # Spark SQL type, as in DDL
+    description: str
+    nullable: bool = False
+    derived_from: tuple[tuple[str, str], ...] = ()  # (upstream table, column) pairs, for column lineage
+
+
+@dataclass(frozen=True)
+class FeatureSpec:
+    name: str
+    description: str
+    owner: str
+    inputs: tuple[FeatureInput, ...]
+    transform: Callable[[Inputs, DateRange], DataFrame]
+    columns: tuple[Column, ...]
+    entity_keys: tuple[str, ...] = ("customer_id",)
+    date_column: str = "feature_date"
+    group: str = "features"
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def column_names(self) -> list[str]:
+        return [column.name for column in self.columns]
+
+    @property
+    def schema_ddl(self) -> str:
+        return ", ".join(f"`{column.name}` {column.type}" for column in self.columns)
+
+    @property
+    def feature_inputs(self) -> tuple[FeatureInput, ...]:
+        return tuple(item for item in self.inputs if item.table != RAW_TRANSACTIONS)
+
+    @property
+    def code_version(self) -> str:
+        """Hash of the spec and the source of its transformation (and the module functions it calls)."""
+        described = repr(
+            (
+                self.name,
+                self.inputs,
+                self.columns,
+                self.entity_keys,
+                self.date_column,
+                sorted(self.tags.items()),
+            )
+        )
+        digest = hashlib.sha256(described.encode())
+        for source in _transformation_sources(self.transform):
+            digest.update(source.encode())
+        return digest.hexdigest()[:16]
+
+
+def _transformation_sources(function: Callable[..., object]) -> list[str]:
+    """Sources of a function and of the same-module functions it references, so a helper change counts."""
+    module = inspect.getmodule(function)
+    seen: dict[str, str] = {}
+    pending = [function]
+    while pending:
+        current = pending.pop()
+        name = getattr(current, "__qualname__", repr(current))
+        if name in seen:
+            continue
+        seen[name] = inspect.getsource(current)
+        code = getattr(current, "__code__", None)
+        for referenced in code.co_names if code else ():
+            candidate = getattr(module, referenced, None)
+            if isinstance(candidate, types.FunctionType) and inspect.getmodule(candidate) is module:
+                pending.append(candidate)
+            elif isinstance(candidate, int | float | str | dict):
+                seen[f"{name}:{referenced}"] = repr(candidate)
+    return [seen[key] for key in sorted(seen)]
+
+
+def _key(name: str, description: str) -> Column:
+    return Column(name, "string", description, derived_from=((RAW_TRANSACTIONS, "customer_id"),))
+
+
+DAILY = "customer_daily_txn"
+WEEKLY = "customer_txn_7d"
+MONTHLY = "customer_txn_30d"
+PROFILE = "customer_risk_profile"
+
+
+def _window_columns(days: int) -> tuple[Column, ...]:
+    s = f"_{days}d"
+
+    def daily(*columns: str) -> tuple[tuple[str, str], ...]:
+        return tuple((DAILY, column) for column in columns)
+
+    return (
+        Column("customer_id", "string", "Customer.", derived_from=daily("customer_id")),
+        Column("feature_date", "date", "Last day of the window (UTC).", derived_from=daily("feature_date")),
+        Column(
+            f"txn_count{s}",
+            "bigint",
+            f"Transactions in the last {days} days.",
+            derived_from=daily("txn_count"),
+        ),
+        Column(
+            f"approved_count{s}",
+            "bigint",
+            f"Approved transactions, {days} days.",
+            derived_from=daily("approved_count"),
+        ),
+        Column(
+            f"declined_count{s}",
+            "bigint",
+            f"Declined transactions, {days} days.",
+            derived_from=daily("declined_count"),
+        ),
+        Column(
+            f"amount_sum_usd{s}",
+            tx.MONEY,
+            f"Approved spend in USD, {days} days.",
+            derived_from=daily("amount_sum_usd"),
+        ),
+        Column(
+            f"amount_max_usd{s}",
+            tx.MONEY,
+            f"Largest approved transaction in USD, {days} days.",
+            nullable=True,
+            derived_from=daily("amount_max_usd"),
+        ),
+        Column(
+            f"avg_ticket_usd{s}",
+            tx.MONEY,
+            f"Average approved ticket in USD, {days} days.",
+            nullable=True,
+            derived_from=daily("amount_sum_usd", "approved_count"),
+        ),
+        Column(
+            f"decline_rate{s}",
+            "double",
+            f"Share of transactions declined, {days} days.",
+            derived_from=daily("declined_count", "txn_count"),
+        ),
+        Column(
+            f"active_days{s}",
+            "int",
+            f"Days with at least one transaction, of the last {days}.",
+            derived_from=daily("feature_date"),
+        ),
+    )
+
+
+def _raw(*columns: str) -> tuple[tuple[str, str], ...]:
+    return tuple((RAW_TRANSACTIONS, column) for column in columns)
+
+
+FEATURES: tuple[FeatureSpec, ...] = (
+    FeatureSpec(
+        name=DAILY,
+        description=(
+            "Per customer and day (UTC, by event time): transaction counts, approved spend in USD, largest "
+            "ticket, declines. Events delivered a day late are included; each txn_id counts once."
+        ),
+        owner="team:risk-features",
+        inputs=(FeatureInput(RAW_TRANSACTIONS, lateness_days=1),),
+        transform=tx.customer_daily_txn,
+        columns=(
+            _key("customer_id", "Customer."),
+            Column("feature_date", "date", "Event day (UTC).", derived_from=_raw("event_ts")),
+            Column("txn_count", "bigint", "Distinct transactions.", derived_from=_raw("txn_id")),
+            Column("approved_count", "bigint", "Approved transactions.", derived_from=_raw("status")),
+            Column("declined_count", "bigint", "Declined transactions.", derived_from=_raw("status")),
+            Column(
+                "amount_sum_usd",
+                tx.MONEY,
+                "Approved spend in USD.",
+                derived_from=_raw("amount", "currency", "status"),
+            ),
+            Column(
+                "amount_max_usd",
+                tx.MONEY,
+                "Largest approved transaction in USD.",
+                nullable=True,
+                derived_from=_raw("amount", "currency", "status"),
+            ),
+            Column(
+                "merchant_category_count",
+                "bigint",
+                "Distinct merchant categories.",
+                derived_from=_raw("merchant_category"),
+            ),
+        ),
+    ),
+    FeatureSpec(
+        name=WEEKLY,
+        description="Rolling 7-day transaction activity per customer, from customer_daily_txn.",
+        owner="team:risk-features",
+        inputs=(FeatureInput(DAILY, lookback_days=6),),
+        transform=tx.customer_txn_7d,
+        columns=_window_columns(7),
+    ),
+    FeatureSpec(
+        name=MONTHLY,
+        description="Rolling 30-day transaction activity per customer, from customer_daily_txn.",
+        owner="team:risk-features",
+        inputs=(FeatureInput(DAILY, lookback_days=29),),
+        transform=tx.customer_txn_30d,
+        columns=_window_columns(30),
+    ),
+    FeatureSpec(
+        name=PROFILE,
+        description="Velocity of the last 7 days against the 30-day baseline, with risk flags and a tier.",
+        owner="team:risk-models",
+        inputs=(FeatureInput(WEEKLY), FeatureInput(MONTHLY)),
+        transform=tx.customer_risk_profile,
+        columns=(
+            Column("customer_id", "string", "Customer.", derived_from=((WEEKLY, "customer_id"),)),
+            Column("feature_date", "date", "Feature day (UTC).", derived_from=((WEEKLY, "feature_date"),)),
+            Column(
+                "txn_velocity_ratio",
+                "double",
+                "Daily transactions, 7d average over 30d average.",
+                derived_from=((WEEKLY, "txn_count_7d"), (MONTHLY, "txn_count_30d")),
+            ),
+            Column(
+                "spend_velocity_ratio",
+                "double",
+                "Daily spend, 7d average over 30d average.",
+                nullable=True,
+                derived_from=((WEEKLY, "amount_sum_usd_7d"), (MONTHLY, "amount_sum_usd_30d")),
+            ),
+            Column(
+                "decline_rate_7d",
+                "double",
+                "Decline rate, 7 days.",
+                derived_from=((WEEKLY, "decline_rate_7d"),),
+            ),
+            Column(
+                "decline_rate_30d",
+                "double",
+                "Decline rate, 30 days.",
+                derived_from=((MONTHLY, "decline_rate_30d"),),
+            ),
+            Column(
+                "high_velocity_flag",
+                "boolean",
+                f"7d pace at least {tx.HIGH_VELOCITY_RATIO}x the 30d pace.",
+                derived_from=((WEEKLY, "txn_count_7d"), (MONTHLY, "txn_count_30d")),
+            ),
+            Column(
+                "high_decline_flag",
+                "boolean",
+                f"7d decline rate at least {tx.HIGH_DECLINE_RATE}.",
+                derived_from=((WEEKLY, "decline_rate_7d"), (WEEKLY, "txn_count_7d")),
+            ),
+            Column(
+                "risk_tier",
+                "string",
+                "high (both flags), elevated (one), normal.",
+                derived_from=((WEEKLY, "decline_rate_7d"), (MONTHLY, "txn_count_30d")),
+            ),
+        ),
+    ),
+)
+
+FEATURES_BY_NAME: dict[str, FeatureSpec] = {spec.name: spec for spec in FEATURES}
+
+
+def feature_spec(name: str) -> FeatureSpec:
+    """The spec of a feature table, with a clear error listing the known tables."""
+    try:
+        return FEATURES_BY_NAME[name]
+    except KeyError:
+        known = ", ".join(FEATURES_BY_NAME)
+        raise UnknownTableError(f"unknown feature table {name!r}; known tables: {known}") from None
+
+
+def dependency_order(specs: tuple[FeatureSpec, ...] = FEATURES) -> list[FeatureSpec]:
+    """Specs with every table after the tables it reads."""
+    by_name = {spec.name: spec for spec in specs}
+    ordered: list[FeatureSpec] = []
+    placed: set[str] = set()
+
+    def place(spec: FeatureSpec, trail: tuple[str, ...]) -> None:
+        if spec.name in placed:
+            return
+        if spec.name in trail:
+            raise ValueError(f"feature registry has a cycle: {' -> '.join((*trail, spec.name))}")
+        for item in spec.feature_inputs:
+            if item.table in by_name:
+                place(by_name[item.table], (*trail, spec.name))
+        placed.add(spec.name)
+        ordered.append(spec)
+
+    for spec in specs:
+        place(spec, ())
+    return ordered

@@ -1,0 +1,186 @@
+"""Compute a range of one feature table's partitions into a batch's staging area (no Dagster here).
+
+Inputs come from the landing zone, or from the batch's own staged upstream partitions, else production.
+A partition enters the batch manifest only after its files are completely written and read back.
+"""
+
+from __future__ import annotations
+
+import uuid
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from pyspark.sql import DataFrame, SparkSession
+
+from backfills.assets.raw_transactions import read_landing_zone
+from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec, feature_spec
+from backfills.assets.transformations import DateRange
+from backfills.assets.upstream import ResolvedUpstream, resolve_upstream
+from backfills.errors import BatchNotFoundError, BatchSealedError
+from backfills.resources.catalog import WRITABLE_BATCH_STATES, ReleaseCatalog
+from backfills.resources.catalog_models import BatchManifest, ColumnSchema, PartitionRecord, UpstreamSource
+from backfills.resources.feature_store import (
+    empty_partition_hash,
+    partition_facts,
+    read_partitions,
+    write_partitions,
+)
+from backfills.resources.storage import ObjectStore
+
+
+@dataclass(frozen=True)
+class StagedRun:
+    """What one run staged: the manifest records of its partitions and where the files are."""
+
+    table: str
+    batch_id: str
+    records: list[PartitionRecord]
+    replaced: int
+    location: str
+
+    @property
+    def row_count(self) -> int:
+        return sum(record.row_count for record in self.records)
+
+    @property
+    def upstream(self) -> list[UpstreamSource]:
+        """The run's inputs, merged over its partitions."""
+        merged: dict[tuple[str, str, str | None], set[str]] = {}
+        for record in self.records:
+            for source in record.upstream:
+                merged.setdefault((source.table, source.source, source.source_id), set()).update(
+                    source.partitions
+                )
+        return [
+            UpstreamSource(table=table, source=kind, source_id=source_id, partitions=sorted(days))
+            for (table, kind, source_id), days in sorted(merged.items(), key=lambda item: str(item[0]))
+        ]
+
+
+def _open_batch(catalog: ReleaseCatalog, batch_id: str) -> BatchManifest | None:
+    try:
+        batch = catalog.get_batch(batch_id)
+    except BatchNotFoundError:
+        return None
+    if batch.state not in WRITABLE_BATCH_STATES:
+        # Fail before any Spark work; the catalog refuses the write as well.
+        raise BatchSealedError(
+            f"batch {batch_id} is {batch.state} and accepts no more partitions; launch a new backfill instead"
+        )
+    return batch
+
+
+def _window(day: date, lookback: int = 0, lateness: int = 0) -> DateRange:
+    return DateRange(day - timedelta(days=lookback), day + timedelta(days=lateness))
+
+
+def stage_partitions(
+    spec: FeatureSpec,
+    dates: DateRange,
+    *,
+    batch_id: str,
+    run_id: str,
+    requester: str | None,
+    earliest: date,
+    spark: SparkSession,
+    store: ObjectStore,
+    catalog: ReleaseCatalog,
+) -> StagedRun:
+    """Compute `dates` of `spec` and record them in batch `batch_id`, replacing earlier attempts."""
+    batch = _open_batch(catalog, batch_id)
+    release = catalog.current_release()
+
+    inputs: dict[str, DataFrame] = {}
+    landed: list[str] = []
+    resolved: dict[str, ResolvedUpstream] = {}
+    for item in spec.inputs:
+        if item.table == RAW_TRANSACTIONS:
+            inputs[item.table], raw_source = read_landing_zone(
+                spark, store, dates, lateness_days=item.lateness_days
+            )
+            landed = raw_source.partitions
+            continue
+        upstream = resolve_upstream(
+            table=item.table,
+            needed=dates.widened(before=item.lookback_days),
+            earliest=earliest,
+            batch=batch,
+            batch_id=batch_id,
+            release=release,
+            reader=f"{spec.name} {dates.start}..{dates.end}",
+        )
+        resolved[item.table] = upstream
+        upstream_spec = feature_spec(item.table)
+        inputs[item.table] = read_partitions(
+            spark,
+            store,
+            upstream.parts.values(),
+            schema_ddl=upstream_spec.schema_ddl,
+            columns=upstream_spec.column_names,
+        )
+
+    attempt_id = uuid.uuid4().hex[:12]
+    base = f"staging/{spec.name}/{batch_id}/{attempt_id}"
+    rows = spec.transform(inputs, dates).select(*spec.column_names)
+    files = write_partitions(rows, store, base, date_column=spec.date_column, sort_columns=spec.entity_keys)
+    wanted = {day.isoformat() for day in dates.days()}
+    stray = sorted(set(files) - wanted)
+    if stray:
+        raise RuntimeError(
+            f"{spec.name} produced rows for {stray[:3]} outside its run's dates {dates.start}..{dates.end}"
+        )
+    written = read_partitions(
+        spark, store, files.values(), schema_ddl=spec.schema_ddl, columns=spec.column_names
+    )
+    facts = partition_facts(written, date_column=spec.date_column, schema_ddl=spec.schema_ddl)
+
+    columns = [ColumnSchema(name=column.name, type=column.type) for column in spec.columns]
+    now = datetime.now(UTC)
+    records = []
+    for day in dates.days():
+        key = day.isoformat()
+        upstream: list[UpstreamSource] = []
+        for item in spec.inputs:
+            if item.table == RAW_TRANSACTIONS:
+                days = {d.isoformat() for d in _window(day, lateness=item.lateness_days).days()}
+                upstream.append(
+                    UpstreamSource(
+                        table=item.table,
+                        source="landing",
+                        source_id=None,
+                        partitions=sorted(days.intersection(landed)),
+                    )
+                )
+            else:
+                upstream.extend(resolved[item.table].sources_for(_window(day, lookback=item.lookback_days)))
+        fact = facts.get(key)
+        records.append(
+            PartitionRecord(
+                table=spec.name,
+                partition=key,
+                batch_id=batch_id,
+                run_id=run_id,
+                attempt_id=attempt_id,
+                base=base,
+                files=list(files[key].files) if key in files else [],
+                row_count=fact.row_count if fact else 0,
+                content_hash=fact.content_hash if fact else empty_partition_hash(spec.schema_ddl),
+                columns=columns,
+                code_version=spec.code_version,
+                upstream=upstream,
+                written_at=now,
+            )
+        )
+    _, replaced = catalog.record_partitions(batch_id, records, run_id=run_id, requester=requester)
+    # Superseded attempts of this open batch are referenced by nothing any more: keep one copy on disk.
+    for old in replaced:
+        if old.attempt_id != attempt_id:
+            for key in old.files:
+                store.delete(key)
+    return StagedRun(
+        table=spec.name,
+        batch_id=batch_id,
+        records=records,
+        replaced=len(replaced),
+        location=store.data_uri(f"staging/{spec.name}/{batch_id}"),
+    )

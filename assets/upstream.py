@@ -1,0 +1,89 @@
+"""Where a feature partition's upstream partitions come from: the same batch first, else production (I4)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import date
+
+from backfills.assets.transformations import DateRange
+from backfills.errors import MissingUpstreamPartitionError
+from backfills.resources.catalog_models import BatchManifest, Release, UpstreamSource
+from backfills.resources.feature_store import PartitionFiles
+
+
+@dataclass(frozen=True)
+class ResolvedUpstream:
+    """The partitions of one upstream table a run reads, and where each came from."""
+
+    table: str
+    parts: dict[str, PartitionFiles]  # date -> files
+    origin: dict[str, tuple[str, str]]  # date -> ("batch" | "release", id)
+
+    def sources_for(self, days: DateRange) -> list[UpstreamSource]:
+        """Lineage of the partitions inside `days`, grouped by where they came from."""
+        grouped: dict[tuple[str, str], list[str]] = {}
+        for day in days.days():
+            key = day.isoformat()
+            if key in self.origin:
+                grouped.setdefault(self.origin[key], []).append(key)
+        return [
+            UpstreamSource(table=self.table, source=kind, source_id=source_id, partitions=partitions)
+            for (kind, source_id), partitions in sorted(grouped.items())
+        ]
+
+
+def _ranges(days: list[str]) -> str:
+    """'2025-01-01..2025-01-03, 2025-01-07' for a sorted list of ISO days."""
+    spans: list[list[date]] = []
+    for text in days:
+        day = date.fromisoformat(text)
+        if spans and (day - spans[-1][1]).days == 1:
+            spans[-1][1] = day
+        else:
+            spans.append([day, day])
+    return ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in spans)
+
+
+def resolve_upstream(
+    *,
+    table: str,
+    needed: DateRange,
+    earliest: date,
+    batch: BatchManifest | None,
+    batch_id: str,
+    release: Release | None,
+    reader: str,
+) -> ResolvedUpstream:
+    """Find every needed partition of `table` in the batch or the current release, or say what is missing.
+
+    Days before `earliest` (the first partition of the asset) have no data by definition and are skipped.
+    """
+    staged = batch.tables.get(table, {}) if batch else {}
+    released = release.tables.get(table, {}) if release else {}
+    parts: dict[str, PartitionFiles] = {}
+    origin: dict[str, tuple[str, str]] = {}
+    missing: list[str] = []
+    for day in needed.days():
+        if day < earliest:
+            continue
+        key = day.isoformat()
+        if key in staged:
+            record = staged[key]
+            parts[key] = PartitionFiles(record.base, tuple(record.files))
+            origin[key] = ("batch", batch_id)
+        elif key in released and release is not None:
+            entry = released[key]
+            parts[key] = PartitionFiles(entry.base, tuple(entry.files))
+            origin[key] = ("release", release.release_id)
+        else:
+            missing.append(key)
+    if missing:
+        production = (
+            f"current release {release.release_id}" if release else "production (nothing promoted yet)"
+        )
+        raise MissingUpstreamPartitionError(
+            f"{reader} in batch {batch_id} needs {table} for {_ranges(missing)}, which is neither staged in "
+            f"batch {batch_id} nor in {production}. Add {table} for those days to the backfill, or promote a "
+            f"batch that has them first."
+        )
+    return ResolvedUpstream(table=table, parts=parts, origin=origin)

@@ -1,0 +1,51 @@
+"""Named errors of the package: each message says what went wrong and what to do next."""
+
+from __future__ import annotations
+
+
+class BackfillsError(Exception):
+    """Base of every error this package raises on purpose; the CLI prints these as one line."""
+
+
+class ConfigurationError(BackfillsError):
+    """A setting (environment variable or resource config) is missing or malformed."""
+
+
+class ObjectNotFoundError(BackfillsError):
+    """A catalog object (manifest, release, pointer) does not exist in the store."""
+
+
+class ObjectExistsError(BackfillsError):
+    """A create-only write found the object already there."""
+
+
+class PreconditionFailedError(BackfillsError):
+    """A conditional write lost: the object changed since it was read."""
+
+
+class BatchNotFoundError(BackfillsError):
+    """No manifest exists for the batch ID."""
+
+
+class BatchSealedError(BackfillsError):
+    """A write targeted a batch that no longer accepts partitions."""
+
+
+class ReleaseNotFoundError(BackfillsError):
+    """No release exists for the release ID."""
+
+
+class CurrentChangedError(BackfillsError):
+    """Compare-and-swap of CURRENT lost a race: another promotion or rollback moved it first."""
+
+
+class MissingUpstreamPartitionError(BackfillsError):
+    """A feature partition needs upstream partitions that are neither in its batch nor in production."""
+
+
+class InvalidInputError(BackfillsError):
+    """Raw or upstream data does not have the shape a feature needs."""
+
+
+class UnknownTableError(BackfillsError):
+    """A table name that is not in the feature registry."""

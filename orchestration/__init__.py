@@ -1,0 +1,1 @@
+"""Dagster Definitions, local backfill runner and the `backfills` command."""

@@ -1,0 +1,252 @@
+"""The `backfills` command: generate data, run a local backfill, inspect batches and releases, read tables.
+
+Errors print as one line and exit non-zero; `--debug` shows the traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+from collections.abc import Callable, Sequence
+from datetime import date
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from backfills.errors import BackfillsError, ConfigurationError
+from backfills.resources.settings import PROJECT_DIR, Settings, load_settings
+
+if TYPE_CHECKING:
+    from pyspark.sql import SparkSession
+
+    from backfills.resources.catalog import ReleaseCatalog
+
+EXIT_ERROR = 2
+EXIT_UNEXPECTED = 1
+
+
+def _day(text: str) -> date:
+    try:
+        return date.fromisoformat(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a date (YYYY-MM-DD)") from None
+
+
+def _spark(settings: Settings) -> SparkSession:
+    # pyspark, dagster and boto3 are imported lazily to keep `--help` and one-line errors fast.
+    from backfills.resources.spark import build_session
+
+    return build_session(
+        master=settings.spark_master,
+        remote=settings.spark_remote,
+        driver_memory=settings.spark_driver_memory,
+        shuffle_partitions=settings.spark_shuffle_partitions,
+        bind_address=settings.spark_bind_address,
+    )
+
+
+def _catalog(settings: Settings) -> ReleaseCatalog:
+    from backfills.resources.catalog import ReleaseCatalog
+    from backfills.resources.storage import open_store
+
+    return ReleaseCatalog(open_store(settings.storage_root))
+
+
+def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.assets.generator import parse_fault, write_landing_zone
+    from backfills.resources.storage import open_store
+
+    faults = [parse_fault(text) for text in args.fault]
+    summary = write_landing_zone(
+        open_store(settings.storage_root),
+        start=args.start,
+        days=args.days,
+        customers=args.customers,
+        rows_per_day=args.rows_per_day,
+        seed=args.seed,
+        faults=faults,
+    )
+    total = sum(summary.rows_per_day.values())
+    print(
+        f"wrote {len(summary.files)} daily files ({total} transactions) "
+        f"for {summary.start}..{summary.end} under {summary.root}/raw/transactions"
+    )
+    for fault in summary.faults:
+        print(f"  injected fault {fault.name} into {fault.day}")
+
+
+def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
+    from dagster import DagsterInstance
+
+    from backfills.orchestration.definitions import build_definitions
+    from backfills.orchestration.local_backfill import run_local_backfill
+
+    home = Path(os.environ.setdefault("DAGSTER_HOME", str(PROJECT_DIR / ".dagster")))
+    home.mkdir(parents=True, exist_ok=True)
+    tables = [name.strip() for name in args.tables.split(",")] if args.tables else None
+    per_run = args.max_partitions_per_run or settings.max_partitions_per_run
+    print(f"local backfill {args.start}..{args.end}, at most {per_run} partitions per run (no daemon needed)")
+    batch_id = run_local_backfill(
+        build_definitions(settings),
+        DagsterInstance.get(),
+        start=args.start,
+        end=args.end,
+        tables=tables,
+        max_partitions_per_run=per_run,
+        batch_id=args.batch_id,
+        requester=args.requester,
+        on_run=lambda run: print(f"  run: {run.table} {run.dates.start}..{run.dates.end}", flush=True),
+    )
+    print(f"batch {batch_id} staged")
+    _print_batches(_catalog(settings), batch_id, partitions=False)
+
+
+def _print_batches(catalog: ReleaseCatalog, batch_id: str | None, *, partitions: bool) -> None:
+    batches = [catalog.get_batch(batch_id)] if batch_id else catalog.list_batches()
+    if not batches:
+        print("no batches yet: launch a backfill of the staged feature assets")
+    for batch in batches:
+        print(
+            f"batch {batch.batch_id}  state={batch.state}  requester={batch.requester or '-'}  "
+            f"runs={len(batch.runs)}  created={batch.created_at:%Y-%m-%d %H:%M:%S}Z"
+        )
+        for table, records in sorted(batch.tables.items()):
+            days = sorted(records)
+            rows = sum(record.row_count for record in records.values())
+            print(f"  {table:<24} {len(days):>4} partitions  {days[0]}..{days[-1]}  {rows:>10} rows")
+            if partitions:
+                for day in days:
+                    record = records[day]
+                    print(f"      {day}  {record.row_count:>9} rows  {record.content_hash[:16]}")
+
+
+def cmd_batches(args: argparse.Namespace, settings: Settings) -> None:
+    catalog = _catalog(settings)
+    if args.format == "json":
+        batches = [catalog.get_batch(args.batch)] if args.batch else catalog.list_batches()
+        print(json.dumps([batch.model_dump(mode="json") for batch in batches], indent=2))
+        return
+    _print_batches(catalog, args.batch, partitions=True)
+
+
+def cmd_releases(args: argparse.Namespace, settings: Settings) -> None:
+    catalog = _catalog(settings)
+    current = catalog.current_release_id()
+    releases = catalog.list_releases()
+    if args.format == "json":
+        rows = [
+            release.model_dump(mode="json") | {"current": release.release_id == current}
+            for release in releases
+        ]
+        print(json.dumps(rows, indent=2))
+        return
+    if not releases:
+        print("no releases yet: nothing has been promoted to production")
+    published = {release.release_id for release in catalog.release_history()}
+    for release in releases:
+        marker = "*" if release.release_id == current else " "
+        status = "" if release.release_id in published else "  (never made current)"
+        tables = ", ".join(f"{table}:{len(parts)}" for table, parts in sorted(release.tables.items()))
+        print(
+            f"{marker} {release.release_id}  {release.kind:<9} parent={release.parent_id or '-'}  "
+            f"batch={release.batch_id or '-'}  {release.created_at:%Y-%m-%d %H:%M:%S}Z  [{tables}]{status}"
+        )
+    if releases:
+        print("(* = current)")
+
+
+def cmd_read(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.assets.reader import FeatureReader
+    from backfills.resources.storage import open_store
+
+    reader = FeatureReader(_spark(settings), open_store(settings.storage_root))
+    frame = reader.read(args.table, args.start, args.end, release=args.release)
+    if args.csv:
+        frame.toPandas().to_csv(args.csv, index=False)
+        print(f"wrote {args.csv}")
+        return
+    summary = frame.groupBy("feature_date").count().orderBy("feature_date").collect()
+    release = args.release or _catalog(settings).current_release_id()
+    total = sum(row["count"] for row in summary)
+    print(
+        f"{args.table} {args.start}..{args.end} as of release {release}: "
+        f"{total} rows in {len(summary)} partitions"
+    )
+    frame.orderBy("feature_date", "customer_id").show(5, truncate=False)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="backfills", description="Governed feature backfills on Dagster.")
+    parser.add_argument("--debug", action="store_true", help="show tracebacks")
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    generate = commands.add_parser("generate", help="write synthetic card transactions to the landing zone")
+    generate.add_argument("--start", type=_day, required=True)
+    generate.add_argument("--days", type=int, required=True)
+    generate.add_argument("--customers", type=int, default=2000)
+    generate.add_argument("--rows-per-day", type=int, default=10_000)
+    generate.add_argument("--seed", type=int, default=7)
+    generate.add_argument(
+        "--fault",
+        action="append",
+        default=[],
+        metavar="NAME:DATE",
+        help="inject a named fault into a day's file",
+    )
+    generate.set_defaults(run=cmd_generate)
+
+    backfill = commands.add_parser("backfill", help="stage feature tables for a date range in this process")
+    backfill.add_argument("--start", type=_day, required=True)
+    backfill.add_argument("--end", type=_day, required=True)
+    backfill.add_argument("--tables", help="comma-separated feature tables (default: all)")
+    backfill.add_argument("--max-partitions-per-run", type=int)
+    backfill.add_argument("--batch-id", help="write into this batch (default: a new local-… ID)")
+    backfill.add_argument("--requester", help="who asks for this backfill (recorded on the batch)")
+    backfill.set_defaults(run=cmd_backfill)
+
+    batches = commands.add_parser(
+        "batches", help="staged batches, their state, rows and hashes per partition"
+    )
+    batches.add_argument("--format", choices=["text", "json"], default="text")
+    batches.add_argument("--batch", help="only this batch")
+    batches.set_defaults(run=cmd_batches)
+
+    releases = commands.add_parser("releases", help="releases with parent and batch, and which is current")
+    releases.add_argument("--format", choices=["text", "json"], default="text")
+    releases.set_defaults(run=cmd_releases)
+
+    read = commands.add_parser("read", help="read a feature table as of the current or a past release")
+    read.add_argument("table")
+    read.add_argument("--start", type=_day, required=True)
+    read.add_argument("--end", type=_day, required=True)
+    read.add_argument("--release", help="release ID (default: current)")
+    read.add_argument("--csv", help="write the rows to this CSV file instead of a summary")
+    read.set_defaults(run=cmd_read)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    run: Callable[[argparse.Namespace, Settings], None] = args.run
+    try:
+        if getattr(args, "end", None) and getattr(args, "start", None) and args.end < args.start:
+            raise ConfigurationError(f"--end {args.end} is before --start {args.start}")
+        run(args, load_settings())
+    except BackfillsError as error:
+        if args.debug:
+            raise
+        print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
+        return EXIT_ERROR
+    except Exception as error:  # a last line of defence: one line, not a traceback
+        if args.debug:
+            raise
+        first_line = (str(error).strip().splitlines() or [""])[0]
+        print(f"error: unexpected {type(error).__name__}: {first_line} (rerun with --debug)", file=sys.stderr)
+        return EXIT_UNEXPECTED
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,101 @@
+"""Run a backfill in this process: the same asset job and range runs the daemon would launch, in order.
+
+For the demo and scripted use on one machine. Every run is recorded in the Dagster instance and carries
+the batch tag, so all its runs write into one batch. The Dagster UI's backfill (through the daemon) is
+the operator's path; this one exists so a backfill needs no running daemon.
+"""
+
+from __future__ import annotations
+
+import uuid
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime, timedelta
+
+from dagster import DagsterInstance, Definitions
+
+from backfills.assets.factory import BATCH_TAG, REQUESTER_TAG, staging_key
+from backfills.assets.registry import FEATURES, FeatureSpec, dependency_order, feature_spec
+from backfills.assets.transformations import DateRange
+from backfills.errors import BackfillsError
+from backfills.orchestration.definitions import STAGE_FEATURES_JOB
+
+RANGE_START_TAG = "dagster/asset_partition_range_start"
+RANGE_END_TAG = "dagster/asset_partition_range_end"
+# The console shows one line per run; every event is still in the instance for the Dagster UI.
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+
+
+class BackfillRunFailedError(BackfillsError):
+    """A run of a local backfill failed; later runs were not started."""
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    table: str
+    dates: DateRange
+
+
+def new_batch_id() -> str:
+    return f"local-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def plan_runs(
+    specs: Sequence[FeatureSpec], dates: DateRange, max_partitions_per_run: int
+) -> list[PlannedRun]:
+    """Range runs in dependency order, each at most `max_partitions_per_run` days (like BackfillPolicy)."""
+    runs = []
+    for spec in dependency_order(tuple(specs)):
+        start = dates.start
+        while start <= dates.end:
+            end = min(dates.end, start + timedelta(days=max_partitions_per_run - 1))
+            runs.append(PlannedRun(spec.name, DateRange(start, end)))
+            start = end + timedelta(days=1)
+    return runs
+
+
+def run_local_backfill(
+    defs: Definitions,
+    instance: DagsterInstance,
+    *,
+    start: date,
+    end: date,
+    tables: Sequence[str] | None = None,
+    max_partitions_per_run: int,
+    batch_id: str | None = None,
+    requester: str | None = None,
+    on_run: Callable[[PlannedRun], None] | None = None,
+) -> str:
+    """Stage `tables` (default: every feature table) for start..end into one batch; return the batch ID."""
+    specs = [feature_spec(name) for name in tables] if tables else list(FEATURES)
+    batch_id = batch_id or new_batch_id()
+    job = defs.resolve_job_def(STAGE_FEATURES_JOB)
+    for planned in plan_runs(specs, DateRange(start, end), max_partitions_per_run):
+        tags = {
+            BATCH_TAG: batch_id,
+            RANGE_START_TAG: planned.dates.start.isoformat(),
+            RANGE_END_TAG: planned.dates.end.isoformat(),
+        }
+        if requester:
+            tags[REQUESTER_TAG] = requester
+        if on_run is not None:
+            on_run(planned)
+        result = job.execute_in_process(
+            run_config=QUIET_LOGS,
+            instance=instance,
+            asset_selection=[staging_key(planned.table)],
+            tags=tags,
+            raise_on_error=False,
+        )
+        if not result.success:
+            failures = [
+                event.step_failure_data.error.message.strip()
+                for event in result.all_events
+                if event.is_step_failure and event.step_failure_data.error
+            ]
+            reason = failures[0] if failures else "see the run's logs in the Dagster UI"
+            raise BackfillRunFailedError(
+                f"run {result.run_id} staging {planned.table} {planned.dates.start}..{planned.dates.end} "
+                f"into batch {batch_id} failed: {reason}"
+            )
+    return batch_id

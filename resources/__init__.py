@@ -1,0 +1,1 @@
+"""Spark session, object storage, release catalog and the Dagster resources around them."""

@@ -1,0 +1,613 @@
+"""The release catalog: batch manifests, immutable releases, the CURRENT pointer and the audit trail.
+
+Everything lives as JSON in an ObjectStore; every change that can race is a conditional write, so promotion
+and rollback switch production atomically (one compare-and-swap of CURRENT) and no manifest update is lost.
+"""
+
+from __future__ import annotations
+
+import random
+import re
+import time
+import uuid
+from collections.abc import Callable, Iterable, Sequence
+from datetime import UTC, date, datetime
+from typing import Any
+
+from pydantic import BaseModel
+
+from backfills.errors import (
+    BatchNotFoundError,
+    BatchSealedError,
+    CurrentChangedError,
+    ObjectExistsError,
+    ObjectNotFoundError,
+    PreconditionFailedError,
+    ReleaseNotFoundError,
+)
+from backfills.resources.catalog_models import (
+    AuditEvent,
+    BatchManifest,
+    CurrentPointer,
+    PartitionRecord,
+    Release,
+    ReleasedPartition,
+)
+from backfills.resources.storage import ObjectStore
+
+WRITABLE_BATCH_STATES = frozenset({"staging"})
+CAS_MAX_ATTEMPTS = 50
+
+BATCHES_PREFIX = "catalog/batches"
+RELEASES_PREFIX = "catalog/releases"
+AUDIT_PREFIX = "catalog/audit"
+CURRENT_KEY = "catalog/CURRENT"
+
+# IDs become object keys: no '/', no leading dot, nothing a shell or S3 console would mangle.
+_ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+_EVENT_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
+_BACKOFF_BASE_SECONDS = 0.005
+_BACKOFF_CAP_SECONDS = 0.25
+
+Snapshot = dict[str, dict[str, ReleasedPartition]]
+
+
+def _now() -> datetime:
+    return datetime.now(UTC)
+
+
+def _dump(model: BaseModel) -> bytes:
+    return model.model_dump_json(indent=2).encode("utf-8")
+
+
+def _check_id(what: str, value: str) -> str:
+    if not _ID_PATTERN.fullmatch(value):
+        raise ValueError(
+            f"{what} {value!r} cannot name a catalog object: use letters, digits, '.', '_' and '-' only"
+        )
+    return value
+
+
+def _check_date(value: str) -> date:
+    try:
+        return date.fromisoformat(value)
+    except ValueError:
+        raise ValueError(f"{value!r} is not a partition date: use YYYY-MM-DD") from None
+
+
+def _backoff(attempt: int) -> None:
+    # Full jitter: writers that collided once spread out instead of colliding again in lockstep.
+    time.sleep(random.uniform(0, min(_BACKOFF_CAP_SECONDS, _BACKOFF_BASE_SECONDS * 2**attempt)))
+
+
+def _released(record: PartitionRecord) -> ReleasedPartition:
+    return ReleasedPartition(
+        batch_id=record.batch_id,
+        base=record.base,
+        files=list(record.files),
+        row_count=record.row_count,
+        content_hash=record.content_hash,
+    )
+
+
+def _sorted_snapshot(tables: Snapshot) -> Snapshot:
+    return {
+        table: dict(sorted(partitions.items())) for table, partitions in sorted(tables.items()) if partitions
+    }
+
+
+def _changed_partitions(before: Snapshot, after: Snapshot) -> dict[str, list[str]]:
+    """Table -> dates whose production entry a release adds, replaces or removes."""
+    changed: dict[str, list[str]] = {}
+    for table in sorted(before.keys() | after.keys()):
+        old, new = before.get(table, {}), after.get(table, {})
+        dates = sorted(day for day in old.keys() | new.keys() if old.get(day) != new.get(day))
+        if dates:
+            changed[table] = dates
+    return changed
+
+
+class ReleaseCatalog:
+    """Batches, releases and the production pointer of one storage root."""
+
+    def __init__(self, store: ObjectStore, *, max_attempts: int = CAS_MAX_ATTEMPTS) -> None:
+        self.store = store
+        self.max_attempts = max_attempts
+
+    # Batches
+
+    def _batch_key(self, batch_id: str) -> str:
+        return f"{BATCHES_PREFIX}/{_check_id('batch ID', batch_id)}.json"
+
+    def get_batch(self, batch_id: str) -> BatchManifest:
+        """The manifest of a batch; BatchNotFoundError if nothing was ever staged under that ID."""
+        try:
+            body = self.store.get(self._batch_key(batch_id))
+        except ObjectNotFoundError:
+            raise BatchNotFoundError(self._missing_batch_message(batch_id)) from None
+        return BatchManifest.model_validate_json(body)
+
+    def _missing_batch_message(self, batch_id: str) -> str:
+        return (
+            f"batch {batch_id} has no manifest under {self.store.root}/{BATCHES_PREFIX}: nothing was staged "
+            "under that ID in this storage root; check the batch ID (the Dagster backfill ID) against "
+            "list_batches() and that BACKFILLS_STORAGE_ROOT points at the right root"
+        )
+
+    def list_batches(self) -> list[BatchManifest]:
+        """Every batch manifest in the root, oldest first."""
+        manifests = [
+            BatchManifest.model_validate_json(self.store.get(key))
+            for key in self.store.list(BATCHES_PREFIX)
+            if key.endswith(".json")
+        ]
+        return sorted(manifests, key=lambda manifest: (manifest.created_at, manifest.batch_id))
+
+    def update_batch(self, batch_id: str, change: Callable[[BatchManifest], BatchManifest]) -> BatchManifest:
+        """Apply `change` to the batch's manifest with compare-and-swap, retrying when another writer won.
+
+        `change` may run several times (once per attempt, each time on a fresh read), so it must not have
+        side effects beyond the manifest it returns. Exceptions it raises abort the update unchanged.
+        """
+        return self._update_batch(batch_id, change, create=None)
+
+    def _update_batch(
+        self,
+        batch_id: str,
+        change: Callable[[BatchManifest], BatchManifest],
+        *,
+        create: Callable[[], BatchManifest] | None,
+    ) -> BatchManifest:
+        key = self._batch_key(batch_id)
+        for attempt in range(self.max_attempts):
+            try:
+                body, version = self.store.get_versioned(key)
+            except ObjectNotFoundError:
+                if create is None:
+                    raise BatchNotFoundError(self._missing_batch_message(batch_id)) from None
+                manifest = self._changed(batch_id, change, create())
+                try:
+                    self.store.put_if_absent(key, _dump(manifest))
+                except ObjectExistsError:
+                    # Another writer created the manifest first: update theirs on the next pass.
+                    continue
+                return manifest
+            manifest = self._changed(batch_id, change, BatchManifest.model_validate_json(body))
+            try:
+                self.store.put_if_match(key, _dump(manifest), version)
+            except PreconditionFailedError:
+                _backoff(attempt)
+                continue
+            return manifest
+        raise PreconditionFailedError(
+            f"batch {batch_id}: the manifest at {self.store.root}/{key} changed under each of "
+            f"{self.max_attempts} attempts to update it, so another writer keeps winning; nothing was "
+            "changed by this update; retry the run when the other writers have finished"
+        )
+
+    @staticmethod
+    def _changed(
+        batch_id: str, change: Callable[[BatchManifest], BatchManifest], manifest: BatchManifest
+    ) -> BatchManifest:
+        updated = change(manifest)
+        if updated.batch_id != batch_id:
+            raise ValueError(
+                f"an update of batch {batch_id} returned the manifest of batch {updated.batch_id}"
+            )
+        updated.updated_at = _now()
+        return updated
+
+    def record_partitions(
+        self,
+        batch_id: str,
+        records: Sequence[PartitionRecord],
+        *,
+        run_id: str,
+        requester: str | None = None,
+    ) -> tuple[BatchManifest, list[PartitionRecord]]:
+        """Make completely written partitions visible in the batch (creating its manifest if needed).
+
+        One record per table and partition: a rerun replaces the earlier record. The first run that names a
+        requester sets it. Returns the new manifest and the records replaced by a different attempt, whose
+        files the batch no longer references (the caller may delete them).
+        """
+        self._check_records(batch_id, records)
+        replaced: list[PartitionRecord] = []
+
+        def add(manifest: BatchManifest) -> BatchManifest:
+            if manifest.state not in WRITABLE_BATCH_STATES:
+                raise BatchSealedError(
+                    f"batch {batch_id} is {manifest.state!r}, so it accepts no more partitions (run {run_id} "
+                    f"tried to stage {len(records)}); nothing was changed; launch a new backfill to stage "
+                    "these partitions again"
+                )
+            replaced.clear()
+            for record in records:
+                previous = manifest.tables.setdefault(record.table, {}).get(record.partition)
+                if previous is not None and previous.base != record.base:
+                    replaced.append(previous)
+                manifest.tables[record.table][record.partition] = record
+            manifest.tables = {
+                table: dict(sorted(dates.items())) for table, dates in sorted(manifest.tables.items())
+            }
+            if run_id not in manifest.runs:
+                manifest.runs.append(run_id)
+            if manifest.requester is None:
+                manifest.requester = requester
+            return manifest
+
+        def new() -> BatchManifest:
+            now = _now()
+            return BatchManifest(batch_id=batch_id, created_at=now, updated_at=now, requester=requester)
+
+        manifest = self._update_batch(batch_id, add, create=new)
+        staged: dict[str, list[str]] = {}
+        for record in records:
+            staged.setdefault(record.table, []).append(record.partition)
+        superseded: dict[str, list[str]] = {}
+        for record in replaced:
+            superseded.setdefault(record.table, []).append(record.partition)
+        self.append_event(
+            "staged",
+            batch_id=batch_id,
+            actor=requester,
+            tables=staged,
+            details={
+                "run_id": run_id,
+                "row_count": sum(record.row_count for record in records),
+                "replaced": {table: sorted(dates) for table, dates in superseded.items()},
+            },
+        )
+        return manifest, replaced
+
+    @staticmethod
+    def _check_records(batch_id: str, records: Sequence[PartitionRecord]) -> None:
+        if not records:
+            raise ValueError(f"no partitions given to record in batch {batch_id}: pass at least one record")
+        seen: set[tuple[str, str]] = set()
+        for record in records:
+            if record.batch_id != batch_id:
+                raise ValueError(
+                    f"{record.table} {record.partition} was written for batch {record.batch_id}, "
+                    f"not {batch_id}: record it in its own batch"
+                )
+            if (record.table, record.partition) in seen:
+                raise ValueError(
+                    f"{record.table} {record.partition} appears twice in one call for batch {batch_id}: "
+                    "pass one record per table and partition"
+                )
+            seen.add((record.table, record.partition))
+
+    # Releases
+
+    def _release_key(self, release_id: str) -> str:
+        return f"{RELEASES_PREFIX}/{_check_id('release ID', release_id)}.json"
+
+    def get_release(self, release_id: str) -> Release:
+        """A stored release; ReleaseNotFoundError if there is none with that ID."""
+        try:
+            body = self.store.get(self._release_key(release_id))
+        except ObjectNotFoundError:
+            raise ReleaseNotFoundError(
+                f"release {release_id} does not exist under {self.store.root}/{RELEASES_PREFIX}; "
+                "list the releases with list_releases() or release_history() and use one of their IDs"
+            ) from None
+        return Release.model_validate_json(body)
+
+    def list_releases(self) -> list[Release]:
+        """Every stored release, oldest first, including staged ones that never became current."""
+        releases = [
+            Release.model_validate_json(self.store.get(key))
+            for key in self.store.list(RELEASES_PREFIX)
+            if key.endswith(".json")
+        ]
+        return sorted(releases, key=lambda release: (release.created_at, release.release_id))
+
+    def _read_current(self) -> tuple[str | None, str | None]:
+        """The current release ID and the version token of CURRENT (both None before the first promotion)."""
+        try:
+            body, version = self.store.get_versioned(CURRENT_KEY)
+        except ObjectNotFoundError:
+            return None, None
+        return CurrentPointer.model_validate_json(body).release_id, version
+
+    def current_release_id(self) -> str | None:
+        """The ID of the release production readers see, or None before the first promotion."""
+        return self._read_current()[0]
+
+    def current_release(self) -> Release | None:
+        """The release production readers see, or None before the first promotion."""
+        release_id = self.current_release_id()
+        return None if release_id is None else self.get_release(release_id)
+
+    def release_history(self) -> list[Release]:
+        """The chain of releases from CURRENT back through parent links, newest first."""
+        history: list[Release] = []
+        release_id = self.current_release_id()
+        while release_id is not None:
+            release = self.get_release(release_id)
+            history.append(release)
+            release_id = release.parent_id
+        return history
+
+    @staticmethod
+    def _new_release_id() -> str:
+        return f"r-{_now().strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
+
+    def _store_release(self, release: Release) -> Release:
+        self.store.put_if_absent(self._release_key(release.release_id), _dump(release))
+        return release
+
+    def stage_promotion(
+        self,
+        batch_id: str,
+        *,
+        actor: str | None,
+        reason: str | None = None,
+        tables: Sequence[str] | None = None,
+    ) -> Release:
+        """Write (but do not publish) a release: the current snapshot with the batch's partitions overlaid.
+
+        With `tables`, only those tables of the batch are overlaid. CURRENT is untouched until `commit`.
+        """
+        manifest = self.get_batch(batch_id)
+        if manifest.partition_count() == 0:
+            raise ValueError(
+                f"batch {batch_id} has no staged partitions, so there is nothing to promote; "
+                "run its backfill first"
+            )
+        selected = self._select_tables(
+            tables, available=manifest.tables.keys(), what=f"batch {batch_id} staged"
+        )
+        current = self.current_release()
+        snapshot: Snapshot = {} if current is None else {t: dict(p) for t, p in current.tables.items()}
+        for table in selected:
+            snapshot.setdefault(table, {}).update(
+                {day: _released(record) for day, record in manifest.tables[table].items()}
+            )
+        return self._store_release(
+            Release(
+                release_id=self._new_release_id(),
+                parent_id=None if current is None else current.release_id,
+                created_at=_now(),
+                kind="promotion",
+                batch_id=batch_id,
+                actor=actor,
+                reason=reason,
+                tables=_sorted_snapshot(snapshot),
+            )
+        )
+
+    @staticmethod
+    def _select_tables(tables: Sequence[str] | None, *, available: Iterable[str], what: str) -> list[str]:
+        known = sorted(available)
+        if tables is None:
+            return known
+        if isinstance(tables, str):
+            raise ValueError(f"tables={tables!r} is one string: pass a list of table names")
+        if not tables:
+            raise ValueError(
+                f"no tables given: pass table names that {what}, or None for all ({', '.join(known)})"
+            )
+        unknown = sorted(set(tables) - set(known))
+        if unknown:
+            raise ValueError(
+                f"{', '.join(unknown)}: not among the tables {what} ({', '.join(known) or 'none'}); "
+                "nothing was changed; check the table names"
+            )
+        return sorted(set(tables))
+
+    def stage_rollback(
+        self,
+        to: str,
+        *,
+        actor: str | None,
+        reason: str,
+        tables: Sequence[str] | None = None,
+    ) -> Release:
+        """Write (but do not publish) a release that republishes an earlier release, whole or some tables.
+
+        `to` is a release ID or "previous" (the current release's parent). With `tables`, the other tables
+        stay as they are now; a listed table the target lacks is removed from production.
+        """
+        if not reason or not reason.strip():
+            raise ValueError("a rollback needs a reason (who asked and why); nothing was changed")
+        current = self.current_release()
+        if current is None:
+            raise ReleaseNotFoundError(
+                f"nothing has been promoted under {self.store.root} yet, so there is no release to roll "
+                "back; promote a batch first"
+            )
+        if to == "previous":
+            if current.parent_id is None:
+                raise ReleaseNotFoundError(
+                    f"the current release {current.release_id} is the first release under {self.store.root}, "
+                    "so it has no previous release to roll back to; nothing was changed"
+                )
+            target = self.get_release(current.parent_id)
+        else:
+            target = self.get_release(to)
+        if target.release_id == current.release_id:
+            raise ValueError(
+                f"release {target.release_id} is already current; nothing to roll back; name an earlier "
+                "release from release_history()"
+            )
+        if tables is None:
+            snapshot: Snapshot = dict(target.tables)
+        else:
+            selected = self._select_tables(
+                tables,
+                available=current.tables.keys() | target.tables.keys(),
+                what=f"releases {current.release_id} or {target.release_id} contain",
+            )
+            snapshot = dict(current.tables)
+            for table in selected:
+                if table in target.tables:
+                    snapshot[table] = target.tables[table]
+                else:
+                    snapshot.pop(table, None)
+        return self._store_release(
+            Release(
+                release_id=self._new_release_id(),
+                parent_id=current.release_id,
+                created_at=_now(),
+                kind="rollback",
+                rolled_back_to=target.release_id,
+                actor=actor,
+                reason=reason,
+                tables=_sorted_snapshot(snapshot),
+            )
+        )
+
+    def commit(self, release: Release) -> Release:
+        """Publish a staged release: compare-and-swap CURRENT from its parent to it, then audit the change.
+
+        CurrentChangedError if CURRENT is no longer the release's parent (another promotion or rollback
+        was published since it was staged): nothing changes, and staging again builds on the new current.
+        """
+        release = self.get_release(release.release_id)
+        current_id, version = self._read_current()
+        if current_id != release.parent_id:
+            raise CurrentChangedError(self._current_moved_message(release, current_id))
+        pointer = _dump(CurrentPointer(release_id=release.release_id, updated_at=_now()))
+        try:
+            if version is None:
+                self.store.put_if_absent(CURRENT_KEY, pointer)
+            else:
+                self.store.put_if_match(CURRENT_KEY, pointer, version)
+        except (ObjectExistsError, PreconditionFailedError):
+            # Another commit swapped CURRENT between our read and our swap; a release ID is never current
+            # twice, so CURRENT cannot have come back to the parent: name the winner.
+            raise CurrentChangedError(
+                self._current_moved_message(release, self.current_release_id())
+            ) from None
+        before = {} if release.parent_id is None else self.get_release(release.parent_id).tables
+        self.append_event(
+            "promoted" if release.kind == "promotion" else "rolled_back",
+            batch_id=release.batch_id,
+            release_id=release.release_id,
+            actor=release.actor,
+            tables=_changed_partitions(before, release.tables),
+            details={
+                "previous_release_id": release.parent_id,
+                "rolled_back_to": release.rolled_back_to,
+                "reason": release.reason,
+            },
+        )
+        return release
+
+    @staticmethod
+    def _current_moved_message(release: Release, current_id: str | None) -> str:
+        if current_id == release.release_id:
+            return f"release {release.release_id} is already current; nothing was changed"
+        what = (
+            f"release {release.release_id} for batch {release.batch_id}"
+            if release.kind == "promotion"
+            else f"rollback release {release.release_id} (to {release.rolled_back_to})"
+        )
+        action = "promotion" if release.kind == "promotion" else "rollback"
+        return (
+            f"CURRENT moved from {release.parent_id or '(no release)'} to {current_id or '(no release)'} "
+            f"while publishing {what}; nothing was changed; run the {action} again to publish on top of "
+            f"{current_id or 'an empty production'}"
+        )
+
+    def promote(
+        self,
+        batch_id: str,
+        *,
+        actor: str | None,
+        reason: str | None = None,
+        tables: Sequence[str] | None = None,
+    ) -> Release:
+        """Publish the batch (or some of its tables) to production atomically: stage_promotion + commit."""
+        return self.commit(self.stage_promotion(batch_id, actor=actor, reason=reason, tables=tables))
+
+    def rollback(
+        self,
+        to: str,
+        *,
+        actor: str | None,
+        reason: str,
+        tables: Sequence[str] | None = None,
+    ) -> Release:
+        """Republish an earlier release (whole, or some tables) atomically: stage_rollback + commit."""
+        return self.commit(self.stage_rollback(to, actor=actor, reason=reason, tables=tables))
+
+    def release_partitions(
+        self, table: str, start: str, end: str, release_id: str | None = None
+    ) -> dict[str, ReleasedPartition]:
+        """The table's partitions with start <= date <= end in a release (default: the current one).
+
+        Empty when the release does not contain the table or no date in the range.
+        """
+        first, last = _check_date(start), _check_date(end)
+        if first > last:
+            raise ValueError(f"start {start} is after end {end}: pass start <= end")
+        if release_id is None:
+            release = self.current_release()
+            if release is None:
+                raise ReleaseNotFoundError(
+                    f"nothing has been promoted under {self.store.root} yet, so production has no {table}; "
+                    "promote a batch first, or read the batch's staged partitions"
+                )
+        else:
+            release = self.get_release(release_id)
+        return {
+            day: partition
+            for day, partition in release.tables.get(table, {}).items()
+            if first <= date.fromisoformat(day) <= last
+        }
+
+    # Audit trail
+
+    def append_event(
+        self,
+        kind: str,
+        *,
+        batch_id: str | None = None,
+        release_id: str | None = None,
+        actor: str | None = None,
+        tables: dict[str, list[str]] | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> AuditEvent:
+        """Append one event to the audit trail; keys sort in time order."""
+        if not _EVENT_KIND_PATTERN.fullmatch(kind):
+            raise ValueError(f"audit event kind {kind!r} must be lowercase letters, digits and '_'")
+        at = _now()
+        event = AuditEvent(
+            event_id=f"{at.strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:8]}",
+            at=at,
+            kind=kind,
+            batch_id=batch_id,
+            release_id=release_id,
+            actor=actor,
+            tables={table: sorted(dates) for table, dates in sorted((tables or {}).items())},
+            details=details or {},
+        )
+        self.store.put_if_absent(f"{AUDIT_PREFIX}/{event.event_id}-{kind}.json", _dump(event))
+        return event
+
+    def events(
+        self,
+        *,
+        table: str | None = None,
+        partition: str | None = None,
+        batch_id: str | None = None,
+    ) -> list[AuditEvent]:
+        """Audit events in time order, optionally only those touching a table, a partition or a batch."""
+        selected: list[AuditEvent] = []
+        for key in self.store.list(AUDIT_PREFIX):
+            if not key.endswith(".json"):
+                continue
+            event = AuditEvent.model_validate_json(self.store.get(key))
+            if batch_id is not None and event.batch_id != batch_id:
+                continue
+            if table is not None and table not in event.tables:
+                continue
+            if partition is not None:
+                scope = [table] if table is not None else list(event.tables)
+                if not any(partition in event.tables.get(name, []) for name in scope):
+                    continue
+            selected.append(event)
+        return selected
