@@ -49,3 +49,7 @@ class InvalidInputError(BackfillsError):
 
 class UnknownTableError(BackfillsError):
     """A table name that is not in the feature registry."""
+
+
+class InvalidRequestError(BackfillsError, ValueError):
+    """Arguments that cannot be carried out as given (an empty reason, an unknown table, a bad ID)."""

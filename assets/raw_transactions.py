@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from backfills.assets.generator import LANDING_PREFIX
 from backfills.assets.registry import RAW_TRANSACTIONS
@@ -37,7 +38,8 @@ def read_landing_zone(
     """Raw events that may belong to `dates`: those days' files plus the late files after them.
 
     Every day of `dates` must have landed (else its features would silently miss events); a late file
-    that has not landed yet is read when it exists and its absence is visible in the lineage.
+    that has not landed yet is read when it exists and its absence is visible in the lineage. Events are
+    kept only from files dated their event day up to `lateness_days` after it.
     """
     files = landing_files(store, dates.widened(after=lateness_days))
     missing = [day.isoformat() for day in dates.days() if day.isoformat() not in files]
@@ -48,7 +50,15 @@ def read_landing_zone(
             f"load those days (or run `backfills generate`) before backfilling them"
         )
     keys = [key for day in sorted(files) for key in sorted(files[day])]
-    frame = spark.read.schema(RAW_SCHEMA_DDL).parquet(*[store.data_uri(key) for key in keys])
+    landed = F.to_date(F.regexp_extract(F.col("_metadata.file_path"), r"date=(\d{4}-\d{2}-\d{2})", 1))
+    delay = F.datediff(landed, F.to_date("event_ts"))
+    # An event counts only from the files allowed for its day, so what a partition sees does not depend on
+    # which other days the run happens to read (events later than the lateness are left out everywhere).
+    frame = (
+        spark.read.schema(RAW_SCHEMA_DDL)
+        .parquet(*[store.data_uri(key) for key in keys])
+        .where(delay.between(0, lateness_days))
+    )
     lineage = UpstreamSource(
         table=RAW_TRANSACTIONS, source="landing", source_id=None, partitions=sorted(files)
     )

@@ -20,6 +20,7 @@ from backfills.errors import (
     BatchNotFoundError,
     BatchSealedError,
     CurrentChangedError,
+    InvalidRequestError,
     ObjectExistsError,
     ObjectNotFoundError,
     PreconditionFailedError,
@@ -62,7 +63,7 @@ def _dump(model: BaseModel) -> bytes:
 
 def _check_id(what: str, value: str) -> str:
     if not _ID_PATTERN.fullmatch(value):
-        raise ValueError(
+        raise InvalidRequestError(
             f"{what} {value!r} cannot name a catalog object: use letters, digits, '.', '_' and '-' only"
         )
     return value
@@ -72,7 +73,7 @@ def _check_date(value: str) -> date:
     try:
         return date.fromisoformat(value)
     except ValueError:
-        raise ValueError(f"{value!r} is not a partition date: use YYYY-MM-DD") from None
+        raise InvalidRequestError(f"{value!r} is not a partition date: use YYYY-MM-DD") from None
 
 
 def _backoff(attempt: int) -> None:
@@ -191,7 +192,7 @@ class ReleaseCatalog:
     ) -> BatchManifest:
         updated = change(manifest)
         if updated.batch_id != batch_id:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"an update of batch {batch_id} returned the manifest of batch {updated.batch_id}"
             )
         updated.updated_at = _now()
@@ -263,16 +264,18 @@ class ReleaseCatalog:
     @staticmethod
     def _check_records(batch_id: str, records: Sequence[PartitionRecord]) -> None:
         if not records:
-            raise ValueError(f"no partitions given to record in batch {batch_id}: pass at least one record")
+            raise InvalidRequestError(
+                f"no partitions given to record in batch {batch_id}: pass at least one record"
+            )
         seen: set[tuple[str, str]] = set()
         for record in records:
             if record.batch_id != batch_id:
-                raise ValueError(
+                raise InvalidRequestError(
                     f"{record.table} {record.partition} was written for batch {record.batch_id}, "
                     f"not {batch_id}: record it in its own batch"
                 )
             if (record.table, record.partition) in seen:
-                raise ValueError(
+                raise InvalidRequestError(
                     f"{record.table} {record.partition} appears twice in one call for batch {batch_id}: "
                     "pass one record per table and partition"
                 )
@@ -352,7 +355,7 @@ class ReleaseCatalog:
         """
         manifest = self.get_batch(batch_id)
         if manifest.partition_count() == 0:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"batch {batch_id} has no staged partitions, so there is nothing to promote; "
                 "run its backfill first"
             )
@@ -384,14 +387,14 @@ class ReleaseCatalog:
         if tables is None:
             return known
         if isinstance(tables, str):
-            raise ValueError(f"tables={tables!r} is one string: pass a list of table names")
+            raise InvalidRequestError(f"tables={tables!r} is one string: pass a list of table names")
         if not tables:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"no tables given: pass table names that {what}, or None for all ({', '.join(known)})"
             )
         unknown = sorted(set(tables) - set(known))
         if unknown:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"{', '.join(unknown)}: not among the tables {what} ({', '.join(known) or 'none'}); "
                 "nothing was changed; check the table names"
             )
@@ -411,7 +414,7 @@ class ReleaseCatalog:
         stay as they are now; a listed table the target lacks is removed from production.
         """
         if not reason or not reason.strip():
-            raise ValueError("a rollback needs a reason (who asked and why); nothing was changed")
+            raise InvalidRequestError("a rollback needs a reason (who asked and why); nothing was changed")
         current = self.current_release()
         if current is None:
             raise ReleaseNotFoundError(
@@ -428,7 +431,7 @@ class ReleaseCatalog:
         else:
             target = self.get_release(to)
         if target.release_id == current.release_id:
-            raise ValueError(
+            raise InvalidRequestError(
                 f"release {target.release_id} is already current; nothing to roll back; name an earlier "
                 "release from release_history()"
             )
@@ -543,7 +546,7 @@ class ReleaseCatalog:
         """
         first, last = _check_date(start), _check_date(end)
         if first > last:
-            raise ValueError(f"start {start} is after end {end}: pass start <= end")
+            raise InvalidRequestError(f"start {start} is after end {end}: pass start <= end")
         if release_id is None:
             release = self.current_release()
             if release is None:
@@ -573,7 +576,7 @@ class ReleaseCatalog:
     ) -> AuditEvent:
         """Append one event to the audit trail; keys sort in time order."""
         if not _EVENT_KIND_PATTERN.fullmatch(kind):
-            raise ValueError(f"audit event kind {kind!r} must be lowercase letters, digits and '_'")
+            raise InvalidRequestError(f"audit event kind {kind!r} must be lowercase letters, digits and '_'")
         at = _now()
         event = AuditEvent(
             event_id=f"{at.strftime('%Y%m%dT%H%M%S.%fZ')}-{uuid.uuid4().hex[:8]}",

@@ -18,6 +18,7 @@ from typing import Protocol, runtime_checkable
 
 from backfills.errors import (
     ConfigurationError,
+    InvalidRequestError,
     ObjectExistsError,
     ObjectNotFoundError,
     PreconditionFailedError,
@@ -61,7 +62,7 @@ class ObjectStore(Protocol):
 def _clean_key(key: str) -> str:
     key = key.strip("/")
     if not key or ".." in key.split("/"):
-        raise ValueError(f"invalid storage key {key!r}: use a relative path without '..'")
+        raise InvalidRequestError(f"invalid storage key {key!r}: use a relative path without '..'")
     return key
 
 
