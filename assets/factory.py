@@ -173,13 +173,13 @@ def build_feature_asset(
     ) -> MaterializeResult:
         days = context.partition_keys
         tags = context.run.tags
-        batch_id = batch_id_for(tags, context.run_id)
+        batch_id = batch_id_for(tags, context.run.run_id)
         context.log.info(f"staging {spec.name} {_span(days)} into batch {batch_id}")
         staged = stage_partitions(
             spec,
             DateRange(date.fromisoformat(days[0]), date.fromisoformat(days[-1])),
             batch_id=batch_id,
-            run_id=context.run_id,
+            run_id=context.run.run_id,
             requester=tags.get(REQUESTER_TAG),
             earliest=earliest,
             spark=spark.session(),

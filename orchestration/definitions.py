@@ -19,7 +19,6 @@ def build_definitions(settings: Settings) -> Definitions:
     stage_features = define_asset_job(
         STAGE_FEATURES_JOB,
         selection=AssetSelection.assets(*feature_assets),
-        partitions_def=partitions,
         description="Stage feature partitions into a batch (launch a backfill of it to recompute history).",
     )
     return Definitions(

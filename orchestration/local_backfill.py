@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from dagster import DagsterInstance, Definitions
+from dagster._utils.error import SerializableErrorInfo
 
 from backfills.assets.factory import BATCH_TAG, REQUESTER_TAG, staging_key
 from backfills.assets.registry import FEATURES, FeatureSpec, dependency_order, feature_spec
@@ -34,6 +35,15 @@ class BackfillRunFailedError(BackfillsError):
 class PlannedRun:
     table: str
     dates: DateRange
+
+
+def _root_cause(error: SerializableErrorInfo | None) -> str:
+    """The innermost error of a step failure: ours, not Dagster's wrapper around it."""
+    if error is None:
+        return "unknown error"
+    while error.cause is not None:
+        error = error.cause
+    return f"{error.cls_name}: {error.message.strip()}"
 
 
 def new_batch_id() -> str:
@@ -89,9 +99,9 @@ def run_local_backfill(
         )
         if not result.success:
             failures = [
-                event.step_failure_data.error.message.strip()
+                _root_cause(event.step_failure_data.error)
                 for event in result.all_events
-                if event.is_step_failure and event.step_failure_data.error
+                if event.is_step_failure
             ]
             reason = failures[0] if failures else "see the run's logs in the Dagster UI"
             raise BackfillRunFailedError(

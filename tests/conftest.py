@@ -2,14 +2,23 @@
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import Iterator
+from dataclasses import dataclass, replace
+from datetime import date
 from pathlib import Path
 
 import boto3
 import pytest
+from dagster import DagsterInstance
 from moto.server import ThreadedMotoServer
+from pyspark.sql import SparkSession
 
+from backfills.assets.generator import write_landing_zone
+from backfills.resources.catalog import ReleaseCatalog
+from backfills.resources.settings import Settings
+from backfills.resources.spark import build_session
 from backfills.resources.storage import LocalObjectStore, ObjectStore, S3ObjectStore
 
 # Object stores: a local folder and the S3 API (moto in server mode over HTTP)
@@ -51,3 +60,70 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
     bucket = f"test-{uuid.uuid4().hex[:16]}"
     client.create_bucket(Bucket=bucket)
     return S3ObjectStore(bucket, S3_TEST_PREFIX, client=client)
+
+
+# Spark (one local session for the whole run), feature lakes and a real Dagster instance
+
+TEST_PARTITIONS_START = "2025-01-01"
+
+
+@pytest.fixture(scope="session")
+def spark() -> Iterator[SparkSession]:
+    session = build_session(
+        master="local[2]", remote=None, driver_memory="2g", shuffle_partitions=2, bind_address="127.0.0.1"
+    )
+    yield session
+    session.stop()
+
+
+@dataclass
+class Lake:
+    """A storage root with its catalog: what one deployment of the package sees."""
+
+    root: Path
+    store: LocalObjectStore
+    catalog: ReleaseCatalog
+
+    def settings(self, **overrides: object) -> Settings:
+        base = Settings(
+            storage_root=str(self.root),
+            partitions_start=TEST_PARTITIONS_START,
+            max_partitions_per_run=31,
+            spark_master="local[2]",
+            spark_remote=None,
+            spark_driver_memory="2g",
+            spark_shuffle_partitions=2,
+            spark_bind_address="127.0.0.1",
+        )
+        return replace(base, **overrides)
+
+
+def make_lake(root: Path) -> Lake:
+    store = LocalObjectStore(root)
+    return Lake(root=root, store=store, catalog=ReleaseCatalog(store))
+
+
+@pytest.fixture(scope="session")
+def generated_landing_zone(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """40 days of small synthetic transactions, generated once and copied into each test's lake."""
+    root = tmp_path_factory.mktemp("landing")
+    write_landing_zone(
+        LocalObjectStore(root), start=date(2025, 1, 1), days=40, customers=60, rows_per_day=400, seed=11
+    )
+    return root
+
+
+@pytest.fixture
+def lake(tmp_path: Path, generated_landing_zone: Path) -> Lake:
+    root = tmp_path / "lake"
+    shutil.copytree(generated_landing_zone / "raw", root / "raw")
+    return make_lake(root)
+
+
+@pytest.fixture
+def dagster_instance(tmp_path: Path) -> Iterator[DagsterInstance]:
+    """A real SQLite-backed Dagster instance in a temporary DAGSTER_HOME."""
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    with DagsterInstance.local_temp(str(home)) as instance:
+        yield instance

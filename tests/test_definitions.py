@@ -1,0 +1,109 @@
+"""The code location loads and every feature asset carries what operators and auditors rely on."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+from conftest import Lake
+from dagster import AssetKey, DailyPartitionsDefinition, TimeWindowPartitionMapping
+
+from backfills.assets import transformations
+from backfills.assets.factory import staging_key
+from backfills.assets.registry import FEATURES, RAW_TRANSACTIONS, dependency_order, feature_spec
+from backfills.errors import UnknownTableError
+from backfills.orchestration.definitions import STAGE_FEATURES_JOB, build_definitions, defs
+
+
+def _assets_by_key(definitions):
+    return {key: asset for asset in definitions.resolve_asset_graph().assets_defs for key in asset.keys}
+
+
+def test_definitions_load_with_every_feature_table_and_the_raw_source() -> None:
+    keys = set(_assets_by_key(defs))
+    assert AssetKey(RAW_TRANSACTIONS) in keys
+    for spec in FEATURES:
+        assert staging_key(spec.name) in keys
+    assert defs.resolve_job_def(STAGE_FEATURES_JOB) is not None
+
+
+def test_every_feature_asset_is_daily_partitioned_with_policy_version_owner_and_description(
+    lake: Lake,
+) -> None:
+    definitions = build_definitions(lake.settings(max_partitions_per_run=12))
+    graph = definitions.resolve_asset_graph()
+    for spec in FEATURES:
+        node = graph.get(staging_key(spec.name))
+        assert isinstance(node.partitions_def, DailyPartitionsDefinition)
+        assert node.partitions_def.start.strftime("%Y-%m-%d") == "2025-01-01"
+        assert node.backfill_policy.policy_type.name == "MULTI_RUN"
+        assert node.backfill_policy.max_partitions_per_run == 12
+        assert node.code_version == spec.code_version and len(spec.code_version) == 16
+        assert node.owners == [spec.owner]
+        assert node.description == spec.description
+        schema = node.metadata["dagster/column_schema"]
+        assert [column.name for column in schema.columns] == spec.column_names
+        assert "dagster/column_lineage" in node.metadata
+
+
+@pytest.mark.parametrize(
+    ("table", "upstream", "start_offset", "end_offset"),
+    [
+        ("customer_daily_txn", AssetKey(RAW_TRANSACTIONS), 0, 1),
+        ("customer_txn_7d", staging_key("customer_daily_txn"), -6, 0),
+        ("customer_txn_30d", staging_key("customer_daily_txn"), -29, 0),
+        ("customer_risk_profile", staging_key("customer_txn_7d"), 0, 0),
+        ("customer_risk_profile", staging_key("customer_txn_30d"), 0, 0),
+    ],
+)
+def test_window_dependencies_map_to_the_upstream_days_they_read(
+    table: str, upstream: AssetKey, start_offset: int, end_offset: int
+) -> None:
+    asset = _assets_by_key(defs)[staging_key(table)]
+    mapping = asset.get_partition_mapping(upstream)
+    assert isinstance(mapping, TimeWindowPartitionMapping)
+    assert (mapping.start_offset, mapping.end_offset) == (start_offset, end_offset)
+    assert mapping.allow_nonexistent_upstream_partitions
+
+
+def test_a_30_day_window_maps_to_30_upstream_days_and_is_cut_at_the_first_partition() -> None:
+    asset = _assets_by_key(defs)[staging_key("customer_txn_30d")]
+    mapping = asset.get_partition_mapping(staging_key("customer_daily_txn"))
+    days_def = asset.partitions_def
+
+    def upstream_of(day: str) -> list[str]:
+        result = mapping.get_upstream_mapped_partitions_result_for_partitions(
+            days_def.subset_with_partition_keys([day]), days_def, days_def
+        )
+        return sorted(result.partitions_subset.get_partition_keys())
+
+    window = upstream_of("2025-03-01")
+    assert (window[0], window[-1], len(window)) == ("2025-01-31", "2025-03-01", 30)
+    assert upstream_of("2025-01-03") == ["2025-01-01", "2025-01-02", "2025-01-03"]
+
+
+def test_dependency_order_puts_every_table_after_what_it_reads() -> None:
+    order = [spec.name for spec in dependency_order()]
+    for spec in FEATURES:
+        for item in spec.feature_inputs:
+            assert order.index(item.table) < order.index(spec.name)
+
+
+def test_code_version_changes_when_a_transformation_helper_changes(monkeypatch: pytest.MonkeyPatch) -> None:
+    spec = feature_spec("customer_txn_7d")
+    before = spec.code_version
+    original = transformations.rolling_window
+
+    def rolling_window(daily, dates, days):  # a changed helper: different source text
+        return original(daily, dates, days + 0)
+
+    monkeypatch.setattr(transformations, "rolling_window", rolling_window)
+    assert spec.code_version != before
+    monkeypatch.undo()
+    assert spec.code_version == before
+    assert dataclasses.replace(spec, columns=spec.columns[:-1]).code_version != before
+
+
+def test_an_unknown_table_is_named_with_the_known_ones() -> None:
+    with pytest.raises(UnknownTableError, match="customer_txn_9d.*customer_daily_txn"):
+        feature_spec("customer_txn_9d")

@@ -1,0 +1,239 @@
+"""Backfills into staging through Dagster: determinism, batch isolation, upstream resolution, crashes."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from datetime import date
+
+import pytest
+from conftest import Lake
+
+from backfills.assets.factory import staging_key
+from backfills.assets.reader import FeatureReader
+from backfills.assets.registry import FEATURES, feature_spec
+from backfills.assets.staging import stage_partitions
+from backfills.assets.transformations import DateRange
+from backfills.errors import BatchNotFoundError, InvalidInputError, MissingUpstreamPartitionError
+from backfills.orchestration.definitions import build_definitions
+from backfills.orchestration.local_backfill import BackfillRunFailedError, run_local_backfill
+
+JAN_1 = date(2025, 1, 1)
+
+
+def _backfill(lake: Lake, instance, start: date, end: date, *, per_run: int, batch: str, tables=None) -> str:
+    return run_local_backfill(
+        build_definitions(lake.settings()),
+        instance,
+        start=start,
+        end=end,
+        tables=tables,
+        max_partitions_per_run=per_run,
+        batch_id=batch,
+        requester="alice",
+    )
+
+
+def _hashes(lake: Lake, batch: str) -> dict[str, dict[str, str]]:
+    manifest = lake.catalog.get_batch(batch)
+    return {
+        table: {day: record.content_hash for day, record in records.items()}
+        for table, records in manifest.tables.items()
+    }
+
+
+def _stage(lake: Lake, spark, table: str, start: date, end: date, batch: str):
+    return stage_partitions(
+        feature_spec(table),
+        DateRange(start, end),
+        batch_id=batch,
+        run_id=f"run-{batch}",
+        requester=None,
+        earliest=JAN_1,
+        spark=spark,
+        store=lake.store,
+        catalog=lake.catalog,
+    )
+
+
+def test_one_partition_per_run_and_one_range_run_give_identical_content_hashes(
+    lake: Lake, dagster_instance, spark
+) -> None:
+    end = date(2025, 1, 3)
+    _backfill(lake, dagster_instance, JAN_1, end, per_run=3, batch="range")
+    _backfill(lake, dagster_instance, JAN_1, end, per_run=1, batch="single")
+    ranged, single = _hashes(lake, "range"), _hashes(lake, "single")
+    assert set(ranged) == {spec.name for spec in FEATURES}
+    assert all(len(days) == 3 for days in ranged.values())
+    assert ranged == single
+    manifest = lake.catalog.get_batch("range")
+    assert all(record.row_count > 0 for records in manifest.tables.values() for record in records.values())
+    assert manifest.requester == "alice" and len(manifest.runs) == 4
+    assert len(lake.catalog.get_batch("single").runs) == 12
+
+
+def test_materializations_and_per_partition_observations_carry_batch_lineage(
+    lake: Lake, dagster_instance
+) -> None:
+    _backfill(lake, dagster_instance, JAN_1, date(2025, 1, 3), per_run=3, batch="meta")
+    key = staging_key("customer_txn_7d")
+    materializations = dagster_instance.fetch_materializations(key, limit=10).records
+    assert sorted(m.partition_key for m in materializations) == ["2025-01-01", "2025-01-02", "2025-01-03"]
+    metadata = materializations[0].asset_materialization.metadata
+    manifest = lake.catalog.get_batch("meta")
+    records = manifest.tables["customer_txn_7d"]
+    assert metadata["batch_id"].value == "meta"
+    assert metadata["partitions"].value == "2025-01-01..2025-01-03"
+    assert metadata["dagster/row_count"].value == sum(r.row_count for r in records.values())
+    assert metadata["content_hash_per_partition"].value == {day: r.content_hash for day, r in records.items()}
+    assert metadata["code_version"].value == feature_spec("customer_txn_7d").code_version
+    assert metadata["upstream"].value == [
+        {
+            "table": "customer_daily_txn",
+            "source": "batch",
+            "source_id": "meta",
+            "partitions": ["2025-01-01", "2025-01-02", "2025-01-03"],
+        }
+    ]
+    observations = dagster_instance.fetch_observations(key, limit=10).records
+    observed = {o.partition_key: o.asset_observation.metadata["content_hash"].value for o in observations}
+    assert observed == {day: r.content_hash for day, r in records.items()}
+
+
+def test_rerunning_a_partition_in_the_same_batch_replaces_it_and_leaves_one_copy(lake: Lake, spark) -> None:
+    _stage(lake, spark, "customer_daily_txn", JAN_1, date(2025, 1, 3), "redo")
+    before = lake.catalog.get_batch("redo").tables["customer_daily_txn"]
+    _stage(lake, spark, "customer_daily_txn", date(2025, 1, 2), date(2025, 1, 2), "redo")
+    after = lake.catalog.get_batch("redo").tables["customer_daily_txn"]
+    assert after["2025-01-02"].attempt_id != before["2025-01-02"].attempt_id
+    assert after["2025-01-02"].content_hash == before["2025-01-02"].content_hash
+    assert after["2025-01-01"] == before["2025-01-01"]
+    on_disk = [
+        k for k in lake.store.list("staging/customer_daily_txn/redo") if "feature_date=2025-01-02" in k
+    ]
+    assert [k for k in on_disk if k.endswith(".parquet")] == after["2025-01-02"].files
+    rows = FeatureReader(spark, lake.store).read_batch("customer_daily_txn", "redo")
+    per_day = {
+        r["feature_date"].isoformat(): r["count"] for r in rows.groupBy("feature_date").count().collect()
+    }
+    assert per_day == {day: record.row_count for day, record in after.items()}
+
+
+def _fingerprint(lake: Lake, batch: str) -> dict[str, str]:
+    keys = [f"catalog/batches/{batch}.json"] + [
+        key for spec in FEATURES for key in lake.store.list(f"staging/{spec.name}/{batch}")
+    ]
+    return {key: hashlib.sha256(lake.store.get(key)).hexdigest() for key in keys}
+
+
+def test_a_second_batch_for_the_same_days_never_changes_the_first(lake: Lake, dagster_instance) -> None:
+    _backfill(lake, dagster_instance, JAN_1, date(2025, 1, 3), per_run=3, batch="first")
+    before = _fingerprint(lake, "first")
+    _backfill(lake, dagster_instance, JAN_1, date(2025, 1, 3), per_run=2, batch="second")
+    assert _fingerprint(lake, "first") == before
+    assert _hashes(lake, "second") == _hashes(lake, "first")
+
+
+def test_downstream_only_backfill_reads_the_current_release_and_a_full_one_its_own_staging(
+    lake: Lake, spark
+) -> None:
+    _stage(lake, spark, "customer_daily_txn", JAN_1, date(2025, 1, 20), "daily")
+    release = lake.catalog.promote("daily", actor="alice", reason="initial load")
+
+    _stage(lake, spark, "customer_txn_7d", date(2025, 1, 15), date(2025, 1, 20), "downstream")
+    record = lake.catalog.get_batch("downstream").tables["customer_txn_7d"]["2025-01-15"]
+    assert [(s.source, s.source_id, s.partitions[0], s.partitions[-1]) for s in record.upstream] == [
+        ("release", release.release_id, "2025-01-09", "2025-01-15")
+    ]
+
+    _stage(lake, spark, "customer_daily_txn", date(2025, 1, 15), date(2025, 1, 20), "full")
+    _stage(lake, spark, "customer_txn_7d", date(2025, 1, 15), date(2025, 1, 20), "full")
+    record = lake.catalog.get_batch("full").tables["customer_txn_7d"]["2025-01-16"]
+    # The window's days in the batch come from the batch; the days before it from production.
+    assert sorted((s.source, s.partitions[0], s.partitions[-1]) for s in record.upstream) == [
+        ("batch", "2025-01-15", "2025-01-16"),
+        ("release", "2025-01-10", "2025-01-14"),
+    ]
+    assert _hashes(lake, "full")["customer_txn_7d"] == _hashes(lake, "downstream")["customer_txn_7d"]
+
+
+def test_missing_upstream_partitions_fail_the_run_naming_table_and_days(
+    lake: Lake, dagster_instance, spark
+) -> None:
+    with pytest.raises(
+        MissingUpstreamPartitionError, match=r"customer_daily_txn for 2025-01-01\.\.2025-01-05"
+    ):
+        _stage(lake, spark, "customer_txn_7d", JAN_1, date(2025, 1, 5), "orphan")
+    with pytest.raises(
+        BackfillRunFailedError, match=r"customer_daily_txn for 2025-01-01\.\.2025-01-02.*nothing promoted"
+    ):
+        _backfill(
+            lake,
+            dagster_instance,
+            JAN_1,
+            date(2025, 1, 2),
+            per_run=2,
+            batch="orphan2",
+            tables=["customer_txn_7d"],
+        )
+    with pytest.raises(BatchNotFoundError):
+        lake.catalog.get_batch("orphan")
+
+
+def test_a_day_missing_from_the_landing_zone_fails_clearly(lake: Lake, spark) -> None:
+    lake.store.delete("raw/transactions/date=2025-01-03/part-00000.parquet")
+    with pytest.raises(InvalidInputError, match="no landing file for 2025-01-03"):
+        _stage(lake, spark, "customer_daily_txn", JAN_1, date(2025, 1, 5), "gap")
+
+
+CRASHING_RUN = textwrap.dedent(
+    """
+    import sys
+    from datetime import date
+    from backfills.assets.registry import feature_spec
+    from backfills.assets.staging import stage_partitions
+    from backfills.assets.transformations import DateRange
+    from backfills.resources.catalog import ReleaseCatalog
+    from backfills.resources.spark import build_session
+    from backfills.resources.storage import LocalObjectStore
+
+    store = LocalObjectStore(sys.argv[1])
+    spark = build_session(master="local[1]", remote=None, driver_memory="1g", shuffle_partitions=2,
+                          bind_address="127.0.0.1")
+    stage_partitions(feature_spec("customer_daily_txn"), DateRange(date(2025, 1, 1), date(2025, 1, 10)),
+                     batch_id="crash", run_id="doomed", requester=None, earliest=date(2025, 1, 1),
+                     spark=spark, store=store, catalog=ReleaseCatalog(store))
+    """
+)
+
+
+def test_a_killed_partition_write_is_never_listed_and_the_retry_completes(lake: Lake, spark) -> None:
+    staging = lake.root / "staging" / "customer_daily_txn" / "crash"
+    process = subprocess.Popen(
+        [sys.executable, "-c", CRASHING_RUN, str(lake.root)],
+        start_new_session=True,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while not staging.exists() and process.poll() is None and time.monotonic() < deadline:
+            time.sleep(0.02)
+        assert staging.exists(), "the run never started writing"
+    finally:
+        os.killpg(process.pid, signal.SIGKILL)  # the run and its Spark JVM, mid-write
+        process.wait()
+    with pytest.raises(BatchNotFoundError):
+        lake.catalog.get_batch("crash")
+
+    _stage(lake, spark, "customer_daily_txn", JAN_1, date(2025, 1, 10), "crash")
+    _stage(lake, spark, "customer_daily_txn", JAN_1, date(2025, 1, 10), "clean")
+    records = lake.catalog.get_batch("crash").tables["customer_daily_txn"]
+    assert len(records) == 10 and len({record.attempt_id for record in records.values()}) == 1
+    assert all(lake.store.exists(key) for record in records.values() for key in record.files)
+    assert _hashes(lake, "crash") == _hashes(lake, "clean")
