@@ -23,7 +23,7 @@ from pathlib import Path
 import pyspark
 from pyspark.sql import SparkSession
 
-from backfills.assets.generator import write_landing_zone
+from backfills.assets.generator import generate_file, write_landing_zone
 from backfills.assets.registry import DAILY, WEEKLY, feature_spec
 from backfills.assets.staging import stage_partitions
 from backfills.assets.transformations import DateRange
@@ -37,6 +37,7 @@ START = date(2025, 1, 1)
 # Staged in this order: the 7-day table reads the daily table staged in the same batch.
 STAGED_TABLES = (DAILY, WEEKLY)
 LAYOUTS = ("range", "per-partition")
+LOAD_AT_START = os.getloadavg()
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -130,6 +131,8 @@ def machine() -> dict[str, str]:
         "python": platform.python_version(),
         "java": _first_line([java, "-version"]),
         "pyspark": pyspark.__version__,
+        # Other work on the machine slows every figure down: look here before comparing two reports.
+        "load average at start (1, 5, 15 min)": ", ".join(f"{load:.2f}" for load in LOAD_AT_START),
     }
 
 
@@ -173,6 +176,8 @@ def peak_memory() -> list[tuple[str, float]]:
 
 def bench_generator(args: argparse.Namespace, work: Path) -> Samples:
     """Seconds per day for write_landing_zone into a fresh local store (Parquet files on disk)."""
+    # The customer table is drawn once per process and cached; draw it (and warm numpy) before timing.
+    generate_file(START, seed=args.seed, customers=args.customers, rows_per_day=args.generator_rows_per_day)
     per_day = []
     for repetition in range(args.repetitions):
         root = work / f"generator-{repetition}"

@@ -158,8 +158,10 @@ def cmd_releases(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_read(args: argparse.Namespace, settings: Settings) -> None:
     from backfills.assets.reader import FeatureReader
+    from backfills.assets.registry import feature_spec
     from backfills.resources.storage import open_store
 
+    feature_spec(args.table)  # an unknown table fails before Spark starts
     reader = FeatureReader(_spark(settings), open_store(settings.storage_root))
     frame = reader.read(args.table, args.start, args.end, release=args.release)
     if args.csv:

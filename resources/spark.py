@@ -2,9 +2,13 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from dagster import ConfigurableResource
 from pydantic import Field
 from pyspark.sql import SparkSession
+
+LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
 
 
 def spark_conf(*, driver_memory: str, shuffle_partitions: int, bind_address: str) -> dict[str, str]:
@@ -23,6 +27,7 @@ def spark_conf(*, driver_memory: str, shuffle_partitions: int, bind_address: str
         "spark.ui.enabled": "false",
         "spark.ui.showConsoleProgress": "false",
         "spark.sql.execution.arrow.pyspark.enabled": "true",
+        "spark.driver.extraJavaOptions": f"-Dlog4j2.configurationFile={LOG_CONFIG}",
     }
 
 

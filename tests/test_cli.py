@@ -1,0 +1,168 @@
+"""The `backfills` command as an operator uses it: generate, backfill, batches, releases, read, errors."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import subprocess
+import sys
+from datetime import date
+from pathlib import Path
+
+import pytest
+from conftest import Lake
+
+from backfills.assets.registry import feature_spec
+from backfills.assets.staging import stage_partitions
+from backfills.assets.transformations import DateRange
+from backfills.orchestration.cli import main
+
+
+def _cli(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
+    env = dict(os.environ, BACKFILLS_STORAGE_ROOT=str(root))
+    return subprocess.run(
+        [sys.executable, "-m", "backfills.orchestration.cli", *args],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=120,
+    )
+
+
+@pytest.fixture
+def operator(lake: Lake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Lake:
+    monkeypatch.setenv("BACKFILLS_STORAGE_ROOT", str(lake.root))
+    monkeypatch.setenv("BACKFILLS_PARTITIONS_START", "2025-01-01")
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    return lake
+
+
+def _stage_daily(lake: Lake, spark, batch: str, end: date) -> None:
+    stage_partitions(
+        feature_spec("customer_daily_txn"),
+        DateRange(date(2025, 1, 1), end),
+        batch_id=batch,
+        run_id=f"run-{batch}",
+        requester="alice",
+        earliest=date(2025, 1, 1),
+        spark=spark,
+        store=lake.store,
+        catalog=lake.catalog,
+    )
+
+
+def test_generate_writes_the_landing_zone_and_reports_it(tmp_path: Path) -> None:
+    result = _cli(
+        "generate",
+        "--start",
+        "2025-03-01",
+        "--days",
+        "3",
+        "--rows-per-day",
+        "200",
+        "--fault",
+        "empty_day:2025-03-02",
+        root=tmp_path,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "wrote 3 daily files" in result.stdout and "empty_day into 2025-03-02" in result.stdout
+    written = sorted(p.parent.name for p in (tmp_path / "raw" / "transactions").glob("*/*.parquet"))
+    assert written == ["date=2025-03-01", "date=2025-03-02", "date=2025-03-03"]
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["generate", "--start", "2025-03-01", "--days", "2", "--fault", "gremlins:2025-03-01"], "gremlins"),
+        (
+            ["generate", "--start", "2025-03-01", "--days", "2", "--fault", "empty_day:2025-04-01"],
+            "2025-04-01",
+        ),
+        (["batches", "--batch", "nope"], "BatchNotFoundError"),
+        (["read", "customer_txn_9d", "--start", "2025-01-01", "--end", "2025-01-02"], "customer_txn_9d"),
+        (["read", "customer_txn_7d", "--start", "2025-01-05", "--end", "2025-01-02"], "before --start"),
+    ],
+)
+def test_bad_input_is_one_clear_line_and_a_nonzero_exit(
+    tmp_path: Path, args: list[str], message: str
+) -> None:
+    result = _cli(*args, root=tmp_path)
+    assert result.returncode == 2
+    # The JVM may print its own start-up warning; ours is exactly one line.
+    errors = [line for line in result.stderr.splitlines() if line.startswith("error: ")]
+    assert len(errors) == 1 and message in errors[0]
+    assert "Traceback" not in result.stderr
+
+
+def test_batches_json_lists_state_rows_and_hashes_per_partition(operator: Lake, spark, capsys) -> None:
+    _stage_daily(operator, spark, "b1", date(2025, 1, 3))
+    assert main(["batches", "--format", "json"]) == 0
+    [batch] = json.loads(capsys.readouterr().out)
+    assert (batch["batch_id"], batch["state"], batch["requester"]) == ("b1", "staging", "alice")
+    records = batch["tables"]["customer_daily_txn"]
+    manifest = operator.catalog.get_batch("b1").tables["customer_daily_txn"]
+    assert {day: (r["row_count"], r["content_hash"]) for day, r in records.items()} == {
+        day: (r.row_count, r.content_hash) for day, r in manifest.items()
+    }
+    assert main(["batches"]) == 0
+    text = capsys.readouterr().out
+    assert "batch b1  state=staging  requester=alice" in text
+    assert manifest["2025-01-02"].content_hash[:16] in text
+
+
+def test_releases_and_read_as_of_current_and_past_release(
+    operator: Lake, spark, capsys, tmp_path: Path
+) -> None:
+    _stage_daily(operator, spark, "first", date(2025, 1, 2))
+    first = operator.catalog.promote("first", actor="alice", reason="initial")
+    _stage_daily(operator, spark, "second", date(2025, 1, 3))
+    second = operator.catalog.promote("second", actor="alice", reason="extend")
+
+    assert main(["releases", "--format", "json"]) == 0
+    releases = {r["release_id"]: r for r in json.loads(capsys.readouterr().out)}
+    assert releases[second.release_id]["current"] and not releases[first.release_id]["current"]
+    assert releases[second.release_id]["parent_id"] == first.release_id
+    assert releases[second.release_id]["batch_id"] == "second"
+
+    assert main(["read", "customer_daily_txn", "--start", "2025-01-01", "--end", "2025-01-03"]) == 0
+    rows = sum(
+        r.row_count for r in operator.catalog.get_batch("second").tables["customer_daily_txn"].values()
+    )
+    assert f"as of release {second.release_id}: {rows} rows in 3 partitions" in capsys.readouterr().out
+
+    out = tmp_path / "past.csv"
+    args = ["read", "customer_daily_txn", "--start", "2025-01-01", "--end", "2025-01-03"]
+    assert main([*args, "--release", first.release_id, "--csv", str(out)]) == 0
+    with open(out) as handle:
+        past = list(csv.DictReader(handle))
+    first_rows = operator.catalog.get_batch("first").tables["customer_daily_txn"]
+    assert len(past) == sum(r.row_count for r in first_rows.values())
+    assert {row["feature_date"] for row in past} == {"2025-01-01", "2025-01-02"}
+
+
+def test_read_before_anything_is_promoted_says_so(operator: Lake, spark, capsys) -> None:
+    assert main(["read", "customer_daily_txn", "--start", "2025-01-01", "--end", "2025-01-02"]) == 2
+    assert "promoted" in capsys.readouterr().err
+
+
+def test_backfill_command_stages_every_table_into_one_batch(operator: Lake, spark, capsys) -> None:
+    args = [
+        "backfill",
+        "--start",
+        "2025-01-01",
+        "--end",
+        "2025-01-02",
+        "--batch-id",
+        "cli",
+        "--requester",
+        "bob",
+    ]
+    assert main(args) == 0
+    out = capsys.readouterr().out
+    assert "batch cli staged" in out and out.count("  run: ") == 4
+    manifest = operator.catalog.get_batch("cli")
+    assert sorted(manifest.tables) == sorted(
+        ["customer_daily_txn", "customer_txn_7d", "customer_txn_30d", "customer_risk_profile"]
+    )
+    assert manifest.requester == "bob"
