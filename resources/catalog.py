@@ -132,7 +132,7 @@ class ReleaseCatalog:
         return (
             f"batch {batch_id} has no manifest under {self.store.root}/{BATCHES_PREFIX}: nothing was staged "
             "under that ID in this storage root; check the batch ID (the Dagster backfill ID) against "
-            "list_batches() and that BACKFILLS_STORAGE_ROOT points at the right root"
+            "`backfills batches` and that BACKFILLS_STORAGE_ROOT points at the right root"
         )
 
     def list_batches(self) -> list[BatchManifest]:
@@ -293,7 +293,7 @@ class ReleaseCatalog:
         except ObjectNotFoundError:
             raise ReleaseNotFoundError(
                 f"release {release_id} does not exist under {self.store.root}/{RELEASES_PREFIX}; "
-                "list the releases with list_releases() or release_history() and use one of their IDs"
+                "list them with `backfills releases` and use one of their IDs"
             ) from None
         return Release.model_validate_json(body)
 

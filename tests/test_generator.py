@@ -21,6 +21,8 @@ from backfills.assets.generator import (
     parse_fault,
     write_landing_zone,
 )
+from backfills.assets.raw_transactions import landing_files
+from backfills.assets.transformations import DateRange
 from backfills.errors import ConfigurationError
 from backfills.resources.storage import LocalObjectStore
 
@@ -365,3 +367,12 @@ def test_generate_file_refuses_unknown_fault_names():
         ConfigurationError, match=r"unknown fault names \['typo'\]; valid names: duplicate_txn_ids"
     ):
         generate_file(START, seed=7, customers=CUSTOMERS, rows_per_day=ROWS, faults=["typo"])
+
+
+def test_the_landing_zone_can_live_on_s3_and_is_found_there(store):
+    summary = write_landing_zone(store, start=date(2025, 2, 1), days=3, customers=20, rows_per_day=50, seed=3)
+    found = landing_files(store, DateRange(date(2025, 2, 1), date(2025, 2, 4)))
+    assert sorted(found) == ["2025-02-01", "2025-02-02", "2025-02-03"]
+    table = pq.read_table(io.BytesIO(store.get(found["2025-02-02"][0])))
+    assert table.num_rows == summary.rows_per_day[date(2025, 2, 2)]
+    assert table.schema.equals(RAW_SCHEMA)
