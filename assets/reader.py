@@ -21,24 +21,20 @@ class FeatureReader:
         self.catalog = ReleaseCatalog(store)
 
     def read(self, table: str, start: date | str, end: date | str, release: str | None = None) -> DataFrame:
-        spec = feature_spec(table)
         partitions = self.catalog.release_partitions(table, str(start), str(end), release_id=release)
-        return read_partitions(
-            self.spark,
-            self.store,
-            [PartitionFiles(entry.base, tuple(entry.files)) for _, entry in sorted(partitions.items())],
-            schema_ddl=spec.schema_ddl,
-            columns=spec.column_names,
-        )
+        return self._rows(table, [(day, entry.base, entry.files) for day, entry in partitions.items()])
 
     def read_batch(self, table: str, batch_id: str) -> DataFrame:
         """Staged rows of a table in one batch (for inspection; production readers use `read`)."""
-        spec = feature_spec(table)
         records = self.catalog.get_batch(batch_id).tables.get(table, {})
+        return self._rows(table, [(day, record.base, record.files) for day, record in records.items()])
+
+    def _rows(self, table: str, partitions: list[tuple[str, str, list[str]]]) -> DataFrame:
+        spec = feature_spec(table)
         return read_partitions(
             self.spark,
             self.store,
-            [PartitionFiles(record.base, tuple(record.files)) for _, record in sorted(records.items())],
+            [PartitionFiles(base, tuple(files)) for _, base, files in sorted(partitions)],
             schema_ddl=spec.schema_ddl,
             columns=spec.column_names,
         )

@@ -35,15 +35,9 @@ def _day(text: str) -> date:
 
 def _spark(settings: Settings) -> SparkSession:
     # pyspark, dagster and boto3 are imported lazily to keep `--help` and one-line errors fast.
-    from backfills.resources.spark import build_session
+    from backfills.resources.spark import SparkResource
 
-    return build_session(
-        master=settings.spark_master,
-        remote=settings.spark_remote,
-        driver_memory=settings.spark_driver_memory,
-        shuffle_partitions=settings.spark_shuffle_partitions,
-        bind_address=settings.spark_bind_address,
-    )
+    return SparkResource.from_settings(settings).session()
 
 
 def _catalog(settings: Settings) -> ReleaseCatalog:

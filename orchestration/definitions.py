@@ -27,13 +27,7 @@ def build_definitions(settings: Settings) -> Definitions:
         # Feature steps share the run's process and its Spark session instead of one JVM per step.
         executor=in_process_executor,
         resources={
-            "spark": SparkResource(
-                master=settings.spark_master,
-                spark_remote=settings.spark_remote,
-                driver_memory=settings.spark_driver_memory,
-                shuffle_partitions=settings.spark_shuffle_partitions,
-                bind_address=settings.spark_bind_address,
-            ),
+            "spark": SparkResource.from_settings(settings),
             "catalog": CatalogResource(storage_root=settings.storage_root),
         },
     )

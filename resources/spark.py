@@ -8,6 +8,8 @@ from dagster import ConfigurableResource
 from pydantic import Field
 from pyspark.sql import SparkSession
 
+from backfills.resources.settings import Settings
+
 LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
 
 
@@ -65,6 +67,16 @@ class SparkResource(ConfigurableResource):
     driver_memory: str = Field(default="3g", description="Driver memory of a local session.")
     shuffle_partitions: int = Field(default=4, description="Shuffle partitions (a few per core).")
     bind_address: str = Field(default="127.0.0.1", description="Address the local driver binds to.")
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> SparkResource:
+        return cls(
+            master=settings.spark_master,
+            spark_remote=settings.spark_remote,
+            driver_memory=settings.spark_driver_memory,
+            shuffle_partitions=settings.spark_shuffle_partitions,
+            bind_address=settings.spark_bind_address,
+        )
 
     def session(self) -> SparkSession:
         return build_session(
