@@ -62,7 +62,7 @@ _BASE_DECLINE_RATE = 0.035
 _RISKY_CUSTOMER_SHARE = 0.08
 _RISKY_DECLINE_RATE = 0.25
 
-_CURRENCIES = ["USD", "EUR", "GBP", "JPY", "CAD", "AUD", "CHF"]
+CURRENCIES = ["USD", "EUR", "GBP", "JPY", "CAD", "AUD", "CHF"]
 _CURRENCY_SHARES = [0.45, 0.25, 0.12, 0.06, 0.05, 0.04, 0.03]
 # Units of the currency per USD, so a ticket has the same real size in every currency (JPY ~150x USD).
 _UNITS_PER_USD = np.array([1.0, 0.92, 0.79, 150.0, 1.36, 1.5, 0.88])
@@ -250,7 +250,7 @@ def _customers(seed: int, count: int) -> _Customers:
     rng = np.random.default_rng([seed, _CUSTOMER_STREAM])
     # Zipf-like activity by rank, with ranks shuffled so the heavy customers are not simply the first IDs.
     activity = rng.permutation(np.arange(1, count + 1, dtype=np.float64) ** -_ACTIVITY_EXPONENT)
-    home_currency = rng.choice(len(_CURRENCIES), size=count, p=_CURRENCY_SHARES)
+    home_currency = rng.choice(len(CURRENCIES), size=count, p=_CURRENCY_SHARES)
     risky = rng.random(count) < _RISKY_CUSTOMER_SHARE
     width = max(6, len(str(count)))
     numbers = pc.cast(pa.array(np.arange(1, count + 1)), pa.string())
@@ -282,7 +282,7 @@ def _events_of_day(day: date, seed: int, customers: int, rows_per_day: int) -> d
     category = rng.choice(len(_CATEGORIES), size=count, p=_CATEGORY_SHARES)
     foreign = rng.random(count) < np.where(category == _TRAVEL, _FOREIGN_SHARE_TRAVEL, _FOREIGN_SHARE)
     currency = np.where(
-        foreign, rng.choice(len(_CURRENCIES), size=count, p=_CURRENCY_SHARES), people.home_currency[customer]
+        foreign, rng.choice(len(CURRENCIES), size=count, p=_CURRENCY_SHARES), people.home_currency[customer]
     )
     amount_usd = rng.lognormal(np.log(_MEDIAN_TICKET_USD[category]), _TICKET_SPREAD[category])
     scale = 10.0 ** _MINOR_UNIT_DECIMALS[currency]
@@ -350,7 +350,7 @@ def _to_table(events: dict[str, np.ndarray], customer_ids: pa.Array) -> pa.Table
             pc.take(customer_ids, customer_index),
             pa.array(events["event_ts"], type=RAW_SCHEMA.field("event_ts").type),
             pa.array(events["amount"], type=pa.float64()),
-            pc.take(pa.array(_CURRENCIES), pa.array(events["currency"])),
+            pc.take(pa.array(CURRENCIES), pa.array(events["currency"])),
             pc.take(pa.array(_CATEGORIES), pa.array(events["category"])),
             pc.take(pa.array(["approved", "declined"]), pa.array(events["declined"].astype(np.int8))),
         ],

@@ -17,7 +17,15 @@ from pyspark.sql import functions as F
 MONEY = "decimal(18,2)"
 
 # Fixed reference rates keep recomputation deterministic; a rate feed would be a raw input of its own.
-USD_RATES = {"USD": "1.0000", "EUR": "1.0800", "GBP": "1.2700", "JPY": "0.0067", "CAD": "0.7400"}
+USD_RATES = {
+    "USD": "1.0000",
+    "EUR": "1.0800",
+    "GBP": "1.2700",
+    "JPY": "0.0067",
+    "CAD": "0.7400",
+    "AUD": "0.6600",
+    "CHF": "1.1300",
+}
 
 
 @dataclass(frozen=True)

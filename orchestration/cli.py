@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import sys
 from collections.abc import Callable, Sequence
 from datetime import date
@@ -23,6 +24,7 @@ if TYPE_CHECKING:
     from backfills.resources.catalog import ReleaseCatalog
 
 EXIT_ERROR = 2
+INSTANCE_CONFIG = Path(__file__).with_name("dagster.yaml")
 EXIT_UNEXPECTED = 1
 
 
@@ -78,6 +80,8 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(PROJECT_DIR / ".dagster")))
     home.mkdir(parents=True, exist_ok=True)
+    if not (home / "dagster.yaml").exists():
+        shutil.copy(INSTANCE_CONFIG, home / "dagster.yaml")
     tables = [name.strip() for name in args.tables.split(",")] if args.tables else None
     per_run = args.max_partitions_per_run or settings.max_partitions_per_run
     print(f"local backfill {args.start}..{args.end}, at most {per_run} partitions per run (no daemon needed)")
@@ -230,6 +234,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         if getattr(args, "end", None) and getattr(args, "start", None) and args.end < args.start:
             raise ConfigurationError(f"--end {args.end} is before --start {args.start}")
         run(args, load_settings())
+    except BrokenPipeError:
+        # The reader of our output went away (`backfills batches | head`): stop quietly.
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return 0
     except BackfillsError as error:
         if args.debug:
             raise

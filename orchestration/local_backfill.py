@@ -43,7 +43,9 @@ def _root_cause(error: SerializableErrorInfo | None) -> str:
         return "unknown error"
     while error.cause is not None:
         error = error.cause
-    return f"{error.cls_name}: {error.message.strip()}"
+    # Spark errors carry the JVM stack after the first line; the first line says what went wrong.
+    first_line = (error.message.strip().splitlines() or [""])[0]
+    return f"{error.cls_name}: {first_line}"
 
 
 def new_batch_id() -> str:

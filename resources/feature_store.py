@@ -44,7 +44,7 @@ def write_partitions(
     (
         df.repartition(F.col(date_column))
         .sortWithinPartitions(date_column, *sort_columns)
-        .write.mode("errorifexists")
+        .write.mode("error")
         .partitionBy(date_column)
         .parquet(store.data_uri(base))
     )

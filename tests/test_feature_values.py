@@ -16,11 +16,11 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import Lake, make_lake
 
-from backfills.assets.generator import RAW_SCHEMA, landing_key
+from backfills.assets.generator import CURRENCIES, RAW_SCHEMA, landing_key
 from backfills.assets.reader import FeatureReader
-from backfills.assets.registry import dependency_order
+from backfills.assets.registry import dependency_order, feature_spec
 from backfills.assets.staging import stage_partitions
-from backfills.assets.transformations import DateRange
+from backfills.assets.transformations import USD_RATES, DateRange
 
 FIRST, LAST = date(2025, 1, 1), date(2025, 1, 10)
 
@@ -163,3 +163,30 @@ def test_each_partition_records_its_lineage_in_the_manifest(staged) -> None:
     assert [column.name for column in daily.columns][:2] == ["customer_id", "feature_date"]
     empty = manifest.tables["customer_daily_txn"]["2025-01-03"]
     assert empty.row_count == 0 and empty.files == []
+
+
+def test_daily_spend_matches_the_raw_approved_amounts_in_every_currency(lake, spark) -> None:
+    """On generated data (seven currencies): staged spend equals the raw approved amounts converted to USD."""
+    day = date(2025, 1, 5)
+    stage_partitions(
+        feature_spec("customer_daily_txn"),
+        DateRange(day, day),
+        batch_id="spend",
+        run_id="run-spend",
+        requester=None,
+        earliest=FIRST,
+        spark=spark,
+        store=lake.store,
+        catalog=lake.catalog,
+    )
+    raw = pa.concat_tables(
+        [pq.read_table(lake.root / landing_key(d)) for d in (day, day + timedelta(days=1))]
+    ).to_pylist()
+    events = {row["txn_id"]: row for row in raw if row["event_ts"].date() == day}
+    assert {row["currency"] for row in events.values()} == set(CURRENCIES)
+    approved = [row for row in events.values() if row["status"] == "approved"]
+    expected = sum(Decimal(str(row["amount"])) * Decimal(USD_RATES[row["currency"]]) for row in approved)
+    staged = FeatureReader(spark, lake.store).read_batch("customer_daily_txn", "spend").collect()
+    total = sum(row["amount_sum_usd"] for row in staged)
+    assert abs(total - expected) <= Decimal("0.01") * len(approved)
+    assert sum(row["txn_count"] for row in staged) == len(events)
