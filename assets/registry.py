@@ -33,6 +33,8 @@ class Column:
     description: str
     nullable: bool = False
     derived_from: tuple[tuple[str, str], ...] = ()  # (upstream table, column) pairs, for column lineage
+    min_value: float | None = None  # inclusive bounds, enforced by the contract and the range check
+    max_value: float | None = None
 
 
 @dataclass(frozen=True)
@@ -104,6 +106,13 @@ def _key(name: str, description: str) -> Column:
     return Column(name, "string", description, derived_from=((RAW_TRANSACTIONS, "customer_id"),))
 
 
+# Bounds a real value never crosses: a single card transaction of more than 100k USD, or a customer
+# spending more than 10M USD in a window, is a data error, not a big spender.
+MAX_TICKET_USD = 100_000
+MAX_SPEND_USD = 10_000_000
+# A 7-day count is at most the 30-day count, so the 7d pace is at most 30/7 of the 30d pace.
+MAX_VELOCITY_RATIO = 30 / 7 + 1e-6
+
 DAILY = "customer_daily_txn"
 WEEKLY = "customer_txn_7d"
 MONTHLY = "customer_txn_30d"
@@ -123,24 +132,29 @@ def _window_columns(days: int) -> tuple[Column, ...]:
             f"txn_count{s}",
             "bigint",
             f"Transactions in the last {days} days.",
+            min_value=0,
             derived_from=daily("txn_count"),
         ),
         Column(
             f"approved_count{s}",
             "bigint",
             f"Approved transactions, {days} days.",
+            min_value=0,
             derived_from=daily("approved_count"),
         ),
         Column(
             f"declined_count{s}",
             "bigint",
             f"Declined transactions, {days} days.",
+            min_value=0,
             derived_from=daily("declined_count"),
         ),
         Column(
             f"amount_sum_usd{s}",
             tx.MONEY,
             f"Approved spend in USD, {days} days.",
+            min_value=0,
+            max_value=MAX_SPEND_USD,
             derived_from=daily("amount_sum_usd"),
         ),
         Column(
@@ -148,6 +162,8 @@ def _window_columns(days: int) -> tuple[Column, ...]:
             tx.MONEY,
             f"Largest approved transaction in USD, {days} days.",
             nullable=True,
+            min_value=0,
+            max_value=MAX_TICKET_USD,
             derived_from=daily("amount_max_usd"),
         ),
         Column(
@@ -155,18 +171,24 @@ def _window_columns(days: int) -> tuple[Column, ...]:
             tx.MONEY,
             f"Average approved ticket in USD, {days} days.",
             nullable=True,
+            min_value=0,
+            max_value=MAX_TICKET_USD,
             derived_from=daily("amount_sum_usd", "approved_count"),
         ),
         Column(
             f"decline_rate{s}",
             "double",
             f"Share of transactions declined, {days} days.",
+            min_value=0,
+            max_value=1,
             derived_from=daily("declined_count", "txn_count"),
         ),
         Column(
             f"active_days{s}",
             "int",
             f"Days with at least one transaction, of the last {days}.",
+            min_value=1,
+            max_value=days,
             derived_from=daily("feature_date"),
         ),
     )
@@ -189,13 +211,19 @@ FEATURES: tuple[FeatureSpec, ...] = (
         columns=(
             _key("customer_id", "Customer."),
             Column("feature_date", "date", "Event day (UTC).", derived_from=_raw("event_ts")),
-            Column("txn_count", "bigint", "Distinct transactions.", derived_from=_raw("txn_id")),
-            Column("approved_count", "bigint", "Approved transactions.", derived_from=_raw("status")),
-            Column("declined_count", "bigint", "Declined transactions.", derived_from=_raw("status")),
+            Column("txn_count", "bigint", "Distinct transactions.", min_value=0, derived_from=_raw("txn_id")),
+            Column(
+                "approved_count", "bigint", "Approved transactions.", min_value=0, derived_from=_raw("status")
+            ),
+            Column(
+                "declined_count", "bigint", "Declined transactions.", min_value=0, derived_from=_raw("status")
+            ),
             Column(
                 "amount_sum_usd",
                 tx.MONEY,
                 "Approved spend in USD.",
+                min_value=0,
+                max_value=MAX_SPEND_USD,
                 derived_from=_raw("amount", "currency", "status"),
             ),
             Column(
@@ -203,12 +231,15 @@ FEATURES: tuple[FeatureSpec, ...] = (
                 tx.MONEY,
                 "Largest approved transaction in USD.",
                 nullable=True,
+                min_value=0,
+                max_value=MAX_TICKET_USD,
                 derived_from=_raw("amount", "currency", "status"),
             ),
             Column(
                 "merchant_category_count",
                 "bigint",
                 "Distinct merchant categories.",
+                min_value=0,
                 derived_from=_raw("merchant_category"),
             ),
         ),
@@ -242,6 +273,8 @@ FEATURES: tuple[FeatureSpec, ...] = (
                 "txn_velocity_ratio",
                 "double",
                 "Daily transactions, 7d average over 30d average.",
+                min_value=0,
+                max_value=MAX_VELOCITY_RATIO,
                 derived_from=((WEEKLY, "txn_count_7d"), (MONTHLY, "txn_count_30d")),
             ),
             Column(
@@ -249,18 +282,24 @@ FEATURES: tuple[FeatureSpec, ...] = (
                 "double",
                 "Daily spend, 7d average over 30d average.",
                 nullable=True,
+                min_value=0,
+                max_value=MAX_VELOCITY_RATIO,
                 derived_from=((WEEKLY, "amount_sum_usd_7d"), (MONTHLY, "amount_sum_usd_30d")),
             ),
             Column(
                 "decline_rate_7d",
                 "double",
                 "Decline rate, 7 days.",
+                min_value=0,
+                max_value=1,
                 derived_from=((WEEKLY, "decline_rate_7d"),),
             ),
             Column(
                 "decline_rate_30d",
                 "double",
                 "Decline rate, 30 days.",
+                min_value=0,
+                max_value=1,
                 derived_from=((MONTHLY, "decline_rate_30d"),),
             ),
             Column(
