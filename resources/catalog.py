@@ -29,6 +29,7 @@ from backfills.errors import (
 from backfills.resources.catalog_models import (
     AuditEvent,
     BatchManifest,
+    CheckRecord,
     CurrentPointer,
     PartitionRecord,
     Release,
@@ -36,7 +37,8 @@ from backfills.resources.catalog_models import (
 )
 from backfills.resources.storage import ObjectStore
 
-WRITABLE_BATCH_STATES = frozenset({"staging"})
+# A batch takes partitions while its backfill runs, whatever its checks said so far; approval seals it.
+WRITABLE_BATCH_STATES = frozenset({"staging", "checked", "blocked"})
 CAS_MAX_ATTEMPTS = 50
 
 BATCHES_PREFIX = "catalog/batches"
@@ -79,6 +81,16 @@ def _check_date(value: str) -> date:
 def _backoff(attempt: int) -> None:
     # Full jitter: writers that collided once spread out instead of colliding again in lockstep.
     time.sleep(random.uniform(0, min(_BACKOFF_CAP_SECONDS, _BACKOFF_BASE_SECONDS * 2**attempt)))
+
+
+def _check_state(manifest: BatchManifest) -> str:
+    if manifest.blocking_failures():
+        return "blocked"
+    checked: dict[str, set[str]] = {}
+    for record in manifest.checks:
+        checked.setdefault(record.table, set()).update(record.partitions)
+    complete = all(set(days) <= checked.get(table, set()) for table, days in manifest.tables.items())
+    return "checked" if manifest.tables and complete else "staging"
 
 
 def _released(record: PartitionRecord) -> ReleasedPartition:
@@ -235,13 +247,10 @@ class ReleaseCatalog:
                 manifest.runs.append(run_id)
             if manifest.requester is None:
                 manifest.requester = requester
+            manifest.state = _check_state(manifest)
             return manifest
 
-        def new() -> BatchManifest:
-            now = _now()
-            return BatchManifest(batch_id=batch_id, created_at=now, updated_at=now, requester=requester)
-
-        manifest = self._update_batch(batch_id, add, create=new)
+        manifest = self._update_batch(batch_id, add, create=lambda: self._new_batch(batch_id, requester))
         staged: dict[str, list[str]] = {}
         for record in records:
             staged.setdefault(record.table, []).append(record.partition)
@@ -260,6 +269,65 @@ class ReleaseCatalog:
             },
         )
         return manifest, replaced
+
+    @staticmethod
+    def _new_batch(batch_id: str, requester: str | None) -> BatchManifest:
+        now = _now()
+        return BatchManifest(batch_id=batch_id, created_at=now, updated_at=now, requester=requester)
+
+    def record_checks(
+        self,
+        batch_id: str,
+        checks: Sequence[CheckRecord],
+        *,
+        table: str,
+        partitions: Sequence[str],
+        run_id: str,
+        requester: str | None = None,
+    ) -> BatchManifest:
+        """Record the verdicts of one run's checks of `table` over `partitions`, and the batch's new state.
+
+        Earlier verdicts on these partitions of the table are replaced (a rerun is checked afresh). The
+        manifest is created when a run fails its checks before staging anything, so the batch shows as
+        blocked with its reasons. State: `blocked` if any blocking check failed, `checked` when every
+        staged partition has verdicts and none blocks, else `staging`.
+        """
+        rerun = set(partitions)
+
+        def add(manifest: BatchManifest) -> BatchManifest:
+            if manifest.state not in WRITABLE_BATCH_STATES:
+                raise BatchSealedError(
+                    f"batch {batch_id} is {manifest.state!r}: its check verdicts can no longer change"
+                )
+            kept = []
+            for record in manifest.checks:
+                if record.table == table and rerun.intersection(record.partitions):
+                    remaining = [day for day in record.partitions if day not in rerun]
+                    if not remaining:
+                        continue
+                    record = record.model_copy(update={"partitions": remaining})
+                kept.append(record)
+            manifest.checks = [*kept, *checks]
+            if run_id not in manifest.runs:
+                manifest.runs.append(run_id)
+            if manifest.requester is None:
+                manifest.requester = requester
+            manifest.state = _check_state(manifest)
+            return manifest
+
+        manifest = self._update_batch(batch_id, add, create=lambda: self._new_batch(batch_id, requester))
+        self.append_event(
+            "checked",
+            batch_id=batch_id,
+            actor=requester,
+            tables={table: sorted(rerun)},
+            details={
+                "run_id": run_id,
+                "state": manifest.state,
+                "verdicts": {record.check: record.verdict for record in checks},
+            },
+        )
+        return manifest
 
     @staticmethod
     def _check_records(batch_id: str, records: Sequence[PartitionRecord]) -> None:

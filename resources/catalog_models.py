@@ -69,6 +69,24 @@ class PartitionRecord(CatalogModel):
     written_at: UtcDatetime
 
 
+class CheckRecord(CatalogModel):
+    """The verdict of one check over the partitions one run staged (or tried to stage) of one table."""
+
+    table: str
+    check: str
+    partitions: list[PartitionDate]
+    verdict: Literal["passed", "warned", "failed"]
+    blocking: bool
+    summary: str
+    figures: dict[str, Any] = {}
+    run_id: str
+    checked_at: UtcDatetime
+
+    @property
+    def blocks(self) -> bool:
+        return self.blocking and self.verdict == "failed"
+
+
 class BatchManifest(CatalogModel):
     """Everything staged under one batch ID: table -> partition date -> record."""
 
@@ -79,6 +97,7 @@ class BatchManifest(CatalogModel):
     requester: str | None = None
     runs: list[str] = []
     tables: dict[str, dict[str, PartitionRecord]] = {}
+    checks: list[CheckRecord] = []
 
     def partition(self, table: str, date: str) -> PartitionRecord | None:
         """The record of one staged partition, or None if the batch has not staged it."""
@@ -87,6 +106,18 @@ class BatchManifest(CatalogModel):
     def partition_count(self) -> int:
         """How many partitions the batch has staged, over all tables."""
         return sum(len(partitions) for partitions in self.tables.values())
+
+    def blocking_failures(
+        self, table: str | None = None, partitions: set[str] | None = None
+    ) -> list[CheckRecord]:
+        """Failed blocking checks, optionally of one table and touching some of the given partitions."""
+        return [
+            record
+            for record in self.checks
+            if record.blocks
+            and (table is None or record.table == table)
+            and (partitions is None or partitions.intersection(record.partitions))
+        ]
 
     def partitions_by_table(self) -> dict[str, list[str]]:
         """Table -> sorted partition dates staged in the batch."""
