@@ -35,6 +35,15 @@ class Column:
     derived_from: tuple[tuple[str, str], ...] = ()  # (upstream table, column) pairs, for column lineage
     min_value: float | None = None  # inclusive bounds, enforced by the contract and the range check
     max_value: float | None = None
+    max_null_rate: float | None = None  # default: 0 for a non-nullable column, 0.5 for a nullable one
+
+
+@dataclass(frozen=True)
+class RowRule:
+    """A condition (Spark SQL over one row) every row of the table must meet."""
+
+    name: str
+    condition: str
 
 
 @dataclass(frozen=True)
@@ -49,6 +58,9 @@ class FeatureSpec:
     date_column: str = "feature_date"
     group: str = "features"
     tags: dict[str, str] = field(default_factory=dict)
+    row_rules: tuple[RowRule, ...] = ()
+    range_mostly: float = 1.0  # share of rows that must be within bounds (1.0: all of them)
+    empty_partition_blocks: bool = True  # a staged day with no rows blocks the batch (else it warns)
 
     @property
     def column_names(self) -> list[str]:
@@ -194,6 +206,20 @@ def _window_columns(days: int) -> tuple[Column, ...]:
     )
 
 
+def _window_rules(days: int) -> tuple[RowRule, ...]:
+    s = f"_{days}d"
+    return (
+        RowRule("outcomes_add_up", f"approved_count{s} + declined_count{s} <= txn_count{s}"),
+        # The average is rounded to cents, so sum and average x count differ by at most half a cent each.
+        RowRule(
+            "average_matches_sum",
+            f"avg_ticket_usd{s} IS NULL OR abs(amount_sum_usd{s} - avg_ticket_usd{s} * approved_count{s}) "
+            f"<= 0.005 * approved_count{s}",
+        ),
+        RowRule("largest_within_sum", f"amount_max_usd{s} IS NULL OR amount_max_usd{s} <= amount_sum_usd{s}"),
+    )
+
+
 def _raw(*columns: str) -> tuple[tuple[str, str], ...]:
     return tuple((RAW_TRANSACTIONS, column) for column in columns)
 
@@ -208,6 +234,10 @@ FEATURES: tuple[FeatureSpec, ...] = (
         owner="team:risk-features",
         inputs=(FeatureInput(RAW_TRANSACTIONS, lateness_days=1),),
         transform=tx.customer_daily_txn,
+        row_rules=(
+            RowRule("outcomes_add_up", "approved_count + declined_count <= txn_count"),
+            RowRule("largest_within_sum", "amount_max_usd IS NULL OR amount_max_usd <= amount_sum_usd"),
+        ),
         columns=(
             _key("customer_id", "Customer."),
             Column("feature_date", "date", "Event day (UTC).", derived_from=_raw("event_ts")),
@@ -251,6 +281,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
         inputs=(FeatureInput(DAILY, lookback_days=6),),
         transform=tx.customer_txn_7d,
         columns=_window_columns(7),
+        row_rules=_window_rules(7),
     ),
     FeatureSpec(
         name=MONTHLY,
@@ -259,6 +290,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
         inputs=(FeatureInput(DAILY, lookback_days=29),),
         transform=tx.customer_txn_30d,
         columns=_window_columns(30),
+        row_rules=_window_rules(30),
     ),
     FeatureSpec(
         name=PROFILE,
@@ -266,6 +298,11 @@ FEATURES: tuple[FeatureSpec, ...] = (
         owner="team:risk-models",
         inputs=(FeatureInput(WEEKLY), FeatureInput(MONTHLY)),
         transform=tx.customer_risk_profile,
+        row_rules=(
+            RowRule(
+                "tier_matches_flags", "(risk_tier = 'high') = (high_velocity_flag AND high_decline_flag)"
+            ),
+        ),
         columns=(
             Column("customer_id", "string", "Customer.", derived_from=((WEEKLY, "customer_id"),)),
             Column("feature_date", "date", "Feature day (UTC).", derived_from=((WEEKLY, "feature_date"),)),
