@@ -53,3 +53,20 @@ class UnknownTableError(BackfillsError):
 
 class InvalidRequestError(BackfillsError, ValueError):
     """Arguments that cannot be carried out as given (an empty reason, an unknown table, a bad ID)."""
+
+
+class ContractViolationError(InvalidInputError):
+    """Data breaks its table's contract; `report` (JSON) holds each broken rule, its count and sample rows."""
+
+    def __init__(self, message: str, *, report: dict[str, object] | None = None) -> None:
+        super().__init__(message)
+        # Optional so the error survives pickling (which passes only the message) between processes.
+        self.report = report or {}
+
+
+class SchemaDriftError(InvalidInputError):
+    """A landing file's Parquet schema lacks a raw column or has another type for it."""
+
+
+class BlockedUpstreamError(BackfillsError):
+    """Upstream partitions of the same batch failed blocking checks, so downstream is not computed."""

@@ -8,6 +8,9 @@ from collections.abc import Mapping, Sequence
 from datetime import date
 
 from dagster import (
+    AssetCheckResult,
+    AssetCheckSeverity,
+    AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     AssetKey,
@@ -32,6 +35,7 @@ from backfills.assets.raw_transactions import LANDING_PREFIX, RAW_SCHEMA_DDL
 from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec
 from backfills.assets.staging import StagedRun, stage_partitions
 from backfills.assets.transformations import DateRange
+from backfills.checks.gate import gate_check_names
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.resources.spark import SparkResource
 
@@ -154,6 +158,13 @@ def build_feature_asset(
             for item in spec.inputs
         ],
         backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=max_partitions_per_run),
+        # Blocking: a failed check fails the step, so Dagster runs nothing downstream of it.
+        check_specs=[
+            AssetCheckSpec(
+                name, asset=key, blocking=True, description=f"{name} of the run's staged partitions"
+            )
+            for name in gate_check_names(spec)
+        ],
         code_version=spec.code_version,
         owners=[spec.owner],
         kinds={"spark", "parquet"},
@@ -201,7 +212,23 @@ def build_feature_asset(
                 )
             )
         context.log.info(f"staged {staged.row_count} rows in {len(days)} partitions of batch {batch_id}")
-        return MaterializeResult(metadata=_run_metadata(spec, staged))
+        return MaterializeResult(
+            metadata=_run_metadata(spec, staged),
+            check_results=[
+                AssetCheckResult(
+                    check_name=outcome.name,
+                    passed=outcome.passed,
+                    severity=AssetCheckSeverity.ERROR if outcome.blocking else AssetCheckSeverity.WARN,
+                    description=outcome.summary,
+                    metadata={
+                        "batch_id": batch_id,
+                        "partitions": _span(days),
+                        "evidence": MetadataValue.json(outcome.figures),
+                    },
+                )
+                for outcome in staged.checks
+            ],
+        )
 
     return feature_asset
 

@@ -1,7 +1,8 @@
-"""Compute a range of one feature table's partitions into a batch's staging area (no Dagster here).
+"""Compute a range of one feature table's partitions into a batch's staging area, then gate them.
 
 Inputs come from the landing zone, or from the batch's own staged upstream partitions, else production.
-A partition enters the batch manifest only after its files are completely written and read back.
+A partition enters the batch manifest only after its files are completely written and read back;
+the checks of the spec then run over what was written and their verdicts go into the manifest.
 """
 
 from __future__ import annotations
@@ -16,6 +17,8 @@ from backfills.assets.raw_transactions import read_landing_zone
 from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec, feature_spec
 from backfills.assets.transformations import DateRange
 from backfills.assets.upstream import ResolvedUpstream, resolve_upstream
+from backfills.checks.expectations import CheckOutcome
+from backfills.checks.gate import check_records, run_gate
 from backfills.errors import BatchNotFoundError, BatchSealedError
 from backfills.resources.catalog import WRITABLE_BATCH_STATES, ReleaseCatalog
 from backfills.resources.catalog_models import BatchManifest, ColumnSchema, PartitionRecord, UpstreamSource
@@ -37,6 +40,7 @@ class StagedRun:
     records: list[PartitionRecord]
     replaced: int
     location: str
+    checks: list[CheckOutcome]
 
     @property
     def row_count(self) -> int:
@@ -172,6 +176,16 @@ def stage_partitions(
             )
         )
     _, replaced = catalog.record_partitions(batch_id, records, run_id=run_id, requester=requester)
+    outcomes = run_gate(spec, written, records)
+    days = [record.partition for record in records]
+    catalog.record_checks(
+        batch_id,
+        check_records(outcomes, table=spec.name, partitions=days, run_id=run_id),
+        table=spec.name,
+        partitions=days,
+        run_id=run_id,
+        requester=requester,
+    )
     # Superseded attempts of this open batch are referenced by nothing any more: keep one copy on disk.
     for old in replaced:
         if old.attempt_id != attempt_id:
@@ -183,4 +197,5 @@ def stage_partitions(
         records=records,
         replaced=len(replaced),
         location=store.data_uri(f"staging/{spec.name}/{batch_id}"),
+        checks=outcomes,
     )

@@ -6,7 +6,7 @@ from dataclasses import dataclass
 from datetime import date
 
 from backfills.assets.transformations import DateRange
-from backfills.errors import MissingUpstreamPartitionError
+from backfills.errors import BlockedUpstreamError, MissingUpstreamPartitionError
 from backfills.resources.catalog_models import BatchManifest, Release, UpstreamSource
 from backfills.resources.feature_store import PartitionFiles
 
@@ -77,6 +77,14 @@ def resolve_upstream(
             origin[key] = ("release", release.release_id)
         else:
             missing.append(key)
+    from_batch = {day for day, (kind, _) in origin.items() if kind == "batch"}
+    blocked = batch.blocking_failures(table, from_batch) if batch and from_batch else []
+    if blocked:
+        reasons = "; ".join(f"{record.check}: {record.summary}" for record in blocked[:3])
+        raise BlockedUpstreamError(
+            f"{reader} in batch {batch_id} was not computed: its upstream {table} failed blocking checks in "
+            f"this batch ({reasons}). Fix the input and rerun {table} for those days in the batch."
+        )
     if missing:
         production = (
             f"current release {release.release_id}" if release else "production (nothing promoted yet)"

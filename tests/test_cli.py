@@ -99,7 +99,13 @@ def test_batches_json_lists_state_rows_and_hashes_per_partition(operator: Lake, 
     _stage_daily(operator, spark, "b1", date(2025, 1, 3))
     assert main(["batches", "--format", "json"]) == 0
     [batch] = json.loads(capsys.readouterr().out)
-    assert (batch["batch_id"], batch["state"], batch["requester"]) == ("b1", "staging", "alice")
+    assert (batch["batch_id"], batch["state"], batch["requester"]) == ("b1", "checked", "alice")
+    assert {check["check"] for check in batch["checks"]} >= {
+        "value_ranges",
+        "unique_keys",
+        "non_empty_partitions",
+    }
+    assert all(check["verdict"] == "passed" for check in batch["checks"])
     records = batch["tables"]["customer_daily_txn"]
     manifest = operator.catalog.get_batch("b1").tables["customer_daily_txn"]
     assert {day: (r["row_count"], r["content_hash"]) for day, r in records.items()} == {
@@ -107,7 +113,7 @@ def test_batches_json_lists_state_rows_and_hashes_per_partition(operator: Lake, 
     }
     assert main(["batches"]) == 0
     text = capsys.readouterr().out
-    assert "batch b1  state=staging  requester=alice" in text
+    assert "batch b1  state=checked  requester=alice" in text
     assert manifest["2025-01-02"].content_hash[:16] in text
 
 
