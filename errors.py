@@ -70,3 +70,7 @@ class SchemaDriftError(InvalidInputError):
 
 class BlockedUpstreamError(BackfillsError):
     """Upstream partitions of the same batch failed blocking checks, so downstream is not computed."""
+
+
+class EmptyInputError(InvalidInputError):
+    """An input day that must have rows has none."""

@@ -13,15 +13,34 @@ from datetime import UTC, date, datetime, timedelta
 
 from pyspark.sql import DataFrame, SparkSession
 
-from backfills.assets.raw_transactions import read_landing_zone
+from backfills.assets.raw_transactions import (
+    LANDED_DATE,
+    landing_keys,
+    landing_lineage,
+    read_landed,
+    within_lateness,
+)
 from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec, feature_spec
 from backfills.assets.transformations import DateRange
 from backfills.assets.upstream import ResolvedUpstream, resolve_upstream
+from backfills.checks.contracts import check_landing_schema, enforce_contract, raw_contract
 from backfills.checks.expectations import CheckOutcome
 from backfills.checks.gate import check_records, run_gate
-from backfills.errors import BatchNotFoundError, BatchSealedError
+from backfills.errors import (
+    BatchNotFoundError,
+    BatchSealedError,
+    ContractViolationError,
+    EmptyInputError,
+    SchemaDriftError,
+)
 from backfills.resources.catalog import WRITABLE_BATCH_STATES, ReleaseCatalog
-from backfills.resources.catalog_models import BatchManifest, ColumnSchema, PartitionRecord, UpstreamSource
+from backfills.resources.catalog_models import (
+    BatchManifest,
+    CheckRecord,
+    ColumnSchema,
+    PartitionRecord,
+    UpstreamSource,
+)
 from backfills.resources.feature_store import (
     empty_partition_hash,
     partition_facts,
@@ -74,6 +93,68 @@ def _open_batch(catalog: ReleaseCatalog, batch_id: str) -> BatchManifest | None:
     return batch
 
 
+RAW_INPUT_CHECK = "raw_input_contract"
+
+
+def _validated_raw(
+    spark: SparkSession,
+    store: ObjectStore,
+    keys: list[str],
+    lateness_days: int,
+    spec: FeatureSpec,
+    dates: DateRange,
+    batch_id: str,
+    run_id: str,
+    requester: str | None,
+    catalog: ReleaseCatalog,
+) -> DataFrame:
+    """Landing files checked for schema drift (from footers) and against the raw contract, before use.
+
+    A violation blocks the batch with its evidence in the manifest and fails the run; nothing is staged.
+    """
+    try:
+        check_landing_schema(spark, store, keys)
+        raw = read_landed(spark, store, keys)
+        enforce_contract(
+            raw,
+            raw_contract(lateness_days),
+            table=RAW_TRANSACTIONS,
+            partitions=f"{dates.start}..{dates.end}",
+            key_columns=["txn_id", LANDED_DATE],
+        )
+        if spec.empty_partition_blocks:
+            _refuse_empty_files(raw, dates)
+    except (ContractViolationError, SchemaDriftError, EmptyInputError) as error:
+        figures = getattr(error, "report", {}) or {"error": str(error)}
+        days = [day.isoformat() for day in dates.days()]
+        record = CheckRecord(
+            table=spec.name,
+            check=RAW_INPUT_CHECK,
+            partitions=days,
+            verdict="failed",
+            blocking=True,
+            summary=str(error),
+            figures=figures,
+            run_id=run_id,
+            checked_at=datetime.now(UTC),
+        )
+        catalog.record_checks(
+            batch_id, [record], table=spec.name, partitions=days, run_id=run_id, requester=requester
+        )
+        raise
+    return raw
+
+
+def _refuse_empty_files(raw: DataFrame, dates: DateRange) -> None:
+    counts = {row[0].isoformat(): row[1] for row in raw.groupBy(LANDED_DATE).count().collect()}
+    empty = [day.isoformat() for day in dates.days() if counts.get(day.isoformat(), 0) == 0]
+    if empty:
+        raise EmptyInputError(
+            f"{RAW_TRANSACTIONS} landing files for {', '.join(empty)} have no rows: an empty day blocks the "
+            "batch (set empty_partition_blocks=False in the spec if empty days are expected)"
+        )
+
+
 def _window(day: date, lookback: int = 0, lateness: int = 0) -> DateRange:
     return DateRange(day - timedelta(days=lookback), day + timedelta(days=lateness))
 
@@ -99,10 +180,12 @@ def stage_partitions(
     resolved: dict[str, ResolvedUpstream] = {}
     for item in spec.inputs:
         if item.table == RAW_TRANSACTIONS:
-            inputs[item.table], raw_source = read_landing_zone(
-                spark, store, dates, lateness_days=item.lateness_days
+            keys = landing_keys(store, dates, lateness_days=item.lateness_days)
+            raw = _validated_raw(
+                spark, store, keys, item.lateness_days, spec, dates, batch_id, run_id, requester, catalog
             )
-            landed = raw_source.partitions
+            inputs[item.table] = within_lateness(raw, item.lateness_days)
+            landed = landing_lineage(keys).partitions
             continue
         upstream = resolve_upstream(
             table=item.table,

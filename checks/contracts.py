@@ -19,7 +19,7 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from backfills.assets.raw_transactions import RAW_SCHEMA_DDL
+from backfills.assets.raw_transactions import LANDED_DATE, RAW_SCHEMA_DDL
 from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec
 from backfills.assets.transformations import USD_RATES
 from backfills.errors import ContractViolationError, SchemaDriftError
@@ -30,7 +30,6 @@ from backfills.resources.storage import ObjectStore
 # 1e8 units still catches the absurd values (1e9) a broken upstream writes.
 MAX_RAW_AMOUNT = 100_000_000
 RAW_STATUSES = ("approved", "declined")
-LANDED_DATE = "landed_date"  # the day of the landing file a raw row was read from
 EVENT_DAY_CHECK = "event_day_within_lateness"
 
 SampleRow = dict[str, object]  # an offending row: key columns and the offending value, JSON-friendly
