@@ -8,6 +8,8 @@ the checks of the spec then run over what was written and their verdicts go into
 from __future__ import annotations
 
 import uuid
+from collections.abc import Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -23,7 +25,7 @@ from backfills.assets.raw_transactions import (
 from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec, feature_spec
 from backfills.assets.transformations import DateRange
 from backfills.assets.upstream import ResolvedUpstream, resolve_upstream
-from backfills.checks.contracts import check_landing_schema, enforce_contract, raw_contract
+from backfills.checks.contracts import check_landing_schema, enforce_contract, feature_contract, raw_contract
 from backfills.checks.expectations import CheckOutcome
 from backfills.checks.gate import check_records, run_gate
 from backfills.errors import (
@@ -94,54 +96,67 @@ def _open_batch(catalog: ReleaseCatalog, batch_id: str) -> BatchManifest | None:
 
 
 RAW_INPUT_CHECK = "raw_input_contract"
+CONTRACT_CHECK = "output_contract"
+
+
+@dataclass(frozen=True)
+class _RunContext:
+    spec: FeatureSpec
+    dates: DateRange
+    batch_id: str
+    run_id: str
+    requester: str | None
+    catalog: ReleaseCatalog
+
+
+@contextmanager
+def _blocks_batch(run: _RunContext, check: str) -> Iterator[None]:
+    """Bad data inside the block fails the run and records a failed blocking check with its evidence."""
+    try:
+        yield
+    except (ContractViolationError, SchemaDriftError, EmptyInputError) as error:
+        days = [day.isoformat() for day in run.dates.days()]
+        record = CheckRecord(
+            table=run.spec.name,
+            check=check,
+            partitions=days,
+            verdict="failed",
+            blocking=True,
+            summary=str(error),
+            figures=getattr(error, "report", {}) or {"error": str(error)},
+            run_id=run.run_id,
+            checked_at=datetime.now(UTC),
+        )
+        run.catalog.record_checks(
+            run.batch_id,
+            [record],
+            table=run.spec.name,
+            partitions=days,
+            run_id=run.run_id,
+            requester=run.requester,
+        )
+        raise
 
 
 def _validated_raw(
-    spark: SparkSession,
-    store: ObjectStore,
-    keys: list[str],
-    lateness_days: int,
-    spec: FeatureSpec,
-    dates: DateRange,
-    batch_id: str,
-    run_id: str,
-    requester: str | None,
-    catalog: ReleaseCatalog,
+    run: _RunContext, spark: SparkSession, store: ObjectStore, keys: list[str], lateness_days: int
 ) -> DataFrame:
     """Landing files checked for schema drift (from footers) and against the raw contract, before use.
 
     A violation blocks the batch with its evidence in the manifest and fails the run; nothing is staged.
     """
-    try:
+    with _blocks_batch(run, RAW_INPUT_CHECK):
         check_landing_schema(spark, store, keys)
         raw = read_landed(spark, store, keys)
         enforce_contract(
             raw,
             raw_contract(lateness_days),
             table=RAW_TRANSACTIONS,
-            partitions=f"{dates.start}..{dates.end}",
+            partitions=f"{run.dates.start}..{run.dates.end}",
             key_columns=["txn_id", LANDED_DATE],
         )
-        if spec.empty_partition_blocks:
-            _refuse_empty_files(raw, dates)
-    except (ContractViolationError, SchemaDriftError, EmptyInputError) as error:
-        figures = getattr(error, "report", {}) or {"error": str(error)}
-        days = [day.isoformat() for day in dates.days()]
-        record = CheckRecord(
-            table=spec.name,
-            check=RAW_INPUT_CHECK,
-            partitions=days,
-            verdict="failed",
-            blocking=True,
-            summary=str(error),
-            figures=figures,
-            run_id=run_id,
-            checked_at=datetime.now(UTC),
-        )
-        catalog.record_checks(
-            batch_id, [record], table=spec.name, partitions=days, run_id=run_id, requester=requester
-        )
-        raise
+        if run.spec.empty_partition_blocks:
+            _refuse_empty_files(raw, run.dates)
     return raw
 
 
@@ -173,6 +188,7 @@ def stage_partitions(
 ) -> StagedRun:
     """Compute `dates` of `spec` and record them in batch `batch_id`, replacing earlier attempts."""
     batch = _open_batch(catalog, batch_id)
+    run = _RunContext(spec, dates, batch_id, run_id, requester, catalog)
     release = catalog.current_release()
 
     inputs: dict[str, DataFrame] = {}
@@ -181,9 +197,7 @@ def stage_partitions(
     for item in spec.inputs:
         if item.table == RAW_TRANSACTIONS:
             keys = landing_keys(store, dates, lateness_days=item.lateness_days)
-            raw = _validated_raw(
-                spark, store, keys, item.lateness_days, spec, dates, batch_id, run_id, requester, catalog
-            )
+            raw = _validated_raw(run, spark, store, keys, item.lateness_days)
             inputs[item.table] = within_lateness(raw, item.lateness_days)
             landed = landing_lineage(keys).partitions
             continue
@@ -208,8 +222,22 @@ def stage_partitions(
 
     attempt_id = uuid.uuid4().hex[:12]
     base = f"staging/{spec.name}/{batch_id}/{attempt_id}"
-    rows = spec.transform(inputs, dates).select(*spec.column_names)
-    files = write_partitions(rows, store, base, date_column=spec.date_column, sort_columns=spec.entity_keys)
+    # Cached: the contract and the write read the same rows, which would otherwise be computed twice.
+    rows = spec.transform(inputs, dates).select(*spec.column_names).cache()
+    try:
+        with _blocks_batch(run, CONTRACT_CHECK):
+            enforce_contract(
+                rows,
+                feature_contract(spec),
+                table=spec.name,
+                partitions=f"{dates.start}..{dates.end}",
+                key_columns=[*spec.entity_keys, spec.date_column],
+            )
+        files = write_partitions(
+            rows, store, base, date_column=spec.date_column, sort_columns=spec.entity_keys
+        )
+    finally:
+        rows.unpersist()
     wanted = {day.isoformat() for day in dates.days()}
     stray = sorted(set(files) - wanted)
     if stray:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from datetime import date
 from pathlib import Path
 
@@ -10,7 +11,7 @@ from conftest import Lake, make_lake
 
 from backfills.assets.generator import Fault, write_landing_zone
 from backfills.assets.registry import feature_spec
-from backfills.assets.staging import RAW_INPUT_CHECK, stage_partitions
+from backfills.assets.staging import CONTRACT_CHECK, RAW_INPUT_CHECK, stage_partitions
 from backfills.assets.transformations import DateRange
 from backfills.errors import ContractViolationError, SchemaDriftError
 from backfills.orchestration.definitions import build_definitions
@@ -110,3 +111,30 @@ def test_exact_duplicate_txn_ids_are_counted_once_and_the_batch_passes(tmp_path:
     hashes = {day: r.content_hash for day, r in manifest.tables["customer_daily_txn"].items()}
     clean_records = clean.catalog.get_batch("faulty").tables["customer_daily_txn"]
     assert hashes == {day: r.content_hash for day, r in clean_records.items()}
+
+
+def test_a_transformation_bug_that_breaks_the_contract_is_never_staged(lake: Lake, spark) -> None:
+    spec = feature_spec("customer_daily_txn")
+
+    def buggy(inputs, dates):  # a logic bug: declines counted negative
+        rows = spec.transform(inputs, dates)
+        return rows.withColumn("declined_count", -rows["declined_count"] - 1)
+
+    with pytest.raises(
+        ContractViolationError, match=r"declined_count must be >= 0 \(\d+ rows\), e\.g\. customer_id="
+    ):
+        stage_partitions(
+            dataclasses.replace(spec, transform=buggy),
+            DateRange(JAN_1, JAN_4),
+            batch_id="buggy",
+            run_id="run-buggy",
+            requester=None,
+            earliest=JAN_1,
+            spark=spark,
+            store=lake.store,
+            catalog=lake.catalog,
+        )
+    manifest = lake.catalog.get_batch("buggy")
+    assert manifest.state == "blocked" and manifest.tables == {}
+    assert [record.check for record in manifest.blocking_failures()] == [CONTRACT_CHECK]
+    assert lake.store.list("staging/customer_daily_txn/buggy") == []
