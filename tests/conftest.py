@@ -16,6 +16,9 @@ from moto.server import ThreadedMotoServer
 from pyspark.sql import SparkSession
 
 from backfills.assets.generator import write_landing_zone
+from backfills.assets.registry import FeatureSpec, feature_spec
+from backfills.assets.staging import StagedRun, stage_partitions
+from backfills.assets.transformations import DateRange
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.settings import Settings
 from backfills.resources.spark import build_session
@@ -83,6 +86,29 @@ class Lake:
     root: Path
     store: LocalObjectStore
     catalog: ReleaseCatalog
+
+    def stage(
+        self,
+        spark: SparkSession,
+        spec: FeatureSpec | str,
+        start: date,
+        end: date,
+        batch: str,
+        *,
+        requester=None,
+    ) -> StagedRun:
+        """Stage `start..end` of one feature table into `batch`, as one run would."""
+        return stage_partitions(
+            feature_spec(spec) if isinstance(spec, str) else spec,
+            DateRange(start, end),
+            batch_id=batch,
+            run_id=f"run-{batch}",
+            requester=requester,
+            earliest=date.fromisoformat(TEST_PARTITIONS_START),
+            spark=spark,
+            store=self.store,
+            catalog=self.catalog,
+        )
 
     def settings(self, **overrides: object) -> Settings:
         base = Settings(

@@ -10,8 +10,6 @@ from pyspark.sql import functions as F
 
 from backfills.assets.reader import FeatureReader
 from backfills.assets.registry import dependency_order, feature_spec
-from backfills.assets.staging import stage_partitions
-from backfills.assets.transformations import DateRange
 from backfills.checks.expectations import (
     NULL_RATES_CHECK,
     RANGE_CHECK,
@@ -31,17 +29,7 @@ def clean_batch(tmp_path_factory, generated_landing_zone, spark) -> tuple[Lake, 
     shutil.copytree(generated_landing_zone / "raw", root / "raw")
     lake = make_lake(root)
     for spec in dependency_order():
-        stage_partitions(
-            spec,
-            DateRange(date(2025, 1, 1), date(2025, 1, 10)),
-            batch_id="clean",
-            run_id="run-clean",
-            requester=None,
-            earliest=date(2025, 1, 1),
-            spark=spark,
-            store=lake.store,
-            catalog=lake.catalog,
-        )
+        lake.stage(spark, spec, date(2025, 1, 1), date(2025, 1, 10), "clean")
     return lake, "clean"
 
 

@@ -13,9 +13,6 @@ from pathlib import Path
 import pytest
 from conftest import Lake
 
-from backfills.assets.registry import feature_spec
-from backfills.assets.staging import stage_partitions
-from backfills.assets.transformations import DateRange
 from backfills.orchestration.cli import main
 
 
@@ -39,17 +36,7 @@ def operator(lake: Lake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> Lak
 
 
 def _stage_daily(lake: Lake, spark, batch: str, end: date) -> None:
-    stage_partitions(
-        feature_spec("customer_daily_txn"),
-        DateRange(date(2025, 1, 1), end),
-        batch_id=batch,
-        run_id=f"run-{batch}",
-        requester="alice",
-        earliest=date(2025, 1, 1),
-        spark=spark,
-        store=lake.store,
-        catalog=lake.catalog,
-    )
+    lake.stage(spark, "customer_daily_txn", date(2025, 1, 1), end, batch, requester="alice")
 
 
 def test_generate_writes_the_landing_zone_and_reports_it(tmp_path: Path) -> None:

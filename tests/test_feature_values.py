@@ -19,9 +19,8 @@ from conftest import Lake, make_lake
 
 from backfills.assets.generator import CURRENCIES, RAW_SCHEMA, landing_key
 from backfills.assets.reader import FeatureReader
-from backfills.assets.registry import dependency_order, feature_spec
-from backfills.assets.staging import stage_partitions
-from backfills.assets.transformations import USD_RATES, DateRange
+from backfills.assets.registry import dependency_order
+from backfills.assets.transformations import USD_RATES
 
 FIRST, LAST = date(2025, 1, 1), date(2025, 1, 10)
 
@@ -72,17 +71,7 @@ def staged(tmp_path_factory: pytest.TempPathFactory, spark) -> tuple[Lake, str]:
         day += timedelta(days=1)
     for spec in dependency_order():
         # Most days of this tiny data set are empty on purpose: allow them (they would block by default).
-        stage_partitions(
-            dataclasses.replace(spec, empty_partition_blocks=False),
-            DateRange(FIRST, LAST),
-            batch_id="hand",
-            run_id="run-hand",
-            requester=None,
-            earliest=FIRST,
-            spark=spark,
-            store=lake.store,
-            catalog=lake.catalog,
-        )
+        lake.stage(spark, dataclasses.replace(spec, empty_partition_blocks=False), FIRST, LAST, "hand")
     return lake, "hand"
 
 
@@ -170,17 +159,7 @@ def test_each_partition_records_its_lineage_in_the_manifest(staged) -> None:
 def test_daily_spend_matches_the_raw_approved_amounts_in_every_currency(lake, spark) -> None:
     """On generated data (seven currencies): staged spend equals the raw approved amounts converted to USD."""
     day = date(2025, 1, 5)
-    stage_partitions(
-        feature_spec("customer_daily_txn"),
-        DateRange(day, day),
-        batch_id="spend",
-        run_id="run-spend",
-        requester=None,
-        earliest=FIRST,
-        spark=spark,
-        store=lake.store,
-        catalog=lake.catalog,
-    )
+    lake.stage(spark, "customer_daily_txn", day, day, "spend")
     raw = pa.concat_tables(
         [pq.read_table(lake.root / landing_key(d)) for d in (day, day + timedelta(days=1))]
     ).to_pylist()

@@ -11,8 +11,7 @@ from conftest import Lake, make_lake
 
 from backfills.assets.generator import Fault, write_landing_zone
 from backfills.assets.registry import feature_spec
-from backfills.assets.staging import CONTRACT_CHECK, RAW_INPUT_CHECK, stage_partitions
-from backfills.assets.transformations import DateRange
+from backfills.assets.staging import CONTRACT_CHECK, RAW_INPUT_CHECK
 from backfills.errors import ContractViolationError, SchemaDriftError
 from backfills.orchestration.definitions import build_definitions
 from backfills.orchestration.local_backfill import BackfillRunFailedError, run_local_backfill
@@ -36,17 +35,7 @@ def _faulty_lake(tmp_path: Path, fault: str) -> Lake:
 
 
 def _stage_daily(lake: Lake, spark) -> None:
-    stage_partitions(
-        feature_spec("customer_daily_txn"),
-        DateRange(JAN_1, JAN_4),
-        batch_id="faulty",
-        run_id="run-faulty",
-        requester="alice",
-        earliest=JAN_1,
-        spark=spark,
-        store=lake.store,
-        catalog=lake.catalog,
-    )
+    lake.stage(spark, "customer_daily_txn", JAN_1, JAN_4, "faulty", requester="alice")
 
 
 @pytest.mark.parametrize(
@@ -123,17 +112,7 @@ def test_a_transformation_bug_that_breaks_the_contract_is_never_staged(lake: Lak
     with pytest.raises(
         ContractViolationError, match=r"declined_count must be >= 0 \(\d+ rows\), e\.g\. customer_id="
     ):
-        stage_partitions(
-            dataclasses.replace(spec, transform=buggy),
-            DateRange(JAN_1, JAN_4),
-            batch_id="buggy",
-            run_id="run-buggy",
-            requester=None,
-            earliest=JAN_1,
-            spark=spark,
-            store=lake.store,
-            catalog=lake.catalog,
-        )
+        lake.stage(spark, dataclasses.replace(spec, transform=buggy), JAN_1, JAN_4, "buggy")
     manifest = lake.catalog.get_batch("buggy")
     assert manifest.state == "blocked" and manifest.tables == {}
     assert [record.check for record in manifest.blocking_failures()] == [CONTRACT_CHECK]

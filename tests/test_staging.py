@@ -17,8 +17,6 @@ from conftest import Lake
 from backfills.assets.factory import staging_key
 from backfills.assets.reader import FeatureReader
 from backfills.assets.registry import FEATURES, feature_spec
-from backfills.assets.staging import stage_partitions
-from backfills.assets.transformations import DateRange
 from backfills.errors import BatchNotFoundError, InvalidInputError, MissingUpstreamPartitionError
 from backfills.orchestration.definitions import build_definitions
 from backfills.orchestration.local_backfill import BackfillRunFailedError, run_local_backfill
@@ -48,17 +46,7 @@ def _hashes(lake: Lake, batch: str) -> dict[str, dict[str, str]]:
 
 
 def _stage(lake: Lake, spark, table: str, start: date, end: date, batch: str):
-    return stage_partitions(
-        feature_spec(table),
-        DateRange(start, end),
-        batch_id=batch,
-        run_id=f"run-{batch}",
-        requester=None,
-        earliest=JAN_1,
-        spark=spark,
-        store=lake.store,
-        catalog=lake.catalog,
-    )
+    return lake.stage(spark, table, start, end, batch)
 
 
 def test_one_partition_per_run_and_one_range_run_give_identical_content_hashes(
