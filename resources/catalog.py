@@ -83,6 +83,16 @@ def _backoff(attempt: int) -> None:
     time.sleep(random.uniform(0, min(_BACKOFF_CAP_SECONDS, _BACKOFF_BASE_SECONDS * 2**attempt)))
 
 
+def _with_run(manifest: BatchManifest, run_id: str, requester: str | None) -> BatchManifest:
+    """Note the run that changed the batch (the first requester named sticks) and rederive the state."""
+    if run_id not in manifest.runs:
+        manifest.runs.append(run_id)
+    if manifest.requester is None:
+        manifest.requester = requester
+    manifest.state = _check_state(manifest)
+    return manifest
+
+
 def _check_state(manifest: BatchManifest) -> str:
     if manifest.blocking_failures():
         return "blocked"
@@ -243,12 +253,7 @@ class ReleaseCatalog:
             manifest.tables = {
                 table: dict(sorted(dates.items())) for table, dates in sorted(manifest.tables.items())
             }
-            if run_id not in manifest.runs:
-                manifest.runs.append(run_id)
-            if manifest.requester is None:
-                manifest.requester = requester
-            manifest.state = _check_state(manifest)
-            return manifest
+            return _with_run(manifest, run_id, requester)
 
         manifest = self._update_batch(batch_id, add, create=lambda: self._new_batch(batch_id, requester))
         staged: dict[str, list[str]] = {}
@@ -308,12 +313,7 @@ class ReleaseCatalog:
                     record = record.model_copy(update={"partitions": remaining})
                 kept.append(record)
             manifest.checks = [*kept, *checks]
-            if run_id not in manifest.runs:
-                manifest.runs.append(run_id)
-            if manifest.requester is None:
-                manifest.requester = requester
-            manifest.state = _check_state(manifest)
-            return manifest
+            return _with_run(manifest, run_id, requester)
 
         manifest = self._update_batch(batch_id, add, create=lambda: self._new_batch(batch_id, requester))
         self.append_event(
