@@ -19,7 +19,7 @@ from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from backfills.assets.generator import Fault, landing_key, write_landing_zone
-from backfills.assets.raw_transactions import RAW_SCHEMA_DDL
+from backfills.assets.raw_transactions import read_landed
 from backfills.assets.registry import DAILY, MAX_TICKET_USD, feature_spec
 from backfills.assets.transformations import MONEY, DateRange, customer_daily_txn
 from backfills.checks.contracts import (
@@ -60,9 +60,7 @@ def faulty_zone(tmp_path_factory: pytest.TempPathFactory) -> LocalObjectStore:
 
 def read_raw(spark: SparkSession, store: LocalObjectStore, days: list[date]) -> DataFrame:
     """Raw rows as the daily feature reads them, with the day of the file each row came from."""
-    landed = F.to_date(F.regexp_extract(F.col("_metadata.file_path"), r"date=(\d{4}-\d{2}-\d{2})", 1))
-    uris = [store.data_uri(landing_key(day)) for day in days]
-    return spark.read.schema(RAW_SCHEMA_DDL).parquet(*uris).withColumn(LANDED_DATE, landed)
+    return read_landed(spark, store, [landing_key(day) for day in days])
 
 
 def spark_jobs_so_far(spark: SparkSession) -> int:
