@@ -35,7 +35,10 @@ from backfills.assets.raw_transactions import LANDING_PREFIX, RAW_SCHEMA_DDL
 from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec
 from backfills.assets.staging import StagedRun, stage_partitions
 from backfills.assets.transformations import DateRange
+from backfills.checks.diff_check import DIFF_CHECK
 from backfills.checks.gate import gate_check_names
+from backfills.checks.outcome import CheckOutcome
+from backfills.resources.catalog_models import PartitionRecord
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.resources.spark import SparkResource
 
@@ -138,6 +141,44 @@ def _run_metadata(spec: FeatureSpec, staged: StagedRun) -> dict[str, object]:
     }
 
 
+def _partition_metadata(
+    batch_id: str, record: PartitionRecord, diff: dict[str, object] | None
+) -> dict[str, object]:
+    """Per-partition numbers the UI can plot: rows, null rates of nullable columns, what the diff found."""
+    rows = record.row_count
+    metadata: dict[str, object] = {
+        "batch_id": batch_id,
+        "dagster/row_count": rows,
+        "content_hash": record.content_hash,
+    }
+    for column, nulls in sorted(record.null_counts.items()):
+        metadata[f"null_rate/{column}"] = nulls / rows if rows else 0.0
+    if diff is not None:
+        for figure in ("changed", "added", "removed", "unchanged"):
+            metadata[f"diff/{figure}_rows"] = diff[figure]
+    return metadata
+
+
+def _diff_by_partition(checks: Sequence[CheckOutcome]) -> dict[str, dict[str, object]]:
+    diff = next((outcome for outcome in checks if outcome.name == DIFF_CHECK), None)
+    return {entry["partition"]: entry for entry in diff.figures.get("partitions", [])} if diff else {}
+
+
+def _check_metadata(batch_id: str, days: Sequence[str], outcome: CheckOutcome) -> dict[str, object]:
+    # Top-level numbers of the evidence also go in as plain entries, so the UI can plot them over runs.
+    numbers = {
+        name: value
+        for name, value in outcome.figures.items()
+        if isinstance(value, int | float) and not isinstance(value, bool)
+    }
+    return {
+        "batch_id": batch_id,
+        "partitions": _span(days),
+        **numbers,
+        "evidence": MetadataValue.json(outcome.figures),
+    }
+
+
 def build_feature_asset(
     spec: FeatureSpec, partitions_def: DailyPartitionsDefinition, max_partitions_per_run: int
 ) -> AssetsDefinition:
@@ -199,16 +240,13 @@ def build_feature_asset(
         )
         # Dagster gives every partition of a range run the same materialization metadata; the per-partition
         # facts go out as observations (and are in the batch manifest).
+        diff = _diff_by_partition(staged.checks)
         for record in staged.records:
             context.log_event(
                 AssetObservation(
                     key,
                     partition=record.partition,
-                    metadata={
-                        "batch_id": batch_id,
-                        "dagster/row_count": record.row_count,
-                        "content_hash": record.content_hash,
-                    },
+                    metadata=_partition_metadata(batch_id, record, diff.get(record.partition)),
                 )
             )
         context.log.info(f"staged {staged.row_count} rows in {len(days)} partitions of batch {batch_id}")
@@ -220,11 +258,7 @@ def build_feature_asset(
                     passed=outcome.passed,
                     severity=AssetCheckSeverity.ERROR if outcome.blocking else AssetCheckSeverity.WARN,
                     description=outcome.summary,
-                    metadata={
-                        "batch_id": batch_id,
-                        "partitions": _span(days),
-                        "evidence": MetadataValue.json(outcome.figures),
-                    },
+                    metadata=_check_metadata(batch_id, days, outcome),
                 )
                 for outcome in staged.checks
             ],

@@ -7,11 +7,13 @@ import inspect
 import types
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Literal
 
 from pyspark.sql import DataFrame
 
 from backfills.assets import transformations as tx
 from backfills.assets.transformations import DateRange, Inputs
+from backfills.checks.diff import DiffPolicy
 from backfills.errors import UnknownTableError
 
 RAW_TRANSACTIONS = "raw_transactions"
@@ -47,6 +49,19 @@ class RowRule:
 
 
 @dataclass(frozen=True)
+class KeyCoverage:
+    """How the table's keys on a day relate to an upstream table's keys on the same day.
+
+    `subset`: every row here has its key upstream; `covers`: every upstream key has a row here; `equal`: both.
+    `upstream_date` is the SQL expression giving the upstream row's day (its date column by default).
+    """
+
+    upstream: str
+    relation: Literal["subset", "covers", "equal"]
+    upstream_date: str = "feature_date"
+
+
+@dataclass(frozen=True)
 class FeatureSpec:
     name: str
     description: str
@@ -61,6 +76,12 @@ class FeatureSpec:
     row_rules: tuple[RowRule, ...] = ()
     range_mostly: float = 1.0  # share of rows that must be within bounds (1.0: all of them)
     empty_partition_blocks: bool = True  # a staged day with no rows blocks the batch (else it warns)
+    key_coverage: tuple[KeyCoverage, ...] = ()
+    # Conditions over the same-day rows of the feature inputs joined on the keys (e.g. 7d within 30d).
+    input_rules: tuple[RowRule, ...] = ()
+    diff_policy: DiffPolicy = DiffPolicy()
+    # Share of a run's raw events that may be exact re-deliveries of a txn_id before the check warns.
+    duplicate_events_warn_rate: float = 0.001
 
     @property
     def column_names(self) -> list[str]:
@@ -234,6 +255,8 @@ FEATURES: tuple[FeatureSpec, ...] = (
         owner="team:risk-features",
         inputs=(FeatureInput(RAW_TRANSACTIONS, lateness_days=1),),
         transform=tx.customer_daily_txn,
+        # One row per customer with at least one event that day: the raw distinct customers.
+        key_coverage=(KeyCoverage(RAW_TRANSACTIONS, "equal", upstream_date="to_date(event_ts)"),),
         row_rules=(
             RowRule("outcomes_add_up", "approved_count + declined_count <= txn_count"),
             RowRule("largest_within_sum", "amount_max_usd IS NULL OR amount_max_usd <= amount_sum_usd"),
@@ -280,6 +303,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
         owner="team:risk-features",
         inputs=(FeatureInput(DAILY, lookback_days=6),),
         transform=tx.customer_txn_7d,
+        key_coverage=(KeyCoverage(DAILY, "covers"),),
         columns=_window_columns(7),
         row_rules=_window_rules(7),
     ),
@@ -289,6 +313,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
         owner="team:risk-features",
         inputs=(FeatureInput(DAILY, lookback_days=29),),
         transform=tx.customer_txn_30d,
+        key_coverage=(KeyCoverage(DAILY, "covers"),),
         columns=_window_columns(30),
         row_rules=_window_rules(30),
     ),
@@ -298,6 +323,15 @@ FEATURES: tuple[FeatureSpec, ...] = (
         owner="team:risk-models",
         inputs=(FeatureInput(WEEKLY), FeatureInput(MONTHLY)),
         transform=tx.customer_risk_profile,
+        # Anyone active in the last 7 days is active in the last 30: the profile has exactly the 7d customers.
+        key_coverage=(KeyCoverage(WEEKLY, "equal"), KeyCoverage(MONTHLY, "subset")),
+        input_rules=(
+            RowRule(
+                "windows_nest",
+                "txn_count_7d <= txn_count_30d AND declined_count_7d <= declined_count_30d "
+                "AND amount_sum_usd_7d <= amount_sum_usd_30d AND active_days_7d <= active_days_30d",
+            ),
+        ),
         row_rules=(
             RowRule(
                 "tier_matches_flags", "(risk_tier = 'high') = (high_velocity_flag AND high_decline_flag)"

@@ -26,8 +26,8 @@ from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec, feature_spe
 from backfills.assets.transformations import DateRange
 from backfills.assets.upstream import ResolvedUpstream, resolve_upstream
 from backfills.checks.contracts import check_landing_schema, enforce_contract, feature_contract, raw_contract
-from backfills.checks.expectations import CheckOutcome
-from backfills.checks.gate import check_records, run_gate
+from backfills.checks.gate import GateInputs, ProductionRows, check_records, run_gate
+from backfills.checks.outcome import CheckOutcome
 from backfills.errors import (
     BatchNotFoundError,
     BatchSealedError,
@@ -41,9 +41,11 @@ from backfills.resources.catalog_models import (
     CheckRecord,
     ColumnSchema,
     PartitionRecord,
+    Release,
     UpstreamSource,
 )
 from backfills.resources.feature_store import (
+    PartitionFiles,
     empty_partition_hash,
     partition_facts,
     read_partitions,
@@ -140,10 +142,12 @@ def _blocks_batch(run: _RunContext, check: str) -> Iterator[None]:
 
 def _validated_raw(
     run: _RunContext, spark: SparkSession, store: ObjectStore, keys: list[str], lateness_days: int
-) -> DataFrame:
-    """Landing files checked for schema drift (from footers) and against the raw contract, before use.
+) -> tuple[DataFrame, list[str]]:
+    """Landing files checked for schema drift (from footers) and against the raw contract, before use,
+    with the run's days whose landing file has no rows.
 
-    A violation blocks the batch with its evidence in the manifest and fails the run; nothing is staged.
+    A violation (or an empty day, where the spec says it blocks) blocks the batch with its evidence in the
+    manifest and fails the run; nothing is staged.
     """
     with _blocks_batch(run, RAW_INPUT_CHECK):
         check_landing_schema(spark, store, keys)
@@ -155,19 +159,36 @@ def _validated_raw(
             partitions=f"{run.dates.start}..{run.dates.end}",
             key_columns=["txn_id", LANDED_DATE],
         )
-        if run.spec.empty_partition_blocks:
-            _refuse_empty_files(raw, run.dates)
-    return raw
+        empty = _empty_files(raw, run.dates)
+        if empty and run.spec.empty_partition_blocks:
+            raise EmptyInputError(
+                f"{RAW_TRANSACTIONS} landing files for {', '.join(empty)} have no rows: an empty day blocks "
+                "the batch (set empty_partition_blocks=False in the spec if empty days are expected)"
+            )
+    return raw, empty
 
 
-def _refuse_empty_files(raw: DataFrame, dates: DateRange) -> None:
+def _empty_files(raw: DataFrame, dates: DateRange) -> list[str]:
     counts = {row[0].isoformat(): row[1] for row in raw.groupBy(LANDED_DATE).count().collect()}
-    empty = [day.isoformat() for day in dates.days() if counts.get(day.isoformat(), 0) == 0]
-    if empty:
-        raise EmptyInputError(
-            f"{RAW_TRANSACTIONS} landing files for {', '.join(empty)} have no rows: an empty day blocks the "
-            "batch (set empty_partition_blocks=False in the spec if empty days are expected)"
+    return [day.isoformat() for day in dates.days() if counts.get(day.isoformat(), 0) == 0]
+
+
+def _production_rows(
+    spark: SparkSession, store: ObjectStore, spec: FeatureSpec, release: Release | None, dates: DateRange
+) -> ProductionRows:
+    """The current release's partitions of the run's days, which the staged rows would replace."""
+    served = release.tables.get(spec.name, {}) if release else {}
+    days = [day.isoformat() for day in dates.days() if day.isoformat() in served]
+    rows = None
+    if days:
+        rows = read_partitions(
+            spark,
+            store,
+            [PartitionFiles(served[day].base, tuple(served[day].files)) for day in days],
+            schema_ddl=spec.schema_ddl,
+            columns=spec.column_names,
         )
+    return ProductionRows(release_id=release.release_id if release else None, days=days, rows=rows)
 
 
 def _window(day: date, lookback: int = 0, lateness: int = 0) -> DateRange:
@@ -193,11 +214,12 @@ def stage_partitions(
 
     inputs: dict[str, DataFrame] = {}
     landed: list[str] = []
+    empty_landing_days: list[str] = []
     resolved: dict[str, ResolvedUpstream] = {}
     for item in spec.inputs:
         if item.table == RAW_TRANSACTIONS:
             keys = landing_keys(store, dates, lateness_days=item.lateness_days)
-            raw = _validated_raw(run, spark, store, keys, item.lateness_days)
+            raw, empty_landing_days = _validated_raw(run, spark, store, keys, item.lateness_days)
             inputs[item.table] = within_lateness(raw, item.lateness_days)
             landed = landing_lineage(keys).partitions
             continue
@@ -247,7 +269,10 @@ def stage_partitions(
     written = read_partitions(
         spark, store, files.values(), schema_ddl=spec.schema_ddl, columns=spec.column_names
     )
-    facts = partition_facts(written, date_column=spec.date_column, schema_ddl=spec.schema_ddl)
+    nullable = [column.name for column in spec.columns if column.nullable]
+    facts = partition_facts(
+        written, date_column=spec.date_column, schema_ddl=spec.schema_ddl, null_columns=nullable
+    )
 
     columns = [ColumnSchema(name=column.name, type=column.type) for column in spec.columns]
     now = datetime.now(UTC)
@@ -284,10 +309,21 @@ def stage_partitions(
                 code_version=spec.code_version,
                 upstream=upstream,
                 written_at=now,
+                null_counts=fact.null_counts if fact else {},
             )
         )
     _, replaced = catalog.record_partitions(batch_id, records, run_id=run_id, requester=requester)
-    outcomes = run_gate(spec, written, records)
+    outcomes = run_gate(
+        spec,
+        GateInputs(
+            dates=dates,
+            staged=written,
+            records=records,
+            inputs=inputs,
+            production=_production_rows(spark, store, spec, release, dates),
+            empty_landing_days=empty_landing_days,
+        ),
+    )
     days = [record.partition for record in records]
     catalog.record_checks(
         batch_id,

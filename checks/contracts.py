@@ -7,8 +7,6 @@ import dataclasses
 import re
 from collections.abc import Sequence
 from dataclasses import dataclass
-from datetime import date, datetime
-from decimal import Decimal
 from typing import cast
 
 import pandera.pyspark as pa
@@ -22,6 +20,7 @@ from pyspark.sql.pandas.types import from_arrow_schema
 from backfills.assets.raw_transactions import LANDED_DATE, RAW_SCHEMA_DDL
 from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec
 from backfills.assets.transformations import USD_RATES
+from backfills.checks.samples import SampleRow, plain_rows
 from backfills.errors import ContractViolationError, SchemaDriftError
 from backfills.resources.storage import ObjectStore
 
@@ -32,7 +31,6 @@ MAX_RAW_AMOUNT = 100_000_000
 RAW_STATUSES = ("approved", "declined")
 EVENT_DAY_CHECK = "event_day_within_lateness"
 
-SampleRow = dict[str, object]  # an offending row: key columns and the offending value, JSON-friendly
 
 _LANDING_DAY = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 
@@ -314,15 +312,8 @@ def _displayed(df: DataFrame, name: str) -> Column:
 
 
 def _rows(df: DataFrame) -> tuple[SampleRow, ...]:
-    return tuple({key: _json(value) for key, value in row.asDict().items()} for row in df.collect())
-
-
-def _json(value: object) -> object:
-    if isinstance(value, Decimal):
-        return str(value)
-    if isinstance(value, date | datetime):
-        return value.isoformat()
-    return value
+    rows = df.collect()
+    return tuple(plain_rows(rows, size=len(rows)))
 
 
 def _shown(value: object) -> str:

@@ -8,8 +8,6 @@ with the exception in its evidence, never a silent pass.
 from __future__ import annotations
 
 import os
-from collections.abc import Sequence
-from dataclasses import dataclass, field
 from functools import cache
 from typing import Any
 
@@ -17,6 +15,8 @@ from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
 from backfills.assets.registry import FeatureSpec
+from backfills.checks.outcome import CheckOutcome
+from backfills.checks.samples import SAMPLE_SIZE, plain_rows
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
@@ -27,19 +27,7 @@ RANGE_CHECK = "value_ranges"
 UNIQUE_KEYS_CHECK = "unique_keys"
 NULL_RATES_CHECK = "null_rates"
 ROW_CONSISTENCY_CHECK = "row_consistency"
-SAMPLE_SIZE = 5
 SAMPLE_VIEW = "backfills_offending_rows"
-
-
-@dataclass(frozen=True)
-class CheckOutcome:
-    """The verdict of one check with its evidence, ready for Dagster metadata and the batch manifest."""
-
-    name: str
-    passed: bool
-    blocking: bool  # a failure blocks the batch; otherwise it is a warning
-    summary: str
-    figures: dict[str, Any] = field(default_factory=dict)
 
 
 @cache
@@ -115,20 +103,9 @@ def check_names(spec: FeatureSpec) -> list[str]:
     return sorted({name for name, _ in expectations_for(spec)})
 
 
-def _sample(rows: Sequence[Any]) -> list[dict[str, Any]]:
-    return [
-        {key: _plain(value) for key, value in (row.asDict() if hasattr(row, "asDict") else dict(row)).items()}
-        for row in rows[:SAMPLE_SIZE]
-    ]
-
-
-def _plain(value: Any) -> Any:
-    return value if isinstance(value, int | float | str | bool | None) else str(value)
-
-
 def _offending(staged: DataFrame, spec: FeatureSpec, column: str, condition: Any) -> list[dict[str, Any]]:
     keys = [*spec.entity_keys, spec.date_column]
-    return _sample(staged.where(condition).select(*keys, column).limit(SAMPLE_SIZE).collect())
+    return plain_rows(staged.where(condition).select(*keys, column).limit(SAMPLE_SIZE).collect())
 
 
 def _evidence(
@@ -148,7 +125,7 @@ def _evidence(
             # GX lists the rows only in its COMPLETE format, which would also collect every unexpected value.
             staged.createOrReplaceTempView(SAMPLE_VIEW)
             query = expectation.unexpected_rows_query.replace("{batch}", SAMPLE_VIEW)
-            figures["sample"] = _sample(staged.sparkSession.sql(query).limit(SAMPLE_SIZE).collect())
+            figures["sample"] = plain_rows(staged.sparkSession.sql(query).limit(SAMPLE_SIZE).collect())
         if check == ROW_CONSISTENCY_CHECK:
             figures["rule"] = expectation.description
         return figures

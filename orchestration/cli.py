@@ -101,6 +101,8 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _print_batches(catalog: ReleaseCatalog, batch_id: str | None, *, partitions: bool) -> None:
+    from backfills.checks.summary import batch_check_summary
+
     batches = [catalog.get_batch(batch_id)] if batch_id else catalog.list_batches()
     if not batches:
         print("no batches yet: launch a backfill of the staged feature assets")
@@ -109,21 +111,43 @@ def _print_batches(catalog: ReleaseCatalog, batch_id: str | None, *, partitions:
             f"batch {batch.batch_id}  state={batch.state}  requester={batch.requester or '-'}  "
             f"runs={len(batch.runs)}  created={batch.created_at:%Y-%m-%d %H:%M:%S}Z"
         )
-        for table, records in sorted(batch.tables.items()):
-            days = sorted(records)
-            rows = sum(record.row_count for record in records.values())
-            print(f"  {table:<24} {len(days):>4} partitions  {days[0]}..{days[-1]}  {rows:>10} rows")
+        summary = batch_check_summary(batch)
+        for reason in summary["blocking_failures"]:
+            print(f"  BLOCKED  {reason}")
+        for warning in summary["warnings"]:
+            print(f"  warning  {warning}")
+        for table, entry in summary["tables"].items():
+            if entry["partition_count"]:
+                print(
+                    f"  {table:<24} {entry['partition_count']:>4} partitions  {entry['partitions']}  "
+                    f"{entry['rows']:>10} rows"
+                )
+            else:
+                print(f"  {table:<24} nothing staged")
+            verdicts = ", ".join(f"{name} {check['verdict']}" for name, check in entry["checks"].items())
+            if verdicts:
+                print(f"      checks: {verdicts}")
+            if "diff" in entry:
+                diff = entry["diff"]
+                print(
+                    f"      vs production: {diff['changed']} changed, {diff['added']} added, "
+                    f"{diff['removed']} removed in {diff['compared_days']} days; {diff['new_days']} new days"
+                )
             if partitions:
-                for day in days:
-                    record = records[day]
+                for day, record in sorted(batch.tables.get(table, {}).items()):
                     print(f"      {day}  {record.row_count:>9} rows  {record.content_hash[:16]}")
 
 
 def cmd_batches(args: argparse.Namespace, settings: Settings) -> None:
     catalog = _catalog(settings)
     if args.format == "json":
+        from backfills.checks.summary import batch_check_summary
+
         batches = [catalog.get_batch(args.batch)] if args.batch else catalog.list_batches()
-        print(json.dumps([batch.model_dump(mode="json") for batch in batches], indent=2))
+        rows = [
+            batch.model_dump(mode="json") | {"check_summary": batch_check_summary(batch)} for batch in batches
+        ]
+        print(json.dumps(rows, indent=2))
         return
     _print_batches(catalog, args.batch, partitions=True)
 

@@ -67,6 +67,7 @@ class PartitionRecord(CatalogModel):
     code_version: str
     upstream: list[UpstreamSource] = []
     written_at: UtcDatetime
+    null_counts: dict[str, int] = {}  # per nullable column
 
 
 class CheckRecord(CatalogModel):

@@ -32,6 +32,7 @@ class PartitionFiles:
 class PartitionFacts:
     row_count: int
     content_hash: str
+    null_counts: dict[str, int]  # per nullable column asked for
 
 
 def write_partitions(
@@ -84,8 +85,10 @@ def read_partitions(
     return reduce(DataFrame.unionByName, frames)
 
 
-def partition_facts(df: DataFrame, *, date_column: str, schema_ddl: str) -> dict[str, PartitionFacts]:
-    """Row count and an order-independent content hash per date, computed in one Spark aggregation.
+def partition_facts(
+    df: DataFrame, *, date_column: str, schema_ddl: str, null_columns: Sequence[str] = ()
+) -> dict[str, PartitionFacts]:
+    """Row count, an order-independent content hash and null counts per date, in one Spark aggregation.
 
     Each row is hashed twice (columns forward and reversed, with null markers so a shifted null cannot
     collide); the sums of those hashes and the row count identify the multiset of rows.
@@ -100,13 +103,15 @@ def partition_facts(df: DataFrame, *, date_column: str, schema_ddl: str) -> dict
             F.count(F.lit(1)).alias("row_count"),
             F.sum(forward).cast("string").alias("forward"),
             F.sum(backward).cast("string").alias("backward"),
+            *[F.count_if(F.col(name).isNull()).alias(f"nulls{i}") for i, name in enumerate(null_columns)],
         )
         .collect()
     )
     facts = {}
     for row in rows:
         digest = hashlib.sha256(f"{schema_ddl}|{row.row_count}|{row.forward}|{row.backward}".encode())
-        facts[row.day] = PartitionFacts(int(row.row_count), digest.hexdigest())
+        nulls = {name: int(row[f"nulls{i}"]) for i, name in enumerate(null_columns)}
+        facts[row.day] = PartitionFacts(int(row.row_count), digest.hexdigest(), nulls)
     return facts
 
 

@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 from datetime import date
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import Lake, make_lake
 
-from backfills.assets.generator import Fault, write_landing_zone
+from backfills.assets.generator import Fault, landing_key, write_landing_zone
 from backfills.assets.registry import feature_spec
 from backfills.assets.staging import CONTRACT_CHECK, RAW_INPUT_CHECK
+from backfills.checks.duplicates import DUPLICATE_EVENTS_CHECK
+from backfills.checks.gate import NON_EMPTY_CHECK
 from backfills.errors import ContractViolationError, SchemaDriftError
+from backfills.orchestration.cli import main
 from backfills.orchestration.definitions import build_definitions
 from backfills.orchestration.local_backfill import BackfillRunFailedError, run_local_backfill
 
@@ -88,11 +93,22 @@ def test_an_empty_day_blocks_and_nothing_downstream_is_computed(
     assert lake.catalog.current_release_id() is None
 
 
-def test_exact_duplicate_txn_ids_are_counted_once_and_the_batch_passes(tmp_path: Path, spark) -> None:
+def test_exact_duplicate_txn_ids_are_counted_once_reported_and_the_batch_passes(
+    tmp_path: Path, spark
+) -> None:
     lake = _faulty_lake(tmp_path, "duplicate_txn_ids")
     _stage_daily(lake, spark)
     manifest = lake.catalog.get_batch("faulty")
     assert manifest.state == "checked" and manifest.blocking_failures() == []
+    # The copies are all in the fault day's file, whose events all belong to the staged days.
+    landed = pq.read_table(lake.root / landing_key(FAULT_DAY)).to_pandas()
+    copies = len(landed) - landed["txn_id"].nunique()
+    assert copies >= 1
+    [duplicates] = [record for record in manifest.checks if record.check == DUPLICATE_EVENTS_CHECK]
+    assert duplicates.verdict == "warned" and not duplicates.blocking
+    assert duplicates.figures["dropped"] == copies and duplicates.figures["conflicting"] == 0
+    assert f"{copies} re-delivered events dropped" in duplicates.summary
+    assert {row["copies"] for row in duplicates.figures["sample"]} == {2}
 
     clean = make_lake(tmp_path / "clean")
     write_landing_zone(clean.store, start=JAN_1, days=6, customers=60, rows_per_day=400, seed=5)
@@ -100,6 +116,41 @@ def test_exact_duplicate_txn_ids_are_counted_once_and_the_batch_passes(tmp_path:
     hashes = {day: r.content_hash for day, r in manifest.tables["customer_daily_txn"].items()}
     clean_records = clean.catalog.get_batch("faulty").tables["customer_daily_txn"]
     assert hashes == {day: r.content_hash for day, r in clean_records.items()}
+
+
+def test_clean_raw_data_reports_no_dropped_duplicates(lake: Lake, spark) -> None:
+    _stage_daily(lake, spark)
+    [duplicates] = [c for c in lake.catalog.get_batch("faulty").checks if c.check == DUPLICATE_EVENTS_CHECK]
+    assert duplicates.verdict == "passed" and duplicates.figures["dropped"] == 0
+
+
+def test_an_empty_day_only_warns_when_the_spec_expects_empty_days(tmp_path: Path, spark) -> None:
+    lake = _faulty_lake(tmp_path, "empty_day")
+    lenient = dataclasses.replace(feature_spec("customer_daily_txn"), empty_partition_blocks=False)
+    lake.stage(spark, lenient, JAN_1, JAN_4, "lenient")
+    manifest = lake.catalog.get_batch("lenient")
+    assert manifest.state == "checked"
+    [empty] = [record for record in manifest.checks if record.check == NON_EMPTY_CHECK]
+    # Jan 3's own file is empty; its late events, in Jan 4's file, still give the day a few rows.
+    assert empty.verdict == "warned" and empty.figures["empty_landing_days"] == ["2025-01-03"]
+    assert "landing files with no rows: 2025-01-03" in empty.summary
+
+
+def test_batches_json_names_the_failing_checks_of_a_blocked_batch(
+    tmp_path: Path, spark, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    lake = _faulty_lake(tmp_path, "negative_amounts")
+    with pytest.raises(ContractViolationError):
+        _stage_daily(lake, spark)
+    monkeypatch.setenv("BACKFILLS_STORAGE_ROOT", str(lake.root))
+    assert main(["batches", "--format", "json"]) == 0
+    [batch] = json.loads(capsys.readouterr().out)
+    summary = batch["check_summary"]
+    assert batch["state"] == summary["state"] == "blocked"
+    [reason] = summary["blocking_failures"]
+    assert reason.startswith(f"customer_daily_txn {RAW_INPUT_CHECK} (2025-01-01..2025-01-04)")
+    assert "amount" in reason
+    assert summary["tables"]["customer_daily_txn"]["checks"][RAW_INPUT_CHECK]["verdict"] == "failed"
 
 
 def test_a_transformation_bug_that_breaks_the_contract_is_never_staged(lake: Lake, spark) -> None:
