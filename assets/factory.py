@@ -46,6 +46,7 @@ from backfills.resources.spark import SparkResource
 warnings.filterwarnings("ignore", category=BetaWarning)
 
 STAGING_PREFIX = "staging"
+PRODUCTION_PREFIX = "production"
 # Runs outside a Dagster backfill that should join one batch (scripted ranges) carry this tag.
 BATCH_TAG = "backfills/batch_id"
 BACKFILL_TAG = "dagster/backfill"
@@ -54,6 +55,10 @@ REQUESTER_TAG = "backfills/requester"
 
 def staging_key(table: str) -> AssetKey:
     return AssetKey([STAGING_PREFIX, table])
+
+
+def production_key(table: str) -> AssetKey:
+    return AssetKey([PRODUCTION_PREFIX, table])
 
 
 def upstream_key(table: str) -> AssetKey:
@@ -265,6 +270,24 @@ def build_feature_asset(
         )
 
     return feature_asset
+
+
+def production_spec(spec: FeatureSpec, partitions_def: DailyPartitionsDefinition) -> AssetSpec:
+    """The production view of a feature table: what readers see. Its materializations are the promotions and
+    rollbacks that changed each partition, with release, batch, approvers and reason."""
+    return AssetSpec(
+        production_key(spec.name),
+        description=(
+            f"{spec.name} as production readers see it (the current release). Changed only by the "
+            "promote_batch and rollback_release jobs; each materialization is one such change."
+        ),
+        deps=[staging_key(spec.name)],
+        group_name=PRODUCTION_PREFIX,
+        partitions_def=partitions_def,
+        owners=[spec.owner],
+        kinds={"parquet"},
+        metadata={"dagster/column_schema": column_schema(spec), "entity_keys": ", ".join(spec.entity_keys)},
+    )
 
 
 def build_feature_assets(

@@ -15,12 +15,14 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backfills.errors import BackfillsError, ConfigurationError
+from backfills.errors import BackfillsError, ConfigurationError, InvalidRequestError
 from backfills.resources.settings import PROJECT_DIR, Settings, load_settings
 
 if TYPE_CHECKING:
+    from dagster import DagsterInstance
     from pyspark.sql import SparkSession
 
+    from backfills.orchestration.approval_flow import ApprovalFlow, CompletionProbe
     from backfills.resources.catalog import ReleaseCatalog
 
 EXIT_ERROR = 2
@@ -72,36 +74,79 @@ def cmd_generate(args: argparse.Namespace, settings: Settings) -> None:
         print(f"  injected fault {fault.name} into {fault.day}")
 
 
-def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
+def _instance() -> DagsterInstance:
+    """The Dagster instance of DAGSTER_HOME (default `.dagster` in the project), created with our settings."""
     from dagster import DagsterInstance
-
-    from backfills.orchestration.definitions import build_definitions
-    from backfills.orchestration.local_backfill import run_local_backfill
 
     home = Path(os.environ.setdefault("DAGSTER_HOME", str(PROJECT_DIR / ".dagster")))
     home.mkdir(parents=True, exist_ok=True)
     if not (home / "dagster.yaml").exists():
         shutil.copy(INSTANCE_CONFIG, home / "dagster.yaml")
+    return DagsterInstance.get()
+
+
+def _flow(settings: Settings) -> ApprovalFlow:
+    """The approval flow with the configured channel; the local channel prints to the terminal."""
+    from backfills.orchestration.approval_flow import ApprovalFlow
+    from backfills.orchestration.definitions import approvals_resource
+
+    approvals = approvals_resource(settings, in_dagster=False)
+    return ApprovalFlow(_catalog(settings), approvals.channel(print), approvals.rules(), approvals.links())
+
+
+def _completion(settings: Settings) -> CompletionProbe:
+    from backfills.orchestration.definitions import build_definitions
+    from backfills.orchestration.sensors import dagster_completion
+
+    return dagster_completion(_instance(), build_definitions(settings).resolve_asset_graph())
+
+
+def _ask_for_approval(settings: Settings, batch_id: str) -> None:
+    """What the approval sensor would do for the batch now: a notice, or the request (printed locally)."""
+    try:
+        flow = _flow(settings)
+    except ConfigurationError as error:
+        print(f"not asking for approval: {error}")
+        return
+    flow.process(batch_id, _completion(settings))
+
+
+def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.orchestration.definitions import build_definitions
+    from backfills.orchestration.local_backfill import (
+        BackfillRunFailedError,
+        new_batch_id,
+        run_local_backfill,
+    )
+
+    instance = _instance()
     tables = [name.strip() for name in args.tables.split(",")] if args.tables else None
     per_run = args.max_partitions_per_run or settings.max_partitions_per_run
     print(f"local backfill {args.start}..{args.end}, at most {per_run} partitions per run (no daemon needed)")
-    batch_id = run_local_backfill(
-        build_definitions(settings),
-        DagsterInstance.get(),
-        start=args.start,
-        end=args.end,
-        tables=tables,
-        max_partitions_per_run=per_run,
-        batch_id=args.batch_id,
-        requester=args.requester,
-        on_run=lambda run: print(f"  run: {run.table} {run.dates.start}..{run.dates.end}", flush=True),
-    )
+    batch_id = args.batch_id or new_batch_id()
+    try:
+        run_local_backfill(
+            build_definitions(settings),
+            instance,
+            start=args.start,
+            end=args.end,
+            tables=tables,
+            max_partitions_per_run=per_run,
+            batch_id=batch_id,
+            requester=args.requester,
+            on_run=lambda run: print(f"  run: {run.table} {run.dates.start}..{run.dates.end}", flush=True),
+        )
+    except BackfillRunFailedError:
+        _ask_for_approval(settings, batch_id)  # says why the batch will not be sent for approval
+        raise
     print(f"batch {batch_id} staged")
     _print_batches(_catalog(settings), batch_id, partitions=False)
+    _ask_for_approval(settings, batch_id)
 
 
 def _print_batches(catalog: ReleaseCatalog, batch_id: str | None, *, partitions: bool) -> None:
     from backfills.checks.summary import batch_check_summary
+    from backfills.resources.approvals_store import ApprovalStore
 
     batches = [catalog.get_batch(batch_id)] if batch_id else catalog.list_batches()
     if not batches:
@@ -112,6 +157,10 @@ def _print_batches(catalog: ReleaseCatalog, batch_id: str | None, *, partitions:
             f"runs={len(batch.runs)}  created={batch.created_at:%Y-%m-%d %H:%M:%S}Z"
         )
         summary = batch_check_summary(batch)
+        requests = ApprovalStore(catalog.store).for_batch(batch.batch_id)
+        if requests:
+            request = requests[-1]
+            print(f"  approval {request.status}: {request.decision_summary or 'no votes yet'}")
         for reason in summary["blocking_failures"]:
             print(f"  BLOCKED  {reason}")
         for warning in summary["warnings"]:
@@ -200,6 +249,118 @@ def cmd_read(args: argparse.Namespace, settings: Settings) -> None:
     frame.orderBy("feature_date", "customer_id").show(5, truncate=False)
 
 
+def _local_channel_only(settings: Settings, command: str) -> None:
+    if settings.uses_slack:
+        raise ConfigurationError(
+            f"`backfills {command}` is the local approval channel and is disabled when Slack is configured "
+            "(SLACK_BOT_TOKEN is set): decide in the request's Slack thread"
+        )
+    from backfills.orchestration.approval_channels import LOCAL_ONLY
+
+    print(f"[{LOCAL_ONLY}]")
+
+
+def cmd_vote(args: argparse.Namespace, settings: Settings) -> None:
+    from datetime import UTC, datetime
+
+    from backfills.resources.approvals_store import ApprovalStore
+    from backfills.resources.catalog_models import VoteRecord
+
+    _local_channel_only(settings, args.command)
+    flow = _flow(settings)
+    completion = _completion(settings)
+    flow.process(args.batch, completion)  # opens the request if the batch is ready and has none yet
+    approvals = ApprovalStore(flow.catalog.store)
+    request = approvals.latest(args.batch)
+    if request.status != "pending":
+        raise InvalidRequestError(
+            f"batch {args.batch}'s approval request is {request.status}"
+            + (f" ({request.decision_summary})" if request.decision_summary else "")
+            + ": votes no longer change it"
+        )
+    vote = VoteRecord(
+        user_id=args.as_user,
+        display_name=args.as_user,
+        decision="approve" if args.command == "approve" else "reject",
+        at=datetime.now(UTC),
+        source="cli",
+    )
+    approvals.update(
+        args.batch,
+        request.request_id,
+        lambda current: current.model_copy(update={"cli_votes": [*current.cli_votes, vote]}),
+    )
+    flow.process(args.batch, completion)
+    request = approvals.latest(args.batch)
+    print(f"batch {args.batch}: {request.decision_summary}")
+    if request.status == "approved":
+        print(f"promote it with: backfills promote {args.batch}")
+
+
+def _run_job(
+    settings: Settings, job_name: str, op_name: str, config: dict[str, object], tags: dict[str, str]
+) -> str:
+    from backfills.errors import RunFailedError
+    from backfills.orchestration.definitions import build_definitions
+    from backfills.orchestration.local_backfill import QUIET_LOGS, root_cause
+
+    job = build_definitions(settings).resolve_job_def(job_name)
+    result = job.execute_in_process(
+        run_config={**QUIET_LOGS, "ops": {op_name: {"config": config}}},
+        instance=_instance(),
+        tags=tags,
+        raise_on_error=False,
+    )
+    if not result.success:
+        failures = [root_cause(e.step_failure_data.error) for e in result.all_events if e.is_step_failure]
+        raise RunFailedError(
+            f"{job_name} run {result.run_id} failed: {failures[0] if failures else 'see its logs'}"
+        )
+    return result.run_id
+
+
+def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.assets.factory import BATCH_TAG
+
+    config: dict[str, object] = {"batch_id": args.batch, "force": args.force}
+    if args.as_user:
+        config["requested_by"] = args.as_user
+    if args.reason:
+        config["reason"] = args.reason
+    run_id = _run_job(settings, "promote_batch", "promote_op", config, {BATCH_TAG: args.batch})
+    current = _catalog(settings).current_release()
+    print(f"promote_batch run {run_id}: batch {args.batch} is in production, release {current.release_id}")
+
+
+def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
+    config: dict[str, object] = {"to_release": args.to, "reason": args.reason}
+    if args.tables:
+        config["tables"] = [name.strip() for name in args.tables.split(",")]
+    if args.as_user:
+        config["requested_by"] = args.as_user
+    if args.approved_by:
+        config["approved_by"] = [name.strip() for name in args.approved_by.split(",")]
+    run_id = _run_job(settings, "rollback_release", "rollback_op", config, {})
+    current = _catalog(settings).current_release()
+    print(
+        f"rollback_release run {run_id}: release {current.release_id} is current "
+        f"(rolled back to {current.rolled_back_to})"
+    )
+
+
+def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.assets.registry import feature_spec
+    from backfills.orchestration.audit import audit_trail, production_now, render
+
+    feature_spec(args.table)
+    catalog = _catalog(settings)
+    day = args.date.isoformat() if args.date else None
+    entries = audit_trail(catalog, args.table, day)
+    if args.format == "text" and day:
+        print(production_now(catalog, args.table, day))
+    print(render(entries, args.format))
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backfills", description="Governed feature backfills on Dagster.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -247,6 +408,35 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--release", help="release ID (default: current)")
     read.add_argument("--csv", help="write the rows to this CSV file instead of a summary")
     read.set_defaults(run=cmd_read)
+
+    for name, verb in (("approve", "approve"), ("reject", "reject")):
+        vote = commands.add_parser(
+            name, help=f"{verb} a batch as USER (local approval channel, without Slack)"
+        )
+        vote.add_argument("batch")
+        vote.add_argument("--as", dest="as_user", required=True, metavar="USER", help="who decides")
+        vote.set_defaults(run=cmd_vote)
+
+    promote = commands.add_parser("promote", help="run promote_batch for an approved batch")
+    promote.add_argument("batch")
+    promote.add_argument("--as", dest="as_user", metavar="USER", help="who launches the promotion")
+    promote.add_argument("--reason")
+    promote.add_argument("--force", action="store_true", help="publish over newer production data (recorded)")
+    promote.set_defaults(run=cmd_promote)
+
+    rollback = commands.add_parser("rollback", help="run rollback_release: republish an earlier release")
+    rollback.add_argument("--to", required=True, metavar="RELEASE", help="a release ID, or 'previous'")
+    rollback.add_argument("--reason", required=True)
+    rollback.add_argument("--tables", help="comma-separated tables to roll back (default: all)")
+    rollback.add_argument("--as", dest="as_user", metavar="USER", help="who asks for the rollback")
+    rollback.add_argument("--approved-by", help="comma-separated approvers, when rollback needs approval")
+    rollback.set_defaults(run=cmd_rollback)
+
+    audit = commands.add_parser("audit", help="history of a table or partition: batches, checks, decisions")
+    audit.add_argument("table")
+    audit.add_argument("--date", type=_day, help="only events touching this partition")
+    audit.add_argument("--format", choices=["text", "json", "csv"], default="text")
+    audit.set_defaults(run=cmd_audit)
     return parser
 
 

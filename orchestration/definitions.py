@@ -1,16 +1,44 @@
-"""The code location: every asset, job and resource, built from the settings in one place."""
+"""The code location: every asset, job, sensor and resource, built from the settings in one place."""
 
 from __future__ import annotations
 
-from dagster import AssetSelection, Definitions, define_asset_job, in_process_executor
+from dagster import AssetSelection, Definitions, EnvVar, define_asset_job, in_process_executor
 
-from backfills.assets.factory import build_feature_assets, daily_partitions, raw_transactions_spec
+from backfills.assets.factory import (
+    build_feature_assets,
+    daily_partitions,
+    production_spec,
+    raw_transactions_spec,
+)
 from backfills.assets.registry import FEATURES
+from backfills.orchestration.approval_channels import ApprovalsResource
+from backfills.orchestration.jobs import promote_batch_job, rollback_release_job
+from backfills.orchestration.sensors import build_approval_sensor
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.resources.settings import Settings, load_settings
 from backfills.resources.spark import SparkResource
 
 STAGE_FEATURES_JOB = "stage_features"
+
+
+def approvals_resource(settings: Settings, *, in_dagster: bool = True) -> ApprovalsResource:
+    """The approvals resource; outside Dagster (the CLI) it carries the token itself, as EnvVar is resolved
+    only when Dagster initialises resources for a run or a sensor."""
+    token = None
+    if settings.uses_slack:
+        # In Dagster the token never appears in the run config or the UI: only the variable's name does.
+        token = EnvVar("SLACK_BOT_TOKEN") if in_dagster else settings.slack_bot_token
+    return ApprovalsResource(
+        slack_bot_token=token,
+        slack_channel=settings.slack_channel,
+        slack_api_url=settings.slack_api_url,
+        approvers=sorted(settings.approvers),
+        approver_group=settings.approver_group,
+        quorum=settings.approval_quorum,
+        expiry_hours=settings.approval_expiry_hours,
+        rollback_requires_approval=settings.rollback_requires_approval,
+        dagster_url=settings.dagster_url,
+    )
 
 
 def build_definitions(settings: Settings) -> Definitions:
@@ -22,13 +50,19 @@ def build_definitions(settings: Settings) -> Definitions:
         description="Stage feature partitions into a batch (launch a backfill of it to recompute history).",
     )
     return Definitions(
-        assets=[raw_transactions_spec(partitions), *feature_assets],
-        jobs=[stage_features],
+        assets=[
+            raw_transactions_spec(partitions),
+            *feature_assets,
+            *[production_spec(spec, partitions) for spec in FEATURES],
+        ],
+        jobs=[stage_features, promote_batch_job, rollback_release_job],
+        sensors=[build_approval_sensor(settings.sensor_interval_seconds)],
         # Feature steps share the run's process and its Spark session instead of one JVM per step.
         executor=in_process_executor,
         resources={
             "spark": SparkResource.from_settings(settings),
             "catalog": CatalogResource(storage_root=settings.storage_root),
+            "approvals": approvals_resource(settings),
         },
     )
 

@@ -7,6 +7,7 @@ the operator's path; this one exists so a backfill needs no running daemon.
 
 from __future__ import annotations
 
+import re
 import uuid
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -20,11 +21,13 @@ from backfills.assets.registry import FEATURES, FeatureSpec, dependency_order, f
 from backfills.assets.transformations import DateRange
 from backfills.errors import BackfillsError
 from backfills.orchestration.definitions import STAGE_FEATURES_JOB
+from backfills.resources.catalog import ReleaseCatalog
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
-# The console shows one line per run; every event is still in the instance for the Dagster UI.
-QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "WARNING"}}}}
+# The console shows one line per run and the root cause of a failure; every event (tracebacks included) is
+# still in the instance for the Dagster UI.
+QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 
 class BackfillRunFailedError(BackfillsError):
@@ -37,14 +40,16 @@ class PlannedRun:
     dates: DateRange
 
 
-def _root_cause(error: SerializableErrorInfo | None) -> str:
+def root_cause(error: SerializableErrorInfo | None) -> str:
     """The innermost error of a step failure: ours, not Dagster's wrapper around it."""
     if error is None:
         return "unknown error"
     while error.cause is not None:
         error = error.cause
-    # Spark errors carry the JVM stack after the first line; the first line says what went wrong.
+    # Spark errors carry the JVM stack after the first line; the first line says what went wrong. Dagster's
+    # message starts with the exception's qualified name, which the class name already gives.
     first_line = (error.message.strip().splitlines() or [""])[0]
+    first_line = re.sub(rf"^[\w.]*{re.escape(error.cls_name or '')}: ", "", first_line)
     return f"{error.cls_name}: {first_line}"
 
 
@@ -78,11 +83,18 @@ def run_local_backfill(
     requester: str | None = None,
     on_run: Callable[[PlannedRun], None] | None = None,
 ) -> str:
-    """Stage `tables` (default: every feature table) for start..end into one batch; return the batch ID."""
+    """Stage `tables` (default: every feature table) for start..end into one batch; return the batch ID.
+
+    When the last run has finished (or one failed) the batch is marked complete with the partitions it
+    targeted, which lets the approval flow ask for its approval (or say why it cannot).
+    """
     specs = [feature_spec(name) for name in tables] if tables else list(FEATURES)
     batch_id = batch_id or new_batch_id()
     job = defs.resolve_job_def(STAGE_FEATURES_JOB)
-    for planned in plan_runs(specs, DateRange(start, end), max_partitions_per_run):
+    planned_runs = plan_runs(specs, DateRange(start, end), max_partitions_per_run)
+    expected = {spec.name: [day.isoformat() for day in DateRange(start, end).days()] for spec in specs}
+    catalog: ReleaseCatalog = defs.resources["catalog"].catalog()
+    for planned in planned_runs:
         tags = {
             BATCH_TAG: batch_id,
             RANGE_START_TAG: planned.dates.start.isoformat(),
@@ -101,13 +113,16 @@ def run_local_backfill(
         )
         if not result.success:
             failures = [
-                _root_cause(event.step_failure_data.error)
+                root_cause(event.step_failure_data.error)
                 for event in result.all_events
                 if event.is_step_failure
             ]
             reason = failures[0] if failures else "see the run's logs in the Dagster UI"
-            raise BackfillRunFailedError(
+            message = (
                 f"run {result.run_id} staging {planned.table} {planned.dates.start}..{planned.dates.end} "
                 f"into batch {batch_id} failed: {reason}"
             )
+            catalog.mark_complete(batch_id, expected, note=message)
+            raise BackfillRunFailedError(message)
+    catalog.mark_complete(batch_id, expected)
     return batch_id

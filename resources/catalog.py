@@ -6,15 +6,11 @@ and rollback switch production atomically (one compare-and-swap of CURRENT) and 
 
 from __future__ import annotations
 
-import random
 import re
-import time
 import uuid
 from collections.abc import Callable, Iterable, Sequence
 from datetime import UTC, date, datetime
 from typing import Any
-
-from pydantic import BaseModel
 
 from backfills.errors import (
     BatchNotFoundError,
@@ -26,7 +22,9 @@ from backfills.errors import (
     PreconditionFailedError,
     ReleaseNotFoundError,
 )
+from backfills.resources.cas import CAS_MAX_ATTEMPTS, dump, update_object
 from backfills.resources.catalog_models import (
+    ApprovalFacts,
     AuditEvent,
     BatchManifest,
     CheckRecord,
@@ -39,7 +37,6 @@ from backfills.resources.storage import ObjectStore
 
 # A batch takes partitions while its backfill runs, whatever its checks said so far; approval seals it.
 WRITABLE_BATCH_STATES = frozenset({"staging", "checked", "blocked"})
-CAS_MAX_ATTEMPTS = 50
 
 BATCHES_PREFIX = "catalog/batches"
 RELEASES_PREFIX = "catalog/releases"
@@ -49,18 +46,12 @@ CURRENT_KEY = "catalog/CURRENT"
 # IDs become object keys: no '/', no leading dot, nothing a shell or S3 console would mangle.
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _EVENT_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
-_BACKOFF_BASE_SECONDS = 0.005
-_BACKOFF_CAP_SECONDS = 0.25
 
 Snapshot = dict[str, dict[str, ReleasedPartition]]
 
 
 def _now() -> datetime:
     return datetime.now(UTC)
-
-
-def _dump(model: BaseModel) -> bytes:
-    return model.model_dump_json(indent=2).encode("utf-8")
 
 
 def _check_id(what: str, value: str) -> str:
@@ -76,11 +67,6 @@ def _check_date(value: str) -> date:
         return date.fromisoformat(value)
     except ValueError:
         raise InvalidRequestError(f"{value!r} is not a partition date: use YYYY-MM-DD") from None
-
-
-def _backoff(attempt: int) -> None:
-    # Full jitter: writers that collided once spread out instead of colliding again in lockstep.
-    time.sleep(random.uniform(0, min(_BACKOFF_CAP_SECONDS, _BACKOFF_BASE_SECONDS * 2**attempt)))
 
 
 def _with_run(manifest: BatchManifest, run_id: str, requester: str | None) -> BatchManifest:
@@ -119,7 +105,7 @@ def _sorted_snapshot(tables: Snapshot) -> Snapshot:
     }
 
 
-def _changed_partitions(before: Snapshot, after: Snapshot) -> dict[str, list[str]]:
+def changed_partitions(before: Snapshot, after: Snapshot) -> dict[str, list[str]]:
     """Table -> dates whose production entry a release adds, replaces or removes."""
     changed: dict[str, list[str]] = {}
     for table in sorted(before.keys() | after.keys()):
@@ -181,31 +167,15 @@ class ReleaseCatalog:
         *,
         create: Callable[[], BatchManifest] | None,
     ) -> BatchManifest:
-        key = self._batch_key(batch_id)
-        for attempt in range(self.max_attempts):
-            try:
-                body, version = self.store.get_versioned(key)
-            except ObjectNotFoundError:
-                if create is None:
-                    raise BatchNotFoundError(self._missing_batch_message(batch_id)) from None
-                manifest = self._changed(batch_id, change, create())
-                try:
-                    self.store.put_if_absent(key, _dump(manifest))
-                except ObjectExistsError:
-                    # Another writer created the manifest first: update theirs on the next pass.
-                    continue
-                return manifest
-            manifest = self._changed(batch_id, change, BatchManifest.model_validate_json(body))
-            try:
-                self.store.put_if_match(key, _dump(manifest), version)
-            except PreconditionFailedError:
-                _backoff(attempt)
-                continue
-            return manifest
-        raise PreconditionFailedError(
-            f"batch {batch_id}: the manifest at {self.store.root}/{key} changed under each of "
-            f"{self.max_attempts} attempts to update it, so another writer keeps winning; nothing was "
-            "changed by this update; retry the run when the other writers have finished"
+        return update_object(
+            self.store,
+            self._batch_key(batch_id),
+            BatchManifest,
+            lambda manifest: self._changed(batch_id, change, manifest),
+            create=create,
+            missing=lambda: BatchNotFoundError(self._missing_batch_message(batch_id)),
+            what=f"batch {batch_id}",
+            max_attempts=self.max_attempts,
         )
 
     @staticmethod
@@ -349,6 +319,38 @@ class ReleaseCatalog:
                 )
             seen.add((record.table, record.partition))
 
+    def mark_complete(
+        self, batch_id: str, expected: dict[str, list[str]], *, note: str | None = None
+    ) -> BatchManifest:
+        """Record that the backfill writing the batch has finished, with the partitions it targeted (and,
+        when some of its runs failed, a note saying why the batch is incomplete). Idempotent."""
+
+        def complete(manifest: BatchManifest) -> BatchManifest:
+            if manifest.completed_at is None:
+                manifest.completed_at = _now()
+            manifest.expected = {table: sorted(days) for table, days in sorted(expected.items())}
+            manifest.completion_note = note
+            return manifest
+
+        return self._update_batch(batch_id, complete, create=lambda: self._new_batch(batch_id, None))
+
+    def seal_batch(self, batch_id: str, state: str, *, allowed_from: Iterable[str]) -> BatchManifest:
+        """Move a batch to a final state (approved, rejected, promoted) that accepts no more partitions."""
+        allowed = set(allowed_from)
+
+        def seal(manifest: BatchManifest) -> BatchManifest:
+            if manifest.state == state:
+                return manifest
+            if manifest.state not in allowed:
+                raise BatchSealedError(
+                    f"batch {batch_id} is {manifest.state!r}, so it cannot become {state!r} (only from "
+                    f"{', '.join(sorted(allowed))}); nothing was changed"
+                )
+            manifest.state = state
+            return manifest
+
+        return self._update_batch(batch_id, seal, create=None)
+
     # Releases
 
     def _release_key(self, release_id: str) -> str:
@@ -406,7 +408,7 @@ class ReleaseCatalog:
         return f"r-{_now().strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
 
     def _store_release(self, release: Release) -> Release:
-        self.store.put_if_absent(self._release_key(release.release_id), _dump(release))
+        self.store.put_if_absent(self._release_key(release.release_id), dump(release))
         return release
 
     def stage_promotion(
@@ -416,10 +418,12 @@ class ReleaseCatalog:
         actor: str | None,
         reason: str | None = None,
         tables: Sequence[str] | None = None,
+        approval: ApprovalFacts | None = None,
     ) -> Release:
         """Write (but do not publish) a release: the current snapshot with the batch's partitions overlaid.
 
         With `tables`, only those tables of the batch are overlaid. CURRENT is untouched until `commit`.
+        `approval` (who requested and approved the batch) is recorded on the release.
         """
         manifest = self.get_batch(batch_id)
         if manifest.partition_count() == 0:
@@ -446,6 +450,7 @@ class ReleaseCatalog:
                 actor=actor,
                 reason=reason,
                 tables=_sorted_snapshot(snapshot),
+                **(approval.model_dump() if approval else {}),
             )
         )
 
@@ -540,7 +545,7 @@ class ReleaseCatalog:
         current_id, version = self._read_current()
         if current_id != release.parent_id:
             raise CurrentChangedError(self._current_moved_message(release, current_id))
-        pointer = _dump(CurrentPointer(release_id=release.release_id, updated_at=_now()))
+        pointer = dump(CurrentPointer(release_id=release.release_id, updated_at=_now()))
         try:
             if version is None:
                 self.store.put_if_absent(CURRENT_KEY, pointer)
@@ -558,11 +563,15 @@ class ReleaseCatalog:
             batch_id=release.batch_id,
             release_id=release.release_id,
             actor=release.actor,
-            tables=_changed_partitions(before, release.tables),
+            tables=changed_partitions(before, release.tables),
             details={
                 "previous_release_id": release.parent_id,
                 "rolled_back_to": release.rolled_back_to,
                 "reason": release.reason,
+                "requester": release.requester,
+                "approvers": [approver.user_id for approver in release.approvers],
+                "approved_at": release.approved_at.isoformat() if release.approved_at else None,
+                "forced": release.forced,
             },
         )
         return release
@@ -590,9 +599,12 @@ class ReleaseCatalog:
         actor: str | None,
         reason: str | None = None,
         tables: Sequence[str] | None = None,
+        approval: ApprovalFacts | None = None,
     ) -> Release:
         """Publish the batch (or some of its tables) to production atomically: stage_promotion + commit."""
-        return self.commit(self.stage_promotion(batch_id, actor=actor, reason=reason, tables=tables))
+        return self.commit(
+            self.stage_promotion(batch_id, actor=actor, reason=reason, tables=tables, approval=approval)
+        )
 
     def rollback(
         self,
@@ -656,7 +668,7 @@ class ReleaseCatalog:
             tables={table: sorted(dates) for table, dates in sorted((tables or {}).items())},
             details=details or {},
         )
-        self.store.put_if_absent(f"{AUDIT_PREFIX}/{event.event_id}-{kind}.json", _dump(event))
+        self.store.put_if_absent(f"{AUDIT_PREFIX}/{event.event_id}-{kind}.json", dump(event))
         return event
 
     def events(

@@ -5,6 +5,7 @@ Pure data, no I/O: the catalog writes them with `model_dump_json`, reads them wi
 
 from __future__ import annotations
 
+import hashlib
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
@@ -89,7 +90,11 @@ class CheckRecord(CatalogModel):
 
 
 class BatchManifest(CatalogModel):
-    """Everything staged under one batch ID: table -> partition date -> record."""
+    """Everything staged under one batch ID: table -> partition date -> record.
+
+    State: `staging`, `checked` or `blocked` while runs write (derived from the checks); then `approved`,
+    `rejected` or `promoted`, set by the approval flow, which seal the batch.
+    """
 
     batch_id: str
     created_at: UtcDatetime
@@ -99,6 +104,10 @@ class BatchManifest(CatalogModel):
     runs: list[str] = []
     tables: dict[str, dict[str, PartitionRecord]] = {}
     checks: list[CheckRecord] = []
+    # Set once the backfill that writes the batch has finished: the partitions it targeted, per table.
+    completed_at: UtcDatetime | None = None
+    expected: dict[str, list[PartitionDate]] = {}
+    completion_note: str | None = None  # why an incomplete batch cannot be approved (failed runs, ...)
 
     def partition(self, table: str, date: str) -> PartitionRecord | None:
         """The record of one staged partition, or None if the batch has not staged it."""
@@ -124,6 +133,22 @@ class BatchManifest(CatalogModel):
         """Table -> sorted partition dates staged in the batch."""
         return {table: sorted(partitions) for table, partitions in sorted(self.tables.items())}
 
+    def missing_partitions(self) -> dict[str, list[str]]:
+        """Expected partitions the batch has not staged, per table."""
+        missing = {
+            table: sorted(set(days) - set(self.tables.get(table, {})))
+            for table, days in self.expected.items()
+        }
+        return {table: days for table, days in sorted(missing.items()) if days}
+
+    def fingerprint(self) -> str:
+        """One hash of every staged partition's content hash: an approval is bound to exactly this content."""
+        digest = hashlib.sha256(self.batch_id.encode())
+        for table, partitions in sorted(self.tables.items()):
+            for day, record in sorted(partitions.items()):
+                digest.update(f"|{table}|{day}|{record.content_hash}".encode())
+        return digest.hexdigest()
+
 
 class ReleasedPartition(CatalogModel):
     """A partition as production serves it: which batch produced it and where its files are."""
@@ -133,6 +158,25 @@ class ReleasedPartition(CatalogModel):
     files: list[str]
     row_count: int
     content_hash: str
+
+
+class Approver(CatalogModel):
+    """Who approved a batch, and when and where they said so."""
+
+    user_id: str
+    display_name: str | None = None
+    at: UtcDatetime
+    permalink: str | None = None
+
+
+class ApprovalFacts(CatalogModel):
+    """Governance facts a promotion release records: who asked, who approved, when, under which request."""
+
+    requester: str | None = None
+    approvers: list[Approver] = []
+    approved_at: UtcDatetime | None = None
+    request_id: str | None = None
+    forced: bool = False  # a stale batch published over newer production data on purpose
 
 
 class Release(CatalogModel):
@@ -147,6 +191,12 @@ class Release(CatalogModel):
     actor: str | None = None
     reason: str | None = None
     tables: dict[str, dict[str, ReleasedPartition]] = {}
+    # Governance facts of a promotion (and of a rollback that needed approval): see ApprovalFacts.
+    requester: str | None = None
+    approvers: list[Approver] = []
+    approved_at: UtcDatetime | None = None
+    request_id: str | None = None
+    forced: bool = False
 
     def partition_count(self) -> int:
         """How many partitions production serves in this release, over all tables."""
@@ -171,3 +221,62 @@ class AuditEvent(CatalogModel):
     actor: str | None = None
     tables: dict[str, list[str]] = {}
     details: dict[str, Any] = {}
+
+
+VoteDecision = Literal["approve", "reject"]
+RequestStatus = Literal["posting", "pending", "approved", "rejected", "expired", "superseded", "promoted"]
+
+
+class VoteRecord(CatalogModel):
+    """One vote as read from the approvals channel, with whether the policy counted it and why not."""
+
+    user_id: str
+    display_name: str | None = None
+    decision: VoteDecision
+    at: UtcDatetime
+    source: str  # reaction, reply, cli
+    is_bot: bool = False
+    permalink: str | None = None
+    counted: bool = False
+    ignored_because: str | None = None
+
+
+class ApprovalRequest(CatalogModel):
+    """The approval request of one batch content (fingerprint): where it was posted, the votes, the outcome.
+
+    Created before the message is posted (status `posting`) so that a crash or a lost response never leads to
+    a second message: the next attempt looks for the posted message before posting again.
+    """
+
+    request_id: str
+    batch_id: str
+    fingerprint: str
+    requester: str | None
+    channel: Literal["slack", "local"]
+    created_at: UtcDatetime
+    expires_at: UtcDatetime
+    status: RequestStatus = "posting"
+    posting_claimed_at: UtcDatetime | None = None  # a lease: two posters never both post
+    post_attempts: int = 0  # after the first, look for the message before posting again
+    slack_channel: str | None = None
+    message_ts: str | None = None
+    permalink: str | None = None
+    posted_at: UtcDatetime | None = None
+    summary: str = ""  # the request as posted, in plain text
+    cli_votes: list[VoteRecord] = []  # votes cast with `backfills approve/reject` (local channel)
+    votes: list[VoteRecord] = []  # every vote read at the last evaluation, counted or not
+    required: int = 1
+    decision_summary: str | None = None
+    decided_at: UtcDatetime | None = None
+    superseded_by: str | None = None
+    promotion_run_id: str | None = None
+    release_id: str | None = None
+    notices: list[str] = []  # kinds of thread notices already sent (outcome, promoted, ...), sent once each
+
+    @property
+    def approvers(self) -> list[Approver]:
+        return [
+            Approver(user_id=v.user_id, display_name=v.display_name, at=v.at, permalink=v.permalink)
+            for v in self.votes
+            if v.counted and v.decision == "approve"
+        ]

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import date
 from pathlib import Path
 
@@ -40,6 +40,30 @@ def _date(name: str, default: str) -> str:
     return raw
 
 
+def _float(name: str, default: float) -> float:
+    raw = os.environ.get(name)
+    if raw is None or raw == "":
+        return default
+    try:
+        value = float(raw)
+    except ValueError:
+        raise ConfigurationError(f"{name}={raw!r} is not a number") from None
+    if value <= 0:
+        raise ConfigurationError(f"{name}={raw!r} must be greater than 0")
+    return value
+
+
+def _flag(name: str) -> bool:
+    raw = (os.environ.get(name) or "false").strip().lower()
+    if raw not in ("true", "false", "1", "0", "yes", "no"):
+        raise ConfigurationError(f"{name}={raw!r} must be true or false")
+    return raw in ("true", "1", "yes")
+
+
+def _ids(name: str) -> frozenset[str]:
+    return frozenset(part.strip() for part in (os.environ.get(name) or "").split(",") if part.strip())
+
+
 @dataclass(frozen=True)
 class Settings:
     storage_root: str
@@ -50,10 +74,39 @@ class Settings:
     spark_driver_memory: str
     spark_shuffle_partitions: int
     spark_bind_address: str
+    # Approvals: Slack when both the token and the channel are set, else the local CLI channel.
+    slack_bot_token: str | None = field(default=None, repr=False)  # a secret: never printed
+    slack_channel: str | None = None
+    slack_api_url: str | None = None  # another Web API base URL (a proxy, or the tests' local server)
+    approvers: frozenset[str] = frozenset()
+    approver_group: str | None = None  # a Slack user group ID whose members may approve
+    approval_quorum: int = 1
+    approval_expiry_hours: float = 72.0
+    rollback_requires_approval: bool = False
+    dagster_url: str = "http://127.0.0.1:3000"
+    sensor_interval_seconds: int = 30
+
+    @property
+    def uses_slack(self) -> bool:
+        return self.slack_bot_token is not None
+
+
+def _slack() -> tuple[str | None, str | None]:
+    token = os.environ.get("SLACK_BOT_TOKEN") or None
+    channel = os.environ.get("BACKFILLS_SLACK_CHANNEL") or None
+    if bool(token) != bool(channel):
+        missing = "BACKFILLS_SLACK_CHANNEL" if token else "SLACK_BOT_TOKEN"
+        present = "SLACK_BOT_TOKEN" if token else "BACKFILLS_SLACK_CHANNEL"
+        raise ConfigurationError(
+            f"{present} is set but {missing} is not: set both to take approvals in Slack, or neither to use "
+            "the local channel (`backfills approve`)"
+        )
+    return token, channel
 
 
 def load_settings() -> Settings:
     """Read every setting from the environment, with the embedded defaults."""
+    token, channel = _slack()
     return Settings(
         storage_root=os.environ.get("BACKFILLS_STORAGE_ROOT") or _default_storage_root(),
         partitions_start=_date("BACKFILLS_PARTITIONS_START", "2025-01-01"),
@@ -63,4 +116,14 @@ def load_settings() -> Settings:
         spark_driver_memory=os.environ.get("BACKFILLS_SPARK_DRIVER_MEMORY") or "3g",
         spark_shuffle_partitions=_int("BACKFILLS_SPARK_SHUFFLE_PARTITIONS", 4),
         spark_bind_address=os.environ.get("BACKFILLS_SPARK_BIND_ADDRESS") or "127.0.0.1",
+        slack_bot_token=token,
+        slack_channel=channel,
+        slack_api_url=os.environ.get("BACKFILLS_SLACK_API_URL") or None,
+        approvers=_ids("BACKFILLS_APPROVERS"),
+        approver_group=os.environ.get("BACKFILLS_APPROVER_GROUP") or None,
+        approval_quorum=_int("BACKFILLS_APPROVAL_QUORUM", 1),
+        approval_expiry_hours=_float("BACKFILLS_APPROVAL_EXPIRY_HOURS", 72.0),
+        rollback_requires_approval=_flag("BACKFILLS_ROLLBACK_REQUIRES_APPROVAL"),
+        dagster_url=(os.environ.get("BACKFILLS_DAGSTER_URL") or "http://127.0.0.1:3000").rstrip("/"),
+        sensor_interval_seconds=_int("BACKFILLS_SENSOR_INTERVAL_SECONDS", 30),
     )

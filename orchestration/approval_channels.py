@@ -1,0 +1,186 @@
+"""Where approval requests are posted and votes are read: Slack (reactions and thread replies on the request
+message), or, without Slack, the local channel (`backfills approve/reject`, for local use only).
+
+A channel only carries messages and reads what people did; the approval policy decides what it means.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+from dataclasses import dataclass
+from datetime import UTC, datetime, timedelta
+from typing import Literal, Protocol
+
+from dagster import ConfigurableResource
+from pydantic import Field
+
+from backfills.orchestration.approval_message import ChannelMessage, Links
+from backfills.orchestration.approval_policy import ApprovalRules, reaction_decision, reply_decision
+from backfills.resources.catalog_models import ApprovalRequest, VoteRecord
+from backfills.resources.slack import SlackClient
+
+LOCAL_ONLY = "local approval channel (for local use only: set SLACK_BOT_TOKEN and BACKFILLS_SLACK_CHANNEL"
+LOCAL_ONLY += " to take approvals in Slack)"
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PostedRequest:
+    """Where a request message is: the Slack channel and message ts, and its permalink (None locally)."""
+
+    slack_channel: str | None
+    ts: str | None
+    permalink: str | None
+
+
+class ApprovalChannel(Protocol):
+    kind: Literal["slack", "local"]
+
+    def post_request(self, request: ApprovalRequest, message: ChannelMessage) -> PostedRequest:
+        """Post the request; a failure may leave it posted all the same (then `find_request` finds it)."""
+
+    def find_request(self, request: ApprovalRequest) -> PostedRequest | None:
+        """The already posted message of the request, if any."""
+
+    def read_votes(self, request: ApprovalRequest, now: datetime) -> list[VoteRecord]:
+        """Every approve or reject cast on the request so far; a vote with no time of its own gets `now`."""
+
+    def reply(self, request: ApprovalRequest, text: str) -> None:
+        """Tell the request's thread (an outcome, a promotion)."""
+
+    def announce(self, message: ChannelMessage) -> None:
+        """A message of its own in the channel (a blocked batch, a rollback)."""
+
+
+class LocalChannel:
+    """Requests and outcomes go to the log (the CLI prints them); votes are those of `backfills approve`."""
+
+    kind: Literal["local"] = "local"
+
+    def __init__(self, say: Callable[[str], None] | None = None) -> None:
+        self.say = say or log.info
+
+    def post_request(self, request: ApprovalRequest, message: ChannelMessage) -> PostedRequest:
+        self.say(f"[{LOCAL_ONLY}]\n{message.text}")
+        return PostedRequest(None, None, None)
+
+    def find_request(self, request: ApprovalRequest) -> PostedRequest | None:
+        # Nothing leaves this process, so there is nothing to find: the request record is the message.
+        return None
+
+    def read_votes(self, request: ApprovalRequest, now: datetime) -> list[VoteRecord]:
+        return list(request.cli_votes)
+
+    def reply(self, request: ApprovalRequest, text: str) -> None:
+        self.say(f"[local approvals] batch {request.batch_id}: {text}")
+
+    def announce(self, message: ChannelMessage) -> None:
+        self.say(f"[local approvals] {message.text}")
+
+
+class SlackChannel:
+    """An approvals channel in Slack, read and written through the bot token."""
+
+    kind: Literal["slack"] = "slack"
+
+    def __init__(self, client: SlackClient, channel: str) -> None:
+        self.client = client
+        self.channel = channel
+
+    def post_request(self, request: ApprovalRequest, message: ChannelMessage) -> PostedRequest:
+        posted = self.client.post(self.channel, message.text, message.blocks, request_id=request.request_id)
+        return PostedRequest(posted.channel, posted.ts, posted.permalink)
+
+    def find_request(self, request: ApprovalRequest) -> PostedRequest | None:
+        posted = self.client.find_request(
+            self.channel, request.request_id, oldest=request.created_at.timestamp() - 60
+        )
+        return None if posted is None else PostedRequest(posted.channel, posted.ts, posted.permalink)
+
+    def read_votes(self, request: ApprovalRequest, now: datetime) -> list[VoteRecord]:
+        channel, ts = request.slack_channel or self.channel, request.message_ts
+        if ts is None:
+            return []
+        votes: list[VoteRecord] = []
+        for reaction in self.client.reactions(channel, ts):
+            decision = reaction_decision(reaction.name)
+            if decision is not None:
+                # Slack does not say when a reaction was added: it counts from when it was first seen.
+                votes.append(self._vote(reaction.user_id, decision, now, "reaction", request.permalink))
+        for reply in self.client.replies(channel, ts):
+            decision = reply_decision(reply.text)
+            if decision is None:
+                continue
+            at = datetime.fromtimestamp(float(reply.ts), tz=UTC)
+            if reply.user_id is None:  # an app or a workflow posting without a user: never a person's vote
+                name = reply.bot_id or "unknown app"
+                votes.append(VoteRecord(user_id=name, decision=decision, at=at, source="reply", is_bot=True))
+                continue
+            vote = self._vote(reply.user_id, decision, at, "reply", request.permalink)
+            votes.append(vote.model_copy(update={"is_bot": True}) if reply.bot_id else vote)
+        return votes
+
+    def _vote(
+        self, user_id: str, decision: str, at: datetime, source: str, permalink: str | None
+    ) -> VoteRecord:
+        user = self.client.user(user_id)
+        return VoteRecord(
+            user_id=user_id,
+            display_name=user.display_name,
+            decision=decision,
+            at=at,
+            source=source,
+            is_bot=user.is_bot,
+            permalink=permalink,
+        )
+
+    def reply(self, request: ApprovalRequest, text: str) -> None:
+        if request.message_ts is not None:
+            self.client.post(request.slack_channel or self.channel, text, thread_ts=request.message_ts)
+
+    def announce(self, message: ChannelMessage) -> None:
+        self.client.post(self.channel, message.text, message.blocks)
+
+
+class ApprovalsResource(ConfigurableResource):
+    """The approvals channel and rules: Slack when a bot token is configured, else the local channel."""
+
+    slack_bot_token: str | None = Field(default=None, description="Slack bot token (from SLACK_BOT_TOKEN).")
+    slack_channel: str | None = Field(default=None, description="Channel ID for approval requests.")
+    slack_api_url: str | None = Field(default=None, description="Slack Web API base URL (tests, proxies).")
+    approvers: list[str] = Field(default=[], description="User IDs allowed to approve.")
+    approver_group: str | None = Field(
+        default=None, description="Slack user group whose members may approve."
+    )
+    quorum: int = Field(default=1, description="Approvals needed (one more without a known requester).")
+    expiry_hours: float = Field(default=72.0, description="Hours a request stays open.")
+    rollback_requires_approval: bool = Field(default=False, description="Whether rollback needs approvers.")
+    dagster_url: str = Field(default="http://127.0.0.1:3000", description="Base URL of the Dagster UI.")
+
+    def slack(self) -> SlackClient | None:
+        if not self.slack_bot_token:
+            return None
+        return SlackClient(self.slack_bot_token, base_url=self.slack_api_url)
+
+    def channel(self, say: Callable[[str], None] | None = None) -> ApprovalChannel:
+        client = self.slack()
+        if client is None or not self.slack_channel:
+            return LocalChannel(say)
+        return SlackChannel(client, self.slack_channel)
+
+    def rules(self) -> ApprovalRules:
+        """The allowlist (IDs plus the user group's members, read from Slack), quorum and expiry."""
+        approvers = set(self.approvers)
+        client = self.slack()
+        if self.approver_group and client is not None:
+            approvers |= client.usergroup_members(self.approver_group)
+        return ApprovalRules(
+            approvers=frozenset(approvers),
+            quorum=self.quorum,
+            expires_after=timedelta(hours=self.expiry_hours),
+        )
+
+    def links(self) -> Links:
+        return Links(self.dagster_url)

@@ -1,0 +1,187 @@
+"""What the approvals channel says: the approval request of a checked batch (Block Kit and plain text), the
+notice for a blocked or incomplete batch, and the outcomes told in the request's thread."""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+from typing import Any
+
+from backfills.checks.summary import batch_check_summary
+from backfills.resources.catalog_models import ApprovalRequest, BatchManifest
+
+# Slack refuses a section text over 3000 characters; leave room for the markup.
+_MAX_SECTION = 2800
+
+
+@dataclass(frozen=True)
+class ChannelMessage:
+    """One message: Block Kit blocks for Slack and the same content as plain text (logs, CLI, fallback)."""
+
+    text: str
+    blocks: list[dict[str, Any]]
+
+
+@dataclass(frozen=True)
+class Links:
+    """Where the Dagster UI shows a batch and its assets."""
+
+    dagster_url: str
+
+    def batch(self, batch_id: str) -> str:
+        # A Dagster backfill (8 lowercase letters) has a page of its own; a batch of tagged runs is found
+        # through the run list.
+        if re.fullmatch(r"[a-z]{8}", batch_id):
+            return f"{self.dagster_url}/runs/b/{batch_id}?tab=partitions"
+        return f"{self.dagster_url}/runs?q%5B0%5D=tag%3Abackfills%2Fbatch_id%3D{batch_id}"
+
+    def asset(self, prefix: str, table: str) -> str:
+        return f"{self.dagster_url}/assets/{prefix}/{table}"
+
+
+def _section(text: str) -> dict[str, Any]:
+    if len(text) > _MAX_SECTION:
+        text = text[: _MAX_SECTION - 1] + "…"
+    return {"type": "section", "text": {"type": "mrkdwn", "text": text}}
+
+
+def _span(batch: BatchManifest) -> str:
+    days = sorted({day for partitions in batch.tables.values() for day in partitions})
+    return "nothing staged" if not days else f"{days[0]}..{days[-1]}"
+
+
+def blast_radius(batch: BatchManifest) -> str:
+    """Tables x partitions the batch would replace or add in production."""
+    per_table = ", ".join(f"{table} {len(days)}" for table, days in sorted(batch.tables.items()))
+    return f"{len(batch.tables)} tables, {batch.partition_count()} partitions ({per_table})"
+
+
+def _changes(batch: BatchManifest) -> list[str]:
+    lines = []
+    for table, entry in batch_check_summary(batch)["tables"].items():
+        diff = entry.get("diff")
+        if not diff:
+            continue
+        if diff["compared_days"]:
+            line = (
+                f"{table}: {diff['changed']} rows changed, {diff['added']} added, {diff['removed']} removed "
+                f"of {diff['production_rows']} in {diff['compared_days']} days"
+            )
+        else:
+            line = f"{table}: no production data for these days yet"
+        if diff["new_days"] and diff["compared_days"]:
+            line += f"; {diff['new_days']} new days"
+        if diff["reasons"]:
+            line += f" ({'; '.join(diff['reasons'][:2])})"
+        lines.append(line)
+    return lines
+
+
+def _checks(batch: BatchManifest) -> list[str]:
+    lines = []
+    for table, entry in batch_check_summary(batch)["tables"].items():
+        verdicts = entry["checks"]
+        passed = sum(1 for check in verdicts.values() if check["verdict"] == "passed")
+        line = f"{table}: {passed} of {len(verdicts)} checks passed"
+        flagged = [
+            f"{name} {check['verdict']}: {check['summary']}"
+            for name, check in verdicts.items()
+            if check["verdict"] != "passed"
+        ]
+        if flagged:
+            line += "; " + "; ".join(flagged[:2])
+        lines.append(line)
+    return lines
+
+
+def _who(user: str | None) -> str:
+    # Slack renders <@U123> as the user's name; a name that is not a user ID is shown as it is.
+    if user and user[:1] in ("U", "W") and user.isalnum() and user.upper() == user:
+        return f"<@{user}>"
+    return user or "unknown (no backfills/requester tag)"
+
+
+def request_message(
+    batch: BatchManifest, request: ApprovalRequest, approvers: frozenset[str], links: Links
+) -> ChannelMessage:
+    """The approval request of a complete, checked batch."""
+    requester = _who(batch.requester)
+    facts = [
+        f"*Requester:* {requester}",
+        f"*Tables:* {', '.join(sorted(batch.tables))}",
+        f"*Partitions:* {_span(batch)}",
+        f"*Rows:* {sum(r.row_count for p in batch.tables.values() for r in p.values()):,}",
+        f"*Blast radius:* {blast_radius(batch)}",
+        f"*Content:* `{request.fingerprint[:16]}`",
+    ]
+    changes = _changes(batch)
+    checks = _checks(batch)
+    needed = f"{request.required} approval{'s' if request.required != 1 else ''} needed" + (
+        "" if batch.requester else " (one more than usual: nobody is named as requester)"
+    )
+    ways = (
+        "React :white_check_mark: to approve or :x: to reject, or reply `approve` / `reject` in this thread."
+        if request.channel == "slack"
+        else f"Run `backfills approve {batch.batch_id} --as USER` (or `backfills reject`)."
+    )
+    how = (
+        f"{ways} {needed}, from {', '.join(_who(user) for user in sorted(approvers))}; the requester cannot "
+        f"approve their own batch; any rejection rejects. Expires {request.expires_at:%Y-%m-%d %H:%M} UTC."
+    )
+    dagster = f"<{links.batch(batch.batch_id)}|Batch in Dagster> · " + " · ".join(
+        f"<{links.asset('staging', table)}|{table}>" for table in sorted(batch.tables)
+    )
+    blocks = [
+        {"type": "header", "text": {"type": "plain_text", "text": f"Approve backfill {batch.batch_id}?"}},
+        _section("\n".join(facts)),
+        _section("*What changes in production*\n" + "\n".join(f"• {line}" for line in changes)),
+        _section("*Checks*\n" + "\n".join(f"• {line}" for line in checks)),
+        _section(f"*How to decide*\n{how}"),
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": dagster}]},
+    ]
+    text = "\n".join(
+        [
+            f"Approve backfill {batch.batch_id}?",
+            *[fact.replace("*", "") for fact in facts],
+            "What changes in production:",
+            *[f"  {line}" for line in changes],
+            "Checks:",
+            *[f"  {line}" for line in checks],
+            f"How to decide: {how}",
+            f"Dagster: {links.batch(batch.batch_id)}",
+        ]
+    )
+    return ChannelMessage(text=text, blocks=blocks)
+
+
+def blocked_message(batch: BatchManifest, links: Links) -> ChannelMessage:
+    """A short notice for a batch that failed blocking checks: no request, the failing checks named."""
+    failures = batch_check_summary(batch)["blocking_failures"]
+    text = (
+        f"Backfill {batch.batch_id} (requested by {_who(batch.requester)}) is blocked and will not be sent "
+        f"for approval. Failing checks:\n" + "\n".join(f"• {line}" for line in failures[:5])
+    )
+    return _notice(text, links.batch(batch.batch_id))
+
+
+def incomplete_message(batch: BatchManifest, links: Links) -> ChannelMessage:
+    """A notice for a batch whose backfill finished without staging every partition it targeted."""
+    missing = batch.missing_partitions()
+    lines = [
+        f"{table}: {len(days)} partitions missing ({days[0]}..{days[-1]})" for table, days in missing.items()
+    ]
+    if batch.completion_note:
+        lines.insert(0, batch.completion_note)
+    text = (
+        f"Backfill {batch.batch_id} (requested by {_who(batch.requester)}) finished incomplete and will not "
+        "be sent for approval:\n" + "\n".join(f"• {line}" for line in lines[:6])
+    )
+    return _notice(text, links.batch(batch.batch_id))
+
+
+def _notice(text: str, link: str) -> ChannelMessage:
+    blocks = [
+        _section(text),
+        {"type": "context", "elements": [{"type": "mrkdwn", "text": f"<{link}|Dagster>"}]},
+    ]
+    return ChannelMessage(text=f"{text}\nDagster: {link}", blocks=blocks)

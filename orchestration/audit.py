@@ -1,0 +1,118 @@
+"""The audit trail of a table or one of its partitions, read from the catalog's append-only events: staged
+batches, check verdicts, approval requests and decisions, promotions, refusals and rollbacks, in time order,
+as text, JSON or CSV."""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from backfills.resources.catalog import ReleaseCatalog
+from backfills.resources.catalog_models import AuditEvent
+
+AUDIT_FIELDS = ("at", "event", "batch_id", "release_id", "actor", "partitions", "what")
+
+
+@dataclass(frozen=True)
+class AuditEntry:
+    at: str
+    event: str
+    batch_id: str | None
+    release_id: str | None
+    actor: str | None
+    partitions: str  # the table's days the event touched, as ranges
+    what: str  # one line in the users' words
+
+
+def _ranges(days: list[str]) -> str:
+    if not days:
+        return ""
+    return days[0] if len(days) == 1 else f"{days[0]}..{days[-1]} ({len(days)} days)"
+
+
+def _describe(event: AuditEvent) -> str:
+    d: dict[str, Any] = event.details
+    kind = event.kind
+    if kind == "staged":
+        replaced = sum(len(days) for days in d.get("replaced", {}).values())
+        return f"run {d.get('run_id')} staged {d.get('row_count')} rows" + (
+            f", replacing {replaced} earlier partitions" if replaced else ""
+        )
+    if kind == "checked":
+        verdicts = d.get("verdicts", {})
+        flagged = [f"{name} {verdict}" for name, verdict in sorted(verdicts.items()) if verdict != "passed"]
+        return f"checks of run {d.get('run_id')}: batch {d.get('state')}" + (
+            f" ({', '.join(flagged)})" if flagged else f", all {len(verdicts)} passed"
+        )
+    if kind == "approval_requested":
+        where = d.get("permalink") or f"the {d.get('channel')} channel"
+        return (
+            f"approval requested in {where}: {d.get('required')} approvals needed, by {d.get('expires_at')}"
+        )
+    if kind in ("approved", "rejected", "expired", "superseded"):
+        return str(d.get("summary", kind))
+    if kind == "promoted":
+        approvers = ", ".join(d.get("approvers") or []) or "nobody"
+        forced = "; FORCED over newer data" if d.get("forced") else ""
+        return (
+            f"published (previous release {d.get('previous_release_id')}), requested by "
+            f"{d.get('requester') or 'unknown'}, approved by {approvers} at {d.get('approved_at')}{forced}"
+        )
+    if kind == "rolled_back":
+        return (
+            f"rolled back to release {d.get('rolled_back_to')} (previous {d.get('previous_release_id')}): "
+            f"{d.get('reason')}"
+        )
+    if kind == "promotion_refused":
+        return str(d.get("error"))
+    if kind.endswith("_notice"):
+        return str(d.get("message", "")).splitlines()[0]
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def audit_trail(catalog: ReleaseCatalog, table: str, day: str | None = None) -> list[AuditEntry]:
+    """Every event touching the table (or that day of it), oldest first."""
+    return [
+        AuditEntry(
+            at=event.at.isoformat(),
+            event=event.kind,
+            batch_id=event.batch_id,
+            release_id=event.release_id,
+            actor=event.actor,
+            partitions=day if day else _ranges(event.tables.get(table, [])),
+            what=_describe(event),
+        )
+        for event in catalog.events(table=table, partition=day)
+    ]
+
+
+def production_now(catalog: ReleaseCatalog, table: str, day: str) -> str:
+    """Which batch production serves for one partition, and since which release."""
+    release = catalog.current_release()
+    served = release.tables.get(table, {}).get(day) if release else None
+    if release is None or served is None:
+        return f"production serves no {table} for {day}"
+    return (
+        f"production serves {table} {day} from batch {served.batch_id} in release {release.release_id} "
+        f"({served.row_count} rows, content {served.content_hash[:16]})"
+    )
+
+
+def render(entries: list[AuditEntry], fmt: str) -> str:
+    if fmt == "json":
+        return json.dumps([asdict(entry) for entry in entries], indent=2)
+    if fmt == "csv":
+        out = io.StringIO()
+        writer = csv.DictWriter(out, fieldnames=AUDIT_FIELDS)
+        writer.writeheader()
+        writer.writerows(asdict(entry) for entry in entries)
+        return out.getvalue()
+    lines = [
+        f"{entry.at[:19]}Z  {entry.event:<19} batch={entry.batch_id or '-'}  "
+        f"release={entry.release_id or '-'}  {entry.partitions}  by {entry.actor or '-'}: {entry.what}"
+        for entry in entries
+    ]
+    return "\n".join(lines) if lines else "no events yet"

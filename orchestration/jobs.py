@@ -1,0 +1,156 @@
+"""The promotion and rollback jobs: thin Dagster ops around `orchestration.promotion`, recording each change
+as materializations of the production assets and telling the approvals channel."""
+
+from collections.abc import Callable
+
+from dagster import AssetMaterialization, Config, OpExecutionContext, job, op
+from pydantic import Field
+
+from backfills.assets.factory import production_key
+from backfills.errors import ApprovalNotFoundError, BackfillsError
+from backfills.orchestration.approval_channels import ApprovalsResource
+from backfills.orchestration.approval_message import ChannelMessage
+from backfills.orchestration.promotion import PublishedChange, production_facts, promote, roll_back
+from backfills.resources.approvals_store import ApprovalStore
+from backfills.resources.catalog import ReleaseCatalog
+from backfills.resources.catalog_resource import CatalogResource
+from backfills.resources.spark import SparkResource
+
+PROMOTE_JOB = "promote_batch"
+ROLLBACK_JOB = "rollback_release"
+
+
+class PromoteConfig(Config):
+    batch_id: str = Field(description="The batch to publish (its Dagster backfill ID).")
+    requested_by: str | None = Field(default=None, description="Who launches the promotion.")
+    force: bool = Field(
+        default=False, description="Publish even if production serves newer batches for some partitions."
+    )
+    reason: str | None = Field(default=None, description="Why (recorded on the release).")
+
+
+class RollbackConfig(Config):
+    to_release: str = Field(default="previous", description="A release ID, or 'previous'.")
+    tables: list[str] | None = Field(default=None, description="Roll back only these tables.")
+    reason: str = Field(description="Why (required; recorded on the release and announced).")
+    requested_by: str | None = Field(default=None, description="Who asks for the rollback.")
+    approved_by: list[str] = Field(
+        default=[], description="Approvers, when BACKFILLS_ROLLBACK_REQUIRES_APPROVAL is set."
+    )
+
+
+def _record(context: OpExecutionContext, catalog: ReleaseCatalog, change: PublishedChange) -> None:
+    facts = production_facts(catalog, change)
+    for table, days in sorted(facts.items()):
+        for day, metadata in sorted(days.items()):
+            context.log_event(
+                AssetMaterialization(
+                    asset_key=production_key(table),
+                    partition=day,
+                    description=f"{change.release.kind} {change.release.release_id}",
+                    metadata={name: value for name, value in metadata.items() if value is not None},
+                )
+            )
+    count = sum(len(days) for days in facts.values())
+    context.log.info(
+        f"release {change.release.release_id} is current (previous {change.previous_release_id}); "
+        f"{count} production partitions changed"
+    )
+
+
+@op(description="Verify the batch's approval and staged content, then publish it atomically.")
+def promote_op(
+    context: OpExecutionContext,
+    config: PromoteConfig,
+    catalog: CatalogResource,
+    approvals: ApprovalsResource,
+    spark: SparkResource,
+) -> None:
+    store = catalog.store()
+    release_catalog = catalog.catalog()
+    channel = approvals.channel(context.log.info)
+    try:
+        request = ApprovalStore(store).latest(config.batch_id)
+    except ApprovalNotFoundError:
+        request = None
+    try:
+        change = promote(
+            release_catalog,
+            approvals.rules(),
+            spark.session(),
+            config.batch_id,
+            requested_by=config.requested_by,
+            force=config.force,
+            reason=config.reason,
+        )
+    except BackfillsError as error:
+        release_catalog.append_event(
+            "promotion_refused",
+            batch_id=config.batch_id,
+            actor=config.requested_by,
+            details={"error": f"{type(error).__name__}: {error}", "run_id": context.run_id},
+        )
+        if request is not None:
+            failure = f"Promotion failed: {error}"
+            _tell(context, lambda: channel.reply(request, failure))
+        raise
+    _record(context, release_catalog, change)
+    if request is not None and change.changed:
+        _tell(
+            context,
+            lambda: channel.reply(
+                request,
+                f"In production: release {change.release.release_id} (previous "
+                f"{change.previous_release_id or 'none'}), {sum(len(d) for d in change.changed.values())} "
+                "partitions switched at once.",
+            ),
+        )
+
+
+@op(description="Republish an earlier release, whole or some tables, atomically.")
+def rollback_op(
+    context: OpExecutionContext,
+    config: RollbackConfig,
+    catalog: CatalogResource,
+    approvals: ApprovalsResource,
+) -> None:
+    release_catalog = catalog.catalog()
+    change = roll_back(
+        release_catalog,
+        to=config.to_release,
+        reason=config.reason,
+        requested_by=config.requested_by,
+        tables=config.tables,
+        approved_by=config.approved_by,
+        rules=approvals.rules() if approvals.rollback_requires_approval else None,
+    )
+    _record(context, release_catalog, change)
+    release = change.release
+    scope = ", ".join(config.tables) if config.tables else "all tables"
+    text = (
+        f"Rolled back {scope} to release {release.rolled_back_to}: release {release.release_id} is now "
+        f"current (previous {change.previous_release_id}). Requested by {config.requested_by or 'unknown'}: "
+        f"{config.reason}"
+    )
+    channel = approvals.channel(context.log.info)
+    _tell(context, lambda: channel.announce(ChannelMessage(text=text, blocks=[])))
+
+
+def _tell(context: OpExecutionContext, send: Callable[[], None]) -> None:
+    # Production already changed (or the refusal is recorded): a Slack outage must not fail the run.
+    try:
+        send()
+    except BackfillsError as error:
+        context.log.warning(f"could not tell the approvals channel: {type(error).__name__}: {error}")
+
+
+@job(
+    name=PROMOTE_JOB, description="Publish an approved batch to production (launched by the approval sensor)."
+)
+def promote_batch_job() -> None:
+    promote_op()
+
+
+@job(name=ROLLBACK_JOB, description="Roll production back to an earlier release, whole or some tables.")
+def rollback_release_job() -> None:
+    rollback_op()

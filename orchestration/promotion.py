@@ -1,0 +1,275 @@
+"""Promotion and rollback: what must hold before production changes (I6), the atomic switch itself (I2), and
+the per-partition facts each change records for the production assets (I5). Free of Dagster: the jobs in
+`orchestration/jobs.py` are thin wrappers.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from dataclasses import dataclass
+from datetime import UTC, datetime
+
+from pyspark.sql import SparkSession
+
+from backfills.assets.registry import feature_spec
+from backfills.errors import (
+    ApprovalNotFoundError,
+    BatchNotApprovedError,
+    InvalidRequestError,
+    StagedContentChangedError,
+    StaleBatchError,
+)
+from backfills.orchestration.approval_flow import newer_batch_serving, policy_votes
+from backfills.orchestration.approval_policy import ApprovalRules, RequestFacts, Vote, decide
+from backfills.resources.approvals_store import ApprovalStore
+from backfills.resources.catalog import ReleaseCatalog, changed_partitions
+from backfills.resources.catalog_models import ApprovalFacts, ApprovalRequest, BatchManifest, Release
+from backfills.resources.feature_store import PartitionFiles, partition_facts, read_partitions
+from backfills.resources.storage import ObjectStore
+
+PROMOTABLE_STATES = frozenset({"checked", "approved"})
+
+
+@dataclass(frozen=True)
+class PublishedChange:
+    """A release made current, the one it replaced, and the partitions whose production entry changed."""
+
+    release: Release
+    previous_release_id: str | None
+    changed: dict[str, list[str]]
+
+
+def _approved_request(approvals: ApprovalStore, batch: BatchManifest) -> ApprovalRequest:
+    try:
+        request = approvals.latest(batch.batch_id)
+    except ApprovalNotFoundError as error:
+        raise BatchNotApprovedError(f"batch {batch.batch_id} cannot be promoted: {error}") from None
+    if request.fingerprint != batch.fingerprint():
+        raise BatchNotApprovedError(
+            f"batch {batch.batch_id} cannot be promoted: its content changed after approval request "
+            f"{request.request_id} (partitions were recomputed); the new content needs a request of its own"
+        )
+    if request.status not in ("approved", "promoted"):
+        raise BatchNotApprovedError(
+            f"batch {batch.batch_id} cannot be promoted: its approval request is {request.status}"
+            + (f" ({request.decision_summary})" if request.decision_summary else "")
+        )
+    return request
+
+
+def verify_approval(
+    approvals: ApprovalStore, rules: ApprovalRules, batch: BatchManifest, now: datetime
+) -> ApprovalRequest:
+    """The batch's approval, re-judged now under the current rules (allowlist, requester, quorum, expiry).
+
+    BatchNotApprovedError names what is missing, e.g. whose approval was ignored and why.
+    """
+    if batch.state not in PROMOTABLE_STATES or batch.blocking_failures():
+        raise BatchNotApprovedError(
+            f"batch {batch.batch_id} is {batch.state}: only a batch whose every blocking check passed can be "
+            "promoted"
+        )
+    missing = batch.missing_partitions()
+    if batch.completed_at is None or missing or batch.completion_note:
+        raise BatchNotApprovedError(
+            f"batch {batch.batch_id} is incomplete ({batch.completion_note or missing or 'still running'}); "
+            "only a complete batch can be promoted"
+        )
+    request = _approved_request(approvals, batch)
+    facts = RequestFacts(batch_id=batch.batch_id, requester=batch.requester, requested_at=request.created_at)
+    decision = decide(facts, policy_votes(request.votes), rules, now)
+    if decision.outcome != "approved":
+        raise BatchNotApprovedError(
+            f"batch {batch.batch_id} is not approved under the current rules: {decision.summary}"
+        )
+    return request
+
+
+def verify_content(spark: SparkSession, store: ObjectStore, batch: BatchManifest) -> int:
+    """Recompute every staged partition's content hash from its files and compare with the manifest.
+
+    Returns the partitions verified; StagedContentChangedError names those whose files changed or vanished.
+    """
+    problems: list[str] = []
+    for table, records in sorted(batch.tables.items()):
+        absent = [
+            f"{table} {day} ({key} is missing)"
+            for day, record in sorted(records.items())
+            for key in record.files
+            if not store.exists(key)
+        ]
+        if absent:
+            problems.extend(absent)
+            continue
+        spec = feature_spec(table)
+        rows = read_partitions(
+            spark,
+            store,
+            [PartitionFiles(record.base, tuple(record.files)) for record in records.values()],
+            schema_ddl=spec.schema_ddl,
+            columns=spec.column_names,
+        )
+        facts = partition_facts(rows, date_column=spec.date_column, schema_ddl=spec.schema_ddl)
+        for day, record in sorted(records.items()):
+            found = facts.get(day)
+            if record.row_count == 0 and found is None:
+                continue
+            if found is None or found.content_hash != record.content_hash:
+                rows_now = found.row_count if found else 0
+                problems.append(
+                    f"{table} {day} (recorded {record.row_count} rows, files now hold {rows_now})"
+                )
+    if problems:
+        raise StagedContentChangedError(
+            f"batch {batch.batch_id} cannot be promoted: staged files no longer match the content that was "
+            f"checked and approved: {'; '.join(problems[:5])}"
+            + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
+            + ". Nothing was published; recompute the batch and ask for approval again."
+        )
+    return batch.partition_count()
+
+
+def promote(
+    catalog: ReleaseCatalog,
+    rules: ApprovalRules,
+    spark: SparkSession,
+    batch_id: str,
+    *,
+    requested_by: str | None,
+    force: bool = False,
+    reason: str | None = None,
+    now: datetime | None = None,
+) -> PublishedChange:
+    """Publish an approved batch: verify approval and content, refuse a stale batch unless forced, then write
+    the release and swap CURRENT atomically. A promotion whose release is already current only finishes its
+    bookkeeping (a retry after a crash)."""
+    now = now or datetime.now(UTC)
+    approvals = ApprovalStore(catalog.store)
+    batch = catalog.get_batch(batch_id)
+    current = catalog.current_release()
+    if batch.state == "promoted" or (
+        current and current.kind == "promotion" and current.batch_id == batch_id
+    ):
+        if current is None or current.batch_id != batch_id:
+            raise InvalidRequestError(
+                f"batch {batch_id} was promoted already and production has moved on since; to serve it "
+                "again, roll back to its release (`backfills releases` lists them)"
+            )
+        _finish(catalog, approvals, batch, current)
+        return PublishedChange(current, current.parent_id, {})
+    request = verify_approval(approvals, rules, batch, now)
+    verify_content(spark, catalog.store, batch)
+    newer = newer_batch_serving(catalog, batch, current)
+    if newer is not None and not force:
+        raise StaleBatchError(
+            f"batch {batch_id} is older than batch {newer}, which production already serves for some of the "
+            "same partitions; promoting it would put older data back. Nothing was published; promote with "
+            "force (recorded on the release) only if that is what you mean"
+        )
+    approval = ApprovalFacts(
+        requester=batch.requester,
+        approvers=request.approvers,
+        approved_at=request.decided_at,
+        request_id=request.request_id,
+        forced=newer is not None,
+    )
+    release = catalog.promote(
+        batch_id, actor=requested_by, reason=reason or request.decision_summary, approval=approval
+    )
+    _finish(catalog, approvals, batch, release)
+    before = {} if release.parent_id is None else catalog.get_release(release.parent_id).tables
+    return PublishedChange(release, release.parent_id, changed_partitions(before, release.tables))
+
+
+def _finish(
+    catalog: ReleaseCatalog, approvals: ApprovalStore, batch: BatchManifest, release: Release
+) -> None:
+    catalog.seal_batch(batch.batch_id, "promoted", allowed_from=("approved", "checked"))
+    if release.request_id is None:
+        return
+    approvals.update(
+        batch.batch_id,
+        release.request_id,
+        lambda request: request.model_copy(update={"status": "promoted", "release_id": release.release_id}),
+    )
+
+
+def roll_back(
+    catalog: ReleaseCatalog,
+    *,
+    to: str,
+    reason: str,
+    requested_by: str | None,
+    tables: list[str] | None = None,
+    approved_by: list[str] | None = None,
+    rules: ApprovalRules | None = None,
+    now: datetime | None = None,
+) -> PublishedChange:
+    """Republish an earlier release, whole or some tables, atomically.
+
+    With `rules` (rollback needs approval), `approved_by` must satisfy them the way a batch approval does
+    (allowlist, quorum, not the requester).
+    """
+    now = now or datetime.now(UTC)
+    approvers = []
+    if rules is not None:
+        votes = [Vote(user_id=user, decision="approve", at=now, source="cli") for user in approved_by or []]
+        facts = RequestFacts(batch_id=f"rollback-to-{to}", requester=requested_by, requested_at=now)
+        decision = decide(facts, votes, rules, now)
+        if decision.outcome != "approved":
+            raise BatchNotApprovedError(
+                f"rollback to {to} needs approval (BACKFILLS_ROLLBACK_REQUIRES_APPROVAL): "
+                f"{decision.summary}; nothing was changed"
+            )
+        approvers = [vote.user_id for vote in decision.approvals]
+    release = catalog.rollback(
+        to,
+        actor=requested_by,
+        reason=reason + (f" (approved by {', '.join(approvers)})" if approvers else ""),
+        tables=tables,
+    )
+    before = catalog.get_release(release.parent_id).tables if release.parent_id else {}
+    return PublishedChange(release, release.parent_id, changed_partitions(before, release.tables))
+
+
+def production_facts(
+    catalog: ReleaseCatalog, change: PublishedChange
+) -> dict[str, dict[str, dict[str, object]]]:
+    """Table -> day -> what production now serves there and why: the metadata of each production
+    materialization (a partition the change removed from production says so)."""
+    release = change.release
+    manifests: dict[str, BatchManifest] = {}
+    facts: dict[str, dict[str, dict[str, object]]] = defaultdict(dict)
+    for table, days in change.changed.items():
+        for day in days:
+            common: dict[str, object] = {
+                "kind": release.kind,
+                "release_id": release.release_id,
+                "previous_release_id": change.previous_release_id,
+                "requested_by": release.actor,
+                "reason": release.reason,
+            }
+            if release.kind == "promotion":
+                common |= {
+                    "requester": release.requester,
+                    "approvers": ", ".join(a.display_name or a.user_id for a in release.approvers),
+                    "approver_ids": ", ".join(a.user_id for a in release.approvers),
+                    "approved_at": release.approved_at.isoformat() if release.approved_at else None,
+                    "forced": release.forced,
+                }
+            else:
+                common["rolled_back_to"] = release.rolled_back_to
+            served = release.tables.get(table, {}).get(day)
+            if served is None:
+                facts[table][day] = common | {"removed_from_production": True}
+                continue
+            if served.batch_id not in manifests:
+                manifests[served.batch_id] = catalog.get_batch(served.batch_id)
+            record = manifests[served.batch_id].partition(table, day)
+            facts[table][day] = common | {
+                "batch_id": served.batch_id,
+                "dagster/row_count": served.row_count,
+                "content_hash": served.content_hash,
+                "code_version": record.code_version if record else None,
+            }
+    return dict(facts)
