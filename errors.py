@@ -74,3 +74,35 @@ class BlockedUpstreamError(BackfillsError):
 
 class EmptyInputError(InvalidInputError):
     """An input day that must have rows has none."""
+
+
+class SparkConnectServerError(BackfillsError):
+    """The local Spark Connect server could not be started, reached or stopped."""
+
+
+class SlackUnavailableError(BackfillsError):
+    """Slack could not be reached, or kept failing (rate limits, 5xx, timeouts) after the retries allowed."""
+
+
+class SlackConfigurationError(ConfigurationError):
+    """Slack refused a call because of the setup (token, scope, channel, user group); an operator fixes it."""
+
+
+class ApprovalNotFoundError(BackfillsError):
+    """No approval request exists for the batch (or for that request ID)."""
+
+
+class BatchNotApprovedError(BackfillsError):
+    """Promotion refused: the batch has no valid approval for its exact content (I6)."""
+
+
+class StagedContentChangedError(BackfillsError):
+    """Promotion refused: staged files no longer match the content hashes recorded (and approved)."""
+
+
+class StaleBatchError(BackfillsError):
+    """Promotion refused: production already serves newer batches for some of the batch's partitions."""
+
+
+class RunFailedError(BackfillsError):
+    """A Dagster run the CLI launched (promotion, rollback) failed; the message gives its root cause."""

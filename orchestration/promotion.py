@@ -9,6 +9,8 @@ from collections import defaultdict
 from dataclasses import dataclass
 from datetime import UTC, datetime
 
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 
 from backfills.assets.registry import feature_spec
@@ -23,8 +25,14 @@ from backfills.orchestration.approval_flow import newer_batch_serving, policy_vo
 from backfills.orchestration.approval_policy import ApprovalRules, RequestFacts, Vote, decide
 from backfills.resources.approvals_store import ApprovalStore
 from backfills.resources.catalog import ReleaseCatalog, changed_partitions
-from backfills.resources.catalog_models import ApprovalFacts, ApprovalRequest, BatchManifest, Release
-from backfills.resources.feature_store import PartitionFiles, partition_facts, read_partitions
+from backfills.resources.catalog_models import (
+    ApprovalFacts,
+    ApprovalRequest,
+    BatchManifest,
+    PartitionRecord,
+    Release,
+)
+from backfills.resources.feature_store import PartitionFacts, PartitionFiles, partition_facts, read_partitions
 from backfills.resources.storage import ObjectStore
 
 PROMOTABLE_STATES = frozenset({"checked", "approved"})
@@ -101,16 +109,22 @@ def verify_content(spark: SparkSession, store: ObjectStore, batch: BatchManifest
         if absent:
             problems.extend(absent)
             continue
-        spec = feature_spec(table)
-        rows = read_partitions(
-            spark,
-            store,
-            [PartitionFiles(record.base, tuple(record.files)) for record in records.values()],
-            schema_ddl=spec.schema_ddl,
-            columns=spec.column_names,
-        )
-        facts = partition_facts(rows, date_column=spec.date_column, schema_ddl=spec.schema_ddl)
+        try:
+            facts = _facts(spark, store, table, list(records.values()))
+        except (PySparkException, Py4JJavaError):
+            # A file that cannot be read (local checksums catch overwritten files) fails the whole read: find
+            # which partitions it is by reading them one by one.
+            facts = {}
+            for day, record in sorted(records.items()):
+                try:
+                    facts |= _facts(spark, store, table, [record])
+                except (PySparkException, Py4JJavaError) as error:
+                    first_line = (str(error).strip().splitlines() or [""])[0]
+                    problems.append(f"{table} {day} (its files cannot be read: {first_line[:200]})")
+                    facts[day] = None
         for day, record in sorted(records.items()):
+            if day in facts and facts[day] is None:
+                continue
             found = facts.get(day)
             if record.row_count == 0 and found is None:
                 continue
@@ -127,6 +141,20 @@ def verify_content(spark: SparkSession, store: ObjectStore, batch: BatchManifest
             + ". Nothing was published; recompute the batch and ask for approval again."
         )
     return batch.partition_count()
+
+
+def _facts(
+    spark: SparkSession, store: ObjectStore, table: str, records: list[PartitionRecord]
+) -> dict[str, PartitionFacts | None]:
+    spec = feature_spec(table)
+    rows = read_partitions(
+        spark,
+        store,
+        [PartitionFiles(record.base, tuple(record.files)) for record in records],
+        schema_ddl=spec.schema_ddl,
+        columns=spec.column_names,
+    )
+    return dict(partition_facts(rows, date_column=spec.date_column, schema_ddl=spec.schema_ddl))
 
 
 def promote(

@@ -1,0 +1,376 @@
+"""Approval in Slack, atomic promotion and rollback, and the audit trail: the stories of approvers,
+operators and auditors, through the real slack_sdk client against a local Slack Web API server."""
+
+from __future__ import annotations
+
+import json
+import shutil
+import threading
+from collections.abc import Iterator
+from datetime import UTC, date, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from conftest import Lake, make_lake
+from slack_api import FakeSlack, RateLimited, ServerError, Timeout
+
+from backfills.assets.reader import FeatureReader
+from backfills.assets.registry import FEATURES, dependency_order
+from backfills.errors import (
+    BatchNotApprovedError,
+    CurrentChangedError,
+    SlackUnavailableError,
+    StagedContentChangedError,
+    StaleBatchError,
+)
+from backfills.orchestration.approval_channels import SlackChannel
+from backfills.orchestration.approval_flow import ApprovalFlow
+from backfills.orchestration.approval_message import Links
+from backfills.orchestration.approval_policy import ApprovalRules
+from backfills.orchestration.audit import audit_trail, render
+from backfills.orchestration.promotion import promote, roll_back
+from backfills.resources.approvals_store import ApprovalStore
+from backfills.resources.slack import SlackClient
+
+ALICE, BOB, CAROL, MALLORY, ROBOT = "U0ALICE", "U0BOB", "U0CAROL", "U0MALLORY", "U0ROBOT"
+CHANNEL = "C0APPROVALS"
+JAN_1, JAN_4 = date(2025, 1, 1), date(2025, 1, 4)
+TABLES = sorted(spec.name for spec in FEATURES)
+
+
+@pytest.fixture(scope="module")
+def staged_template(tmp_path_factory, generated_landing_zone: Path, spark) -> Path:
+    """A storage root with two complete, checked batches, staged once for the module: `jan` (every table,
+    Jan 1..4, requested by Alice) and the later `fix` (customer_daily_txn, Jan 3..6, also Alice's)."""
+    root = tmp_path_factory.mktemp("approvals") / "lake"
+    shutil.copytree(generated_landing_zone / "raw", root / "raw")
+    lake = make_lake(root)
+    for spec in dependency_order():
+        lake.stage(spark, spec, JAN_1, JAN_4, "jan", requester=ALICE)
+    lake.catalog.mark_complete("jan", {name: [f"2025-01-0{d}" for d in range(1, 5)] for name in TABLES})
+    lake.stage(spark, "customer_daily_txn", date(2025, 1, 3), date(2025, 1, 6), "fix", requester=ALICE)
+    lake.catalog.mark_complete("fix", {"customer_daily_txn": [f"2025-01-0{d}" for d in range(3, 7)]})
+    return root
+
+
+@pytest.fixture
+def lake(staged_template: Path, tmp_path: Path) -> Lake:
+    root = tmp_path / "lake"
+    shutil.copytree(staged_template, root)
+    return make_lake(root)
+
+
+@pytest.fixture
+def slack() -> Iterator[FakeSlack]:
+    with FakeSlack() as server:
+        server.add_channel(CHANNEL, "feature-approvals")
+        for user, name in ((ALICE, "alice"), (BOB, "bob"), (CAROL, "carol"), (MALLORY, "mallory")):
+            server.add_user(user, name)
+        server.add_user(ROBOT, "deploy-bot", is_bot=True)
+        yield server
+
+
+class Clock:
+    def __init__(self) -> None:
+        self.at = datetime.now(UTC)
+
+    def __call__(self) -> datetime:
+        return self.at
+
+
+def _flow(lake: Lake, slack: FakeSlack, clock: Clock | None = None, **rules: object) -> ApprovalFlow:
+    client = SlackClient(slack.token, base_url=slack.base_url, timeout=0.5, backoff=0.01)
+    return ApprovalFlow(
+        lake.catalog,
+        SlackChannel(client, CHANNEL),
+        ApprovalRules(approvers=frozenset({BOB, CAROL, ROBOT}), **rules),
+        Links("http://dagster.test"),
+        now=clock or Clock(),
+    )
+
+
+def _tick(flow: ApprovalFlow, batch: str = "jan"):
+    return flow.process(batch, lambda manifest: None)
+
+
+def _requests(slack: FakeSlack) -> list[dict]:
+    return [m for m in slack.messages(CHANNEL) if m.get("metadata")]
+
+
+def _request(lake: Lake, batch: str = "jan"):
+    return ApprovalStore(lake.store).latest(batch)
+
+
+def test_a_checked_batch_asks_once_and_an_approval_promotes_every_table_at_once(
+    lake: Lake, slack: FakeSlack, spark
+) -> None:
+    flow = _flow(lake, slack)
+    for _ in range(3):
+        assert _tick(flow) is None
+    [message] = _requests(slack)
+    text = json.dumps(message["blocks"])
+    assert "Approve backfill jan?" in text and f"<@{ALICE}>" in text and "Blast radius" in text
+    assert "4 tables, 16 partitions" in text and "no production data for these days yet" in text
+
+    slack.react(CHANNEL, message["ts"], BOB, "white_check_mark")
+    due = _tick(flow)
+    assert due is not None and due.run_key == f"promote:{_request(lake).request_id}"
+    assert lake.catalog.get_batch("jan").state == "approved"
+    assert "Approved: approved by bob (1 of 1)" in slack.thread(CHANNEL, message["ts"])[0]["text"]
+
+    change = promote(lake.catalog, flow.rules, spark, "jan", requested_by="approval_sensor")
+    release = lake.catalog.current_release()
+    assert release.release_id == change.release.release_id and release.batch_id == "jan"
+    assert sorted(release.tables) == TABLES  # every table switched in the one release
+    assert [approver.user_id for approver in release.approvers] == [BOB]
+    assert release.requester == ALICE and release.approved_at is not None
+    rows = FeatureReader(spark, lake.store).read("customer_txn_7d", JAN_1, JAN_4).count()
+    assert rows == sum(r.row_count for r in lake.catalog.get_batch("jan").tables["customer_txn_7d"].values())
+    assert lake.catalog.get_batch("jan").state == "promoted" and _request(lake).status == "promoted"
+    assert len(_requests(slack)) == 1 and _tick(flow) is None
+
+
+@pytest.mark.parametrize(
+    ("who", "reason"),
+    [
+        (ALICE, "requested this batch and cannot approve it"),
+        (MALLORY, "is not on the approvers allowlist"),
+        (ROBOT, "is a bot"),
+    ],
+)
+def test_votes_that_do_not_count_never_promote_and_say_why(
+    lake: Lake, slack: FakeSlack, spark, who: str, reason: str
+) -> None:
+    flow = _flow(lake, slack)
+    _tick(flow)
+    [message] = _requests(slack)
+    slack.react(CHANNEL, message["ts"], who, "+1")
+    assert _tick(flow) is None
+    request = _request(lake)
+    assert request.status == "pending"
+    [vote] = request.votes
+    assert vote.user_id == who and not vote.counted and reason in vote.ignored_because
+    with pytest.raises(BatchNotApprovedError, match="pending"):
+        promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops")
+    assert lake.catalog.current_release_id() is None
+
+
+def test_an_expired_request_cannot_be_approved_any_more(lake: Lake, slack: FakeSlack) -> None:
+    clock = Clock()
+    flow = _flow(lake, slack, clock, expires_after=timedelta(hours=1))
+    _tick(flow)
+    [message] = _requests(slack)
+    clock.at += timedelta(hours=2)
+    slack.react(CHANNEL, message["ts"], BOB, "white_check_mark")  # first seen two hours on: too late
+    assert _tick(flow) is None
+    request = _request(lake)
+    assert request.status == "expired" and "expired" in request.decision_summary
+    assert lake.catalog.get_batch("jan").state == "checked"
+    assert any("Expired" in reply["text"] for reply in slack.thread(CHANNEL, message["ts"]))
+    [vote] = request.votes
+    assert not vote.counted and "after the request expired" in vote.ignored_because
+
+
+def test_a_rejection_promotes_nothing_tells_the_thread_and_keeps_the_batch(
+    lake: Lake, slack: FakeSlack, spark
+) -> None:
+    flow = _flow(lake, slack)
+    _tick(flow)
+    [message] = _requests(slack)
+    slack.reply(CHANNEL, message["ts"], CAROL, "Rejected: the 7d spend looks off")
+    slack.react(CHANNEL, message["ts"], BOB, "white_check_mark")
+    assert _tick(flow) is None
+    assert _request(lake).status == "rejected"
+    manifest = lake.catalog.get_batch("jan")
+    assert manifest.state == "rejected" and manifest.partition_count() == 16
+    assert all(
+        lake.store.exists(key)
+        for record in manifest.tables["customer_daily_txn"].values()
+        for key in record.files
+    )
+    told = [
+        reply["text"]
+        for reply in slack.thread(CHANNEL, message["ts"])
+        if reply.get("bot_id") or "Rejected:" in reply["text"]
+    ]
+    assert any(text.startswith("Rejected: rejected by carol") for text in told)
+    with pytest.raises(BatchNotApprovedError, match="rejected"):
+        promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops")
+    assert lake.catalog.current_release_id() is None
+
+
+def _approve(lake: Lake, slack: FakeSlack, batch: str = "jan") -> ApprovalFlow:
+    flow = _flow(lake, slack)
+    _tick(flow, batch)
+    message = next(m for m in _requests(slack) if batch in m["text"])
+    slack.react(CHANNEL, message["ts"], BOB, "white_check_mark")
+    assert _tick(flow, batch) is not None
+    return flow
+
+
+def test_staged_files_changed_after_approval_refuse_promotion(lake: Lake, slack: FakeSlack, spark) -> None:
+    flow = _approve(lake, slack)
+    record = lake.catalog.get_batch("jan").tables["customer_txn_30d"]["2025-01-02"]
+    victim = lake.root / record.files[0]
+    other = lake.root / lake.catalog.get_batch("jan").tables["customer_txn_30d"]["2025-01-03"].files[0]
+    shutil.copyfile(other, victim)  # someone overwrote a staged file after the approval
+    with pytest.raises(StagedContentChangedError, match="customer_txn_30d 2025-01-02"):
+        promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops")
+    assert lake.catalog.current_release_id() is None
+
+
+def test_two_approved_batches_racing_to_promote_one_wins_and_nothing_is_torn(
+    lake: Lake, slack: FakeSlack, spark
+) -> None:
+    flow = _approve(lake, slack, "jan")
+    _approve(lake, slack, "fix")
+    barrier = threading.Barrier(2)
+    stage = lake.catalog.stage_promotion
+
+    def staged_together(*args, **kwargs):
+        release = stage(*args, **kwargs)
+        barrier.wait(timeout=30)  # both releases are written on the same parent before either swaps
+        return release
+
+    lake.catalog.stage_promotion = staged_together  # type: ignore[method-assign]
+    outcomes: dict[str, object] = {}
+
+    def run(batch: str) -> None:
+        try:
+            outcomes[batch] = promote(lake.catalog, flow.rules, spark, batch, requested_by="ops").release
+        except CurrentChangedError as error:
+            outcomes[batch] = error
+
+    threads = [threading.Thread(target=run, args=(batch,)) for batch in ("jan", "fix")]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(timeout=120)
+    winners = [batch for batch, outcome in outcomes.items() if not isinstance(outcome, Exception)]
+    [loser] = [outcome for outcome in outcomes.values() if isinstance(outcome, Exception)]
+    assert len(winners) == 1 and "nothing was changed" in str(loser)
+    current = lake.catalog.current_release()
+    assert current.batch_id == winners[0] and current.parent_id is None
+    served = {part.batch_id for parts in current.tables.values() for part in parts.values()}
+    assert served == {winners[0]}  # the loser left no partition behind
+
+
+def test_a_crash_between_release_write_and_swap_leaves_production_and_a_retry_completes(
+    lake: Lake, slack: FakeSlack, spark
+) -> None:
+    flow = _approve(lake, slack)
+    orphan = lake.catalog.stage_promotion("jan", actor="approval_sensor")  # the crashed run got this far
+    assert lake.catalog.current_release_id() is None
+    change = promote(lake.catalog, flow.rules, spark, "jan", requested_by="approval_sensor")
+    assert lake.catalog.current_release_id() == change.release.release_id != orphan.release_id
+    again = promote(lake.catalog, flow.rules, spark, "jan", requested_by="approval_sensor")
+    assert again.release.release_id == change.release.release_id and again.changed == {}
+
+
+def test_an_older_batch_is_stale_over_newer_production_data_unless_forced(
+    lake: Lake, slack: FakeSlack, spark
+) -> None:
+    flow = _approve(lake, slack, "jan")
+    _approve(lake, slack, "fix")
+    promote(lake.catalog, flow.rules, spark, "fix", requested_by="ops")  # fix now serves Jan 3..6
+    with pytest.raises(StaleBatchError, match="older than batch fix"):
+        promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops")
+    forced = promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops", force=True).release
+    assert forced.forced and lake.catalog.current_release().batch_id == "jan"
+
+
+def test_a_pending_request_is_superseded_when_a_newer_batch_is_promoted(
+    lake: Lake, slack: FakeSlack, spark
+) -> None:
+    flow = _flow(lake, slack)
+    _tick(flow, "jan")
+    flow_fix = _approve(lake, slack, "fix")
+    promote(lake.catalog, flow_fix.rules, spark, "fix", requested_by="ops")
+    assert _tick(flow, "jan") is None
+    request = _request(lake, "jan")
+    assert request.status == "superseded" and "batch fix" in request.decision_summary
+
+
+def test_rollback_of_all_tables_and_of_one_table_with_the_audit_trail_in_order(
+    lake: Lake, slack: FakeSlack, spark
+) -> None:
+    flow = _approve(lake, slack, "jan")
+    first = promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops").release
+    _approve(lake, slack, "fix")
+    second = promote(lake.catalog, flow.rules, spark, "fix", requested_by="ops").release
+
+    one_table = roll_back(
+        lake.catalog,
+        to=first.release_id,
+        reason="fix looks wrong",
+        requested_by="ops",
+        tables=["customer_daily_txn"],
+    )
+    assert one_table.changed == {
+        "customer_daily_txn": ["2025-01-03", "2025-01-04", "2025-01-05", "2025-01-06"]
+    }
+    current = lake.catalog.current_release()
+    assert {p.batch_id for p in current.tables["customer_daily_txn"].values()} == {"jan"}
+
+    whole = roll_back(lake.catalog, to="previous", reason="undo the partial rollback", requested_by="ops")
+    assert lake.catalog.current_release().tables == second.tables
+    assert whole.release.rolled_back_to == second.release_id
+
+    trail = audit_trail(lake.catalog, "customer_daily_txn", "2025-01-03")
+    kinds = [entry.event for entry in trail]
+    assert kinds == [
+        "staged",
+        "checked",
+        "staged",
+        "checked",
+        "approval_requested",
+        "approved",
+        "promoted",
+        "approval_requested",
+        "approved",
+        "promoted",
+        "rolled_back",
+        "rolled_back",
+    ]
+    assert [entry.at for entry in trail] == sorted(entry.at for entry in trail)
+    promoted = [entry for entry in trail if entry.event == "promoted"]
+    assert [entry.batch_id for entry in promoted] == ["jan", "fix"] and "approved by U0BOB" in promoted[
+        0
+    ].what
+    text = render(trail, "text")
+    assert "fix looks wrong" in text and "rolled back to release" in text
+    rows = render(trail, "csv").splitlines()
+    assert rows[0] == "at,event,batch_id,release_id,actor,partitions,what" and len(rows) == 13
+
+
+def test_slack_failures_while_posting_never_post_twice(lake: Lake, slack: FakeSlack) -> None:
+    flow = _flow(lake, slack)
+    slack.inject("chat.postMessage", RateLimited(retry_after=0))  # retried at once: Slack did not process it
+    _tick(flow)
+    assert len(_requests(slack)) == 1
+
+    other = make_lake(lake.root)  # a second batch request, hit by a lost answer after Slack posted it
+    flow = _flow(other, slack)
+    slack.inject("chat.postMessage", Timeout(seconds=1.5, after_processing=True))
+    with pytest.raises(SlackUnavailableError):
+        _tick(flow, "fix")
+    assert len(_requests(slack)) == 2 and _request(other, "fix").status == "posting"
+    slack.inject("conversations.history", ServerError(503))  # the look-up itself is retried
+    _tick(flow, "fix")
+    assert len(_requests(slack)) == 2  # found the message it had posted: no second post
+    assert _request(other, "fix").status == "pending" and _request(other, "fix").message_ts
+
+
+def test_slack_failures_while_polling_lose_no_decision(lake: Lake, slack: FakeSlack) -> None:
+    flow = _flow(lake, slack)
+    _tick(flow)
+    [message] = _requests(slack)
+    slack.react(CHANNEL, message["ts"], BOB, "white_check_mark")
+    # The first call and its three retries all fail: the tick gives up on this batch.
+    slack.inject("reactions.get", *[ServerError(500)] * 4)
+    with pytest.raises(SlackUnavailableError, match="reactions.get"):
+        _tick(flow)
+    assert _request(lake).status == "pending"
+    slack.inject("reactions.get", RateLimited(retry_after=0), Timeout(seconds=1.0))
+    assert _tick(flow) is not None  # the next tick reads the same reaction and decides
+    assert _request(lake).status == "approved"
