@@ -1,4 +1,4 @@
-"""The approval policy as approvers and requesters live it: who counts, quorum, veto, expiry, superseded batches."""
+"""The approval policy as approvers and requesters live it: who counts, quorum, veto, expiry, supersession."""
 
 from __future__ import annotations
 
@@ -11,6 +11,7 @@ from backfills.errors import ConfigurationError, InvalidRequestError
 from backfills.orchestration.approval_policy import (
     ApprovalRules,
     Decision,
+    PolicyDecision,
     RequestFacts,
     Vote,
     decide,
@@ -43,8 +44,8 @@ def request(requester: str | None = "U_BOB", superseded_by: str | None = None) -
     )
 
 
-def reasons(decision_: object) -> list[str]:
-    return [item.reason for item in decision_.ignored]  # type: ignore[attr-defined]
+def reasons(result: PolicyDecision) -> list[str]:
+    return [item.reason for item in result.ignored]
 
 
 # Who counts
@@ -188,8 +189,8 @@ def test_simultaneous_approve_and_reject_from_one_user_counts_as_the_rejection()
         assert result.outcome == "rejected"
         assert [v.user_id for v in result.rejections] == ["U_ALICE"]
         assert reasons(result) == [
-            "the approval by U_ALICE (alice) at 2025-03-03 09:10:00 UTC conflicts with their rejection at the "
-            "same time; the rejection counts"
+            "the approval by U_ALICE (alice) at 2025-03-03 09:10:00 UTC conflicts with their rejection "
+            "at the same time; the rejection counts"
         ]
 
 
@@ -299,13 +300,18 @@ def test_votes_dated_before_the_request_are_ignored() -> None:
 
 def test_times_in_other_zones_are_compared_and_shown_in_utc() -> None:
     paris = timezone(timedelta(hours=1))
-    # 10:30 in Paris is 09:30 UTC: inside the request, although its wall clock reads later than the expiry hour.
+    # 10:30 in Paris is 09:30 UTC, so carol's 09:10 UTC vote came first and alice's reached quorum.
     votes = [Vote("U_ALICE", "approve", datetime(2025, 3, 3, 10, 30, tzinfo=paris), "alice"), vote("U_CAROL")]
+    late = Vote("U_DAVE", "reject", datetime(2025, 3, 6, 10, 0, 1, tzinfo=paris), "dave")
 
-    result = decide(request(), votes, TWO_OF_TEAM, NOW)
+    result = decide(request(), [*votes, late], TWO_OF_TEAM, NOW)
 
     assert result.outcome == "approved"
     assert result.decided_at == datetime(2025, 3, 3, 9, 30, tzinfo=UTC)
+    assert reasons(result) == [
+        "the rejection by U_DAVE (dave) at 2025-03-06 09:00:01 UTC was cast after the request expired "
+        "at 2025-03-06 09:00:00 UTC"
+    ]
 
 
 # Superseded batches
@@ -460,9 +466,9 @@ def test_thread_chatter_is_not_a_vote(text: str) -> None:
         ({"approvers": TEAM, "expires_after": timedelta(0)}, "expiry must be a positive duration"),
         ({"approvers": TEAM, "expires_after": timedelta(hours=-1)}, "expiry must be a positive duration"),
     ],
-    ids=["empty", "string", "blank id", "zero quorum", "negative quorum", "quorum over team", "zero", "negative"],
+    ids=["empty", "string", "blank id", "zero quorum", "negative quorum", "quorum over team", "0s", "-1h"],
 )
-def test_misconfigured_rules_are_refused_with_a_clear_message(fields: dict[str, object], message: str) -> None:
+def test_misconfigured_rules_are_refused_with_a_clear_message(fields: dict, message: str) -> None:
     with pytest.raises(ConfigurationError, match=message):
         ApprovalRules(**fields)  # type: ignore[arg-type]
 
@@ -477,7 +483,7 @@ def test_rules_accept_any_collection_of_user_ids() -> None:
 def test_times_without_a_zone_are_refused() -> None:
     naive = datetime(2025, 3, 3, 9, 0)
 
-    with pytest.raises(InvalidRequestError, match="vote by U_ALICE: time 2025-03-03T09:00:00 has no time zone"):
+    with pytest.raises(InvalidRequestError, match="vote by U_ALICE: time 2025-03-03T09:00:00 has no time"):
         Vote("U_ALICE", "approve", naive)
     with pytest.raises(InvalidRequestError, match="approval request for batch b-1: .* has no time zone"):
         RequestFacts("b-1", "U_BOB", naive)

@@ -159,3 +159,43 @@ def test_backfill_command_stages_every_table_into_one_batch(operator: Lake, spar
         ["customer_daily_txn", "customer_txn_7d", "customer_txn_30d", "customer_risk_profile"]
     )
     assert manifest.requester == "bob"
+
+
+def test_local_approval_promotion_rollback_and_audit_from_the_command_line(
+    operator: Lake, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    monkeypatch.setenv("BACKFILLS_APPROVERS", "bob")
+    backfill = ["backfill", "--start", "2025-01-01", "--end", "2025-01-02", "--batch-id", "b1"]
+    assert main([*backfill, "--requester", "alice"]) == 0
+    out = capsys.readouterr().out
+    assert "[local approval channel (for local use only" in out and "Approve backfill b1?" in out
+    assert "backfills approve b1 --as USER" in out
+
+    assert main(["approve", "b1", "--as", "alice"]) == 0
+    assert "alice's approval was ignored because alice requested the batch" in capsys.readouterr().out
+    assert main(["promote", "b1"]) == 2
+    assert "BatchNotApprovedError" in capsys.readouterr().err
+    assert main(["approve", "b1", "--as", "bob"]) == 0
+    assert "approved by bob (1 of 1)" in capsys.readouterr().out
+    assert main(["promote", "b1", "--as", "ops"]) == 0
+    first = operator.catalog.current_release_id()
+    assert first is not None and f"release {first}" in capsys.readouterr().out
+
+    assert main([*backfill[:-1], "b2", "--tables", "customer_daily_txn", "--requester", "alice"]) == 0
+    assert main(["approve", "b2", "--as", "bob"]) == 0
+    assert main(["promote", "b2"]) == 0
+    assert main(["rollback", "--to", "previous", "--reason", "b2 was a mistake", "--as", "carol"]) == 0
+    assert operator.catalog.current_release().rolled_back_to == first
+    capsys.readouterr()
+
+    assert main(["audit", "customer_daily_txn", "--date", "2025-01-02", "--format", "json"]) == 0
+    trail = json.loads(capsys.readouterr().out)
+    assert [entry["event"] for entry in trail][-4:] == [
+        "approval_requested",
+        "approved",
+        "promoted",
+        "rolled_back",
+    ]
+    assert trail[-1]["actor"] == "carol" and "b2 was a mistake" in trail[-1]["what"]
+    assert main(["audit", "customer_daily_txn", "--date", "2025-01-02"]) == 0
+    assert "production serves customer_daily_txn 2025-01-02 from batch b1" in capsys.readouterr().out
