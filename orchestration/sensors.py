@@ -25,7 +25,7 @@ from dagster._core.execution.backfill import (
 )
 
 from backfills.assets.factory import BACKFILL_TAG, BATCH_TAG, STAGING_PREFIX
-from backfills.errors import ConfigurationError
+from backfills.errors import BackfillsError
 from backfills.orchestration.approval_channels import ApprovalsResource
 from backfills.orchestration.approval_flow import ApprovalFlow, Completion, CompletionProbe
 from backfills.orchestration.jobs import PROMOTE_JOB, promote_batch_job
@@ -113,8 +113,9 @@ def build_approval_sensor(interval_seconds: int) -> SensorDefinition:
     ) -> Iterator[RunRequest | SkipReason]:
         try:
             rules = approvals.rules()
-        except ConfigurationError as error:
-            yield SkipReason(f"approvals are not configured: {error}")
+        except BackfillsError as error:
+            # Misconfigured, or Slack down while resolving the approvers' user group: try on the next tick.
+            yield SkipReason(f"approvals cannot run now: {type(error).__name__}: {error}")
             return
         channel = approvals.channel(context.log.info)
         if channel.kind == "local":

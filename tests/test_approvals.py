@@ -14,10 +14,12 @@ import pytest
 from conftest import Lake, make_lake
 from slack_api import FakeSlack, RateLimited, ServerError, Timeout
 
+from backfills.assets.generator import Fault, write_landing_zone
 from backfills.assets.reader import FeatureReader
 from backfills.assets.registry import FEATURES, dependency_order
 from backfills.errors import (
     BatchNotApprovedError,
+    ContractViolationError,
     CurrentChangedError,
     SlackUnavailableError,
     StagedContentChangedError,
@@ -97,6 +99,10 @@ def _requests(slack: FakeSlack) -> list[dict]:
     return [m for m in slack.messages(CHANNEL) if m.get("metadata")]
 
 
+def message_permalink(slack: FakeSlack, message: dict) -> str:
+    return f"https://fake-slack.example/archives/{CHANNEL}/p{message['ts'].replace('.', '')}"
+
+
 def _request(lake: Lake, batch: str = "jan"):
     return ApprovalStore(lake.store).latest(batch)
 
@@ -115,6 +121,9 @@ def test_a_checked_batch_asks_once_and_an_approval_promotes_every_table_at_once(
     slack.react(CHANNEL, message["ts"], BOB, "white_check_mark")
     due = _tick(flow)
     assert due is not None and due.run_key == f"promote:{_request(lake).request_id}"
+    [vote] = _request(lake).votes
+    assert (vote.user_id, vote.display_name, vote.counted) == (BOB, "bob", True)
+    assert vote.permalink == message_permalink(slack, message) and vote.at is not None
     assert lake.catalog.get_batch("jan").state == "approved"
     assert "Approved: approved by bob (1 of 1)" in slack.thread(CHANNEL, message["ts"])[0]["text"]
 
@@ -374,3 +383,56 @@ def test_slack_failures_while_polling_lose_no_decision(lake: Lake, slack: FakeSl
     slack.inject("reactions.get", RateLimited(retry_after=0), Timeout(seconds=1.0))
     assert _tick(flow) is not None  # the next tick reads the same reaction and decides
     assert _request(lake).status == "approved"
+
+
+def test_a_blocked_batch_gets_one_notice_naming_its_failing_checks_and_no_request(
+    tmp_path: Path, slack: FakeSlack, spark
+) -> None:
+    blocked = make_lake(tmp_path / "blocked")
+    write_landing_zone(
+        blocked.store,
+        start=JAN_1,
+        days=5,
+        customers=60,
+        rows_per_day=400,
+        seed=3,
+        faults=[Fault("null_customer_ids", date(2025, 1, 2))],
+    )
+    with pytest.raises(ContractViolationError):
+        blocked.stage(spark, "customer_daily_txn", JAN_1, JAN_4, "bad", requester=ALICE)
+    blocked.catalog.mark_complete("bad", {"customer_daily_txn": ["2025-01-01", "2025-01-02"]})
+    flow = _flow(blocked, slack)
+    for _ in range(3):
+        assert _tick(flow, "bad") is None
+    [notice] = slack.messages(CHANNEL)
+    assert "Backfill bad (requested by <@U0ALICE>) is blocked" in notice["text"]
+    assert "raw_input_contract" in notice["text"] and "customer_id" in notice["text"]
+    assert not notice.get("metadata") and ApprovalStore(blocked.store).for_batch("bad") == []
+
+
+def test_a_rollback_that_needs_approval_is_refused_without_it(lake: Lake, slack: FakeSlack, spark) -> None:
+    flow = _approve(lake, slack, "jan")
+    promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops")
+    _approve(lake, slack, "fix")
+    promote(lake.catalog, flow.rules, spark, "fix", requested_by="ops")
+    before = lake.catalog.current_release_id()
+    refusals = [
+        (BOB, [], "needs approval"),
+        (BOB, [MALLORY], "not on the approvers allowlist"),
+        (CAROL, [CAROL], "U0CAROL requested the batch"),  # who asks for the rollback cannot approve it
+    ]
+    for requested_by, approved_by, reason in refusals:
+        with pytest.raises(BatchNotApprovedError, match=reason):
+            roll_back(
+                lake.catalog,
+                to="previous",
+                reason="bad fix",
+                requested_by=requested_by,
+                approved_by=approved_by,
+                rules=flow.rules,
+            )
+    assert lake.catalog.current_release_id() == before
+    change = roll_back(
+        lake.catalog, to="previous", reason="bad fix", requested_by=BOB, approved_by=[CAROL], rules=flow.rules
+    )
+    assert change.release.reason == f"bad fix (approved by {CAROL})"

@@ -95,6 +95,10 @@ def test_the_sensor_launches_one_promotion_recorded_on_every_production_partitio
     assert any(
         reply["text"].startswith("In production: release") for reply in slack.thread(CHANNEL, message["ts"])
     )
+    logs = [
+        str(entry) for run in dagster_instance.get_runs() for entry in dagster_instance.all_logs(run.run_id)
+    ]
+    assert logs and not any(slack.token in entry for entry in logs)  # the secret never reaches the event log
     # The same approval never launches a second promotion: the run key is the same on every tick.
     again = [r for r in _tick(defs, dagster_instance).run_requests if r.tags["backfills/batch_id"] == "jan"]
     assert again == []
