@@ -40,6 +40,10 @@ FAULTS: dict[str, str] = {
     "wrong_column_type": "amount is written as a string column instead of float64",
     "empty_day": "the file has the raw schema and zero rows",
     "out_of_day_timestamps": "24 rows (a tenth of a smaller file) move 3 to 6 days before or after the day",
+    "partial_delivery": (
+        "a fifth of the file's rows are missing, as after an upstream outage; the day generated again "
+        "without the fault is the complete, corrected delivery"
+    ),
 }
 
 # Each row fault owns a fixed slice of one per-file permutation of row positions, so its rows are the same
@@ -51,8 +55,9 @@ _FAULT_ROWS = {
     "null_customer_ids": 24,
     "out_of_day_timestamps": 24,
 }
-_ROW_FAULTS = {"duplicate_txn_ids", *_FAULT_ROWS}
+_ROW_FAULTS = {"duplicate_txn_ids", "partial_delivery", *_FAULT_ROWS}
 _DUPLICATE_SHARE = 0.01
+_MISSING_SHARE = 0.2
 _ABSURD_AMOUNT = 1e9
 
 _ROWS_JITTER = 0.10
@@ -331,6 +336,11 @@ def _inject_row_faults(events: dict[str, np.ndarray], day: date, seed: int, faul
         events["event_ts"][rows] = ((day - _EPOCH).days + shift_days) * _US_PER_DAY + time_of_day
     if "duplicate_txn_ids" in faults:
         events.update({column: np.append(values, values[duplicated]) for column, values in events.items()})
+    if "partial_delivery" in faults:
+        # The last slice of the permutation: never a row another fault chose.
+        keep = np.ones(len(events["event_ts"]), dtype=bool)
+        keep[positions[count - int(count * _MISSING_SHARE) :]] = False
+        events.update({column: values[keep] for column, values in events.items()})
     # Moved timestamps and appended copies must land where a sorted file would have them.
     order = np.lexsort((events["sequence"], events["day"], events["event_ts"]))
     events.update({column: values[order] for column, values in events.items()})

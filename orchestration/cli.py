@@ -134,6 +134,7 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
             max_partitions_per_run=per_run,
             batch_id=batch_id,
             requester=args.requester,
+            downstream=args.downstream,
             on_run=lambda run: print(f"  run: {run.table} {run.dates.start}..{run.dates.end}", flush=True),
         )
     except BackfillRunFailedError:
@@ -388,6 +389,11 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--max-partitions-per-run", type=int)
     backfill.add_argument("--batch-id", help="write into this batch (default: a new local-… ID)")
     backfill.add_argument("--requester", help="who asks for this backfill (recorded on the batch)")
+    backfill.add_argument(
+        "--downstream",
+        action="store_true",
+        help="also recompute the tables downstream of --tables over their blast radius (window lookbacks)",
+    )
     backfill.set_defaults(run=cmd_backfill)
 
     batches = commands.add_parser(

@@ -17,11 +17,12 @@ from dagster import DagsterInstance, Definitions
 from dagster._utils.error import SerializableErrorInfo
 
 from backfills.assets.factory import BATCH_TAG, REQUESTER_TAG, staging_key
-from backfills.assets.registry import FEATURES, FeatureSpec, dependency_order, feature_spec
+from backfills.assets.registry import FEATURES, dependency_order, feature_spec
 from backfills.assets.transformations import DateRange
 from backfills.errors import BackfillsError
 from backfills.orchestration.definitions import STAGE_FEATURES_JOB
 from backfills.resources.catalog import ReleaseCatalog
+from backfills.resources.catalog_models import Release
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -57,12 +58,35 @@ def new_batch_id() -> str:
     return f"local-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def plan_runs(
-    specs: Sequence[FeatureSpec], dates: DateRange, max_partitions_per_run: int
-) -> list[PlannedRun]:
+def blast_radius(tables: Sequence[str], dates: DateRange, release: Release | None) -> dict[str, DateRange]:
+    """The chosen tables over `dates`, plus every table downstream of them over the days whose window
+    includes a changed day (7-day table: 6 days more), up to the last day production serves it: later
+    days have nothing to replace. A downstream table production does not serve gets the same days."""
+    ranges = {name: dates for name in tables}
+    for spec in dependency_order():
+        if spec.name in ranges:
+            continue
+        reach = [
+            (ranges[item.table], item.lookback_days) for item in spec.feature_inputs if item.table in ranges
+        ]
+        if not reach:
+            continue
+        start = min(upstream.start for upstream, _ in reach)
+        served = sorted(release.tables.get(spec.name, {})) if release else []
+        if served:
+            last_served = date.fromisoformat(served[-1])
+            end = min(max(upstream.end + timedelta(days=days) for upstream, days in reach), last_served)
+        else:
+            end = max(upstream.end for upstream, _ in reach)
+        ranges[spec.name] = DateRange(start, max(end, start))
+    return ranges
+
+
+def plan_runs(ranges: dict[str, DateRange], max_partitions_per_run: int) -> list[PlannedRun]:
     """Range runs in dependency order, each at most `max_partitions_per_run` days (like BackfillPolicy)."""
     runs = []
-    for spec in dependency_order(tuple(specs)):
+    for spec in dependency_order(tuple(feature_spec(name) for name in ranges)):
+        dates = ranges[spec.name]
         start = dates.start
         while start <= dates.end:
             end = min(dates.end, start + timedelta(days=max_partitions_per_run - 1))
@@ -81,19 +105,25 @@ def run_local_backfill(
     max_partitions_per_run: int,
     batch_id: str | None = None,
     requester: str | None = None,
+    downstream: bool = False,
     on_run: Callable[[PlannedRun], None] | None = None,
 ) -> str:
     """Stage `tables` (default: every feature table) for start..end into one batch; return the batch ID.
 
     When the last run has finished (or one failed) the batch is marked complete with the partitions it
-    targeted, which lets the approval flow ask for its approval (or say why it cannot).
+    targeted, which lets the approval flow ask for its approval (or say why it cannot). With `downstream`,
+    the tables downstream of `tables` are recomputed too, over their blast radius.
     """
-    specs = [feature_spec(name) for name in tables] if tables else list(FEATURES)
+    chosen = [feature_spec(name).name for name in tables] if tables else [spec.name for spec in FEATURES]
     batch_id = batch_id or new_batch_id()
     job = defs.resolve_job_def(STAGE_FEATURES_JOB)
-    planned_runs = plan_runs(specs, DateRange(start, end), max_partitions_per_run)
-    expected = {spec.name: [day.isoformat() for day in DateRange(start, end).days()] for spec in specs}
     catalog: ReleaseCatalog = defs.resources["catalog"].catalog()
+    dates = DateRange(start, end)
+    ranges = (
+        blast_radius(chosen, dates, catalog.current_release()) if downstream else dict.fromkeys(chosen, dates)
+    )
+    planned_runs = plan_runs(ranges, max_partitions_per_run)
+    expected = {name: [day.isoformat() for day in span.days()] for name, span in ranges.items()}
     for planned in planned_runs:
         tags = {
             BATCH_TAG: batch_id,

@@ -250,6 +250,16 @@ def test_wrong_column_type_writes_amount_as_text(faulty_zone):
     assert pc.cast(faulty.column("amount"), pa.float64()).equals(clean_file(day).column("amount"))
 
 
+def test_partial_delivery_loses_a_fifth_of_the_rows_and_nothing_else(faulty_zone):
+    day = FAULT_DAYS["partial_delivery"]
+    clean = clean_file(day).to_pandas()
+    partial = read_file(faulty_zone, day).to_pandas()
+
+    assert len(partial) == len(clean) - int(len(clean) * 0.2)
+    kept = clean[clean["txn_id"].isin(partial["txn_id"])].reset_index(drop=True)
+    assert partial.equals(kept)  # the rows that did arrive are exactly the complete file's
+
+
 def test_empty_day_has_the_schema_and_no_rows(faulty_zone):
     faulty = read_file(faulty_zone, FAULT_DAYS["empty_day"])
 

@@ -14,6 +14,7 @@ from conftest import Lake, make_lake
 from backfills.assets.generator import Fault, landing_key, write_landing_zone
 from backfills.assets.registry import feature_spec
 from backfills.assets.staging import CONTRACT_CHECK, RAW_INPUT_CHECK
+from backfills.checks.diff_check import DIFF_CHECK
 from backfills.checks.duplicates import DUPLICATE_EVENTS_CHECK
 from backfills.checks.gate import NON_EMPTY_CHECK
 from backfills.errors import ContractViolationError, SchemaDriftError
@@ -168,3 +169,23 @@ def test_a_transformation_bug_that_breaks_the_contract_is_never_staged(lake: Lak
     assert manifest.state == "blocked" and manifest.tables == {}
     assert [record.check for record in manifest.blocking_failures()] == [CONTRACT_CHECK]
     assert lake.store.list("staging/customer_daily_txn/buggy") == []
+
+
+def test_a_partial_delivery_over_complete_production_data_is_flagged_by_the_diff(
+    tmp_path: Path, spark
+) -> None:
+    lake = make_lake(tmp_path / "lake")
+    settings = {"start": JAN_1, "days": 6, "customers": 60, "rows_per_day": 400, "seed": 5}
+    write_landing_zone(lake.store, **settings)
+    lake.stage(spark, "customer_daily_txn", JAN_1, JAN_4, "complete", requester="alice")
+    lake.catalog.promote("complete", actor="carol")
+    # The landing file of Jan 3 is delivered again, a fifth of it missing: contracts cannot tell.
+    write_landing_zone(lake.store, **settings, faults=[Fault("partial_delivery", FAULT_DAY)])
+    staged = lake.stage(spark, "customer_daily_txn", JAN_1, JAN_4, "partial", requester="alice")
+    [diff] = [outcome for outcome in staged.checks if outcome.name == DIFF_CHECK]
+    by_day = {entry["partition"]: entry for entry in diff.figures["partitions"]}
+    assert by_day["2025-01-01"]["changed"] == by_day["2025-01-04"]["changed"] == 0
+    assert by_day["2025-01-03"]["changed"] + by_day["2025-01-03"]["removed"] > 0
+    assert by_day["2025-01-02"]["changed"] > 0  # its late events were in Jan 3's file
+    assert diff.figures["verdict"] != "pass" and not diff.passed
+    assert "2025-01-03" in diff.summary

@@ -16,10 +16,11 @@ from conftest import Lake
 
 from backfills.assets.factory import staging_key
 from backfills.assets.reader import FeatureReader
-from backfills.assets.registry import FEATURES, feature_spec
+from backfills.assets.registry import FEATURES, dependency_order, feature_spec
+from backfills.assets.transformations import DateRange
 from backfills.errors import BatchNotFoundError, InvalidInputError, MissingUpstreamPartitionError
 from backfills.orchestration.definitions import build_definitions
-from backfills.orchestration.local_backfill import BackfillRunFailedError, run_local_backfill
+from backfills.orchestration.local_backfill import BackfillRunFailedError, blast_radius, run_local_backfill
 
 JAN_1 = date(2025, 1, 1)
 
@@ -225,3 +226,44 @@ def test_a_killed_partition_write_is_never_listed_and_the_retry_completes(lake: 
     assert len(records) == 10 and len({record.attempt_id for record in records.values()}) == 1
     assert all(lake.store.exists(key) for record in records.values() for key in record.files)
     assert _hashes(lake, "crash") == _hashes(lake, "clean")
+
+
+def test_a_downstream_backfill_covers_every_window_that_includes_a_changed_day(
+    lake, spark, dagster_instance
+) -> None:
+    for spec in dependency_order():
+        lake.stage(spark, spec, date(2025, 1, 1), date(2025, 1, 31), "history")
+    release = lake.catalog.promote("history", actor="carol")
+    ranges = blast_radius(["customer_daily_txn"], DateRange(date(2025, 1, 10), date(2025, 1, 12)), release)
+    assert {name: (span.start.day, span.end.day) for name, span in ranges.items()} == {
+        "customer_daily_txn": (10, 12),
+        "customer_txn_7d": (10, 18),  # a 7-day window ending on the 18th still holds the 12th
+        "customer_txn_30d": (10, 31),  # clipped to the last day production serves
+        "customer_risk_profile": (10, 31),
+    }
+    batch = run_local_backfill(
+        build_definitions(lake.settings()),
+        dagster_instance,
+        start=date(2025, 1, 10),
+        end=date(2025, 1, 12),
+        tables=["customer_daily_txn"],
+        max_partitions_per_run=31,
+        batch_id="fix",
+        downstream=True,
+    )
+    manifest = lake.catalog.get_batch(batch)
+    assert {table: len(days) for table, days in manifest.partitions_by_table().items()} == {
+        "customer_daily_txn": 3,
+        "customer_risk_profile": 22,
+        "customer_txn_30d": 22,
+        "customer_txn_7d": 9,
+    }
+    assert (
+        manifest.state == "checked"
+        and manifest.completed_at is not None
+        and not manifest.missing_partitions()
+    )
+    weekly = manifest.tables["customer_txn_7d"]["2025-01-18"]
+    sources = {(s.table, s.source): s.partitions for s in weekly.upstream}
+    assert sources[("customer_daily_txn", "batch")] == ["2025-01-12"]
+    assert sources[("customer_daily_txn", "release")] == [f"2025-01-{d}" for d in range(13, 19)]
