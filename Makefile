@@ -14,20 +14,30 @@ export DAGSTER_HOME ?= $(CURDIR)/.dagster
 # The demo has its own data root and Dagster instance, wiped at each start, so it never touches other data.
 DEMO_ROOT := $(CURDIR)/.data/demo
 DEMO_DAGSTER_HOME := $(CURDIR)/.dagster/demo
-DEMO_ENV := BACKFILLS_STORAGE_ROOT=$(DEMO_ROOT) DAGSTER_HOME=$(DEMO_DAGSTER_HOME)
+DEMO_ENV := BACKFILLS_STORAGE_ROOT=$(DEMO_ROOT) DAGSTER_HOME=$(DEMO_DAGSTER_HOME) BACKFILLS_APPROVERS=demo-approver
 
 # Synthetic landing zone for the demo and for `make dev` on an empty storage root.
 SAMPLE_DATA := --start 2025-01-01 --days 60 --customers 2000 --rows-per-day 10000
+# The demo's landing files for Jan 21..30 first arrive a fifth short; the complete files come later.
+DEMO_OUTAGE := $(foreach day,21 22 23 24 25 26 27 28 29 30,--fault partial_delivery:2025-01-$(day))
+DEMO_REDELIVERY := --start 2025-01-21 --days 10 --customers 2000 --rows-per-day 10000
 
 DEV_HOST ?= 127.0.0.1
 DEV_PORT ?= 3000
 BENCH_ARGS ?=
 
+# The local Spark Connect server that `make dev` shares between all runs, so that no run starts its own JVM.
+SPARK_CONNECT_PORT ?= 15002
+SPARK_STATE_DIR ?= $(CURDIR)/.spark
+CONNECT_SERVER := $(BIN)/python -m backfills.resources.connect_server
+DAGSTER_DEV := $(BIN)/dagster dev -w workspace.yaml -h $(DEV_HOST) -p $(DEV_PORT)
+
 .PHONY: help install demo dev test bench clean java dagster-home
 
 help:
-	@echo "make demo     generate sample data, backfill 30 days of every feature table, print the batch"
+	@echo "make demo     the governed flow on sample data: backfill, checks, approval, promotion, fix, rollback, audit"
 	@echo "make dev      Dagster UI on http://$(DEV_HOST):$(DEV_PORT) (sample data generated if none)"
+	@echo "make spark-connect-start|stop|status   the local Spark Connect server (port SPARK_CONNECT_PORT)"
 	@echo "make test     ruff, then the whole pytest suite"
 	@echo "make bench    benchmarks/run.py, writes benchmarks/REPORT.md (extra options: BENCH_ARGS=...)"
 	@echo "make install  create .venv and install the package with its dev extra"
@@ -54,17 +64,61 @@ dagster-home:
 demo: install java
 	rm -rf "$(DEMO_ROOT)" "$(DEMO_DAGSTER_HOME)"
 	mkdir -p "$(DEMO_DAGSTER_HOME)" && cp orchestration/dagster.yaml "$(DEMO_DAGSTER_HOME)/dagster.yaml"
-	$(DEMO_ENV) $(BIN)/backfills generate $(SAMPLE_DATA)
-	$(DEMO_ENV) $(BIN)/backfills backfill --start 2025-01-01 --end 2025-01-30 --requester demo-operator
-	$(DEMO_ENV) $(BIN)/backfills batches
+	@echo; echo "== 1. Land 60 days of card transactions; an upstream outage cut Jan 21..30 short by a fifth"
+	$(DEMO_ENV) $(BIN)/backfills generate $(SAMPLE_DATA) $(DEMO_OUTAGE)
+	@echo; echo "== 2. Backfill 60 days of every feature table through Dagster into staging, checked"
+	$(DEMO_ENV) $(BIN)/backfills backfill --start 2025-01-01 --end 2025-03-01 --requester demo-operator \
+	    --batch-id history
+	@echo; echo "== 3. Approve as demo-approver through the local approval channel, then promote"
+	$(DEMO_ENV) $(BIN)/backfills approve history --as demo-approver
+	$(DEMO_ENV) $(BIN)/backfills promote history --as demo-operator
+	@echo; echo "== 4. The complete files for Jan 21..30 arrive: recompute customer_daily_txn and its blast radius"
+	$(DEMO_ENV) $(BIN)/backfills generate $(DEMO_REDELIVERY)
+	$(DEMO_ENV) $(BIN)/backfills backfill --start 2025-01-21 --end 2025-01-30 --tables customer_daily_txn \
+	    --downstream --requester demo-operator --batch-id jan-redelivery
+	$(DEMO_ENV) $(BIN)/backfills approve jan-redelivery --as demo-approver
+	$(DEMO_ENV) $(BIN)/backfills promote jan-redelivery --as demo-operator
+	@echo; echo "== 5. Roll the correction back in one step (say a downstream team asks for time)"
+	$(DEMO_ENV) $(BIN)/backfills rollback --to previous --as demo-operator \
+	    --reason "demo: the risk team asks to keep the old Jan 21..30 values until Monday"
+	@echo; echo "== 6. The audit trail of one partition, and every release"
+	$(DEMO_ENV) $(BIN)/backfills audit customer_daily_txn --date 2025-01-25
+	$(DEMO_ENV) $(BIN)/backfills releases
+	@echo; echo "Open the same state in the Dagster UI:"
+	@echo "  make dev BACKFILLS_STORAGE_ROOT=$(DEMO_ROOT) DAGSTER_HOME=$(DEMO_DAGSTER_HOME)"
 
 # Synthetic data is generated only into an empty local root, never into an s3:// root.
+# Runs use the Spark Connect server named by BACKFILLS_SPARK_REMOTE, else a local one started here; a server
+# started here is stopped when `dagster dev` exits, Ctrl-C included (one started before is left running).
 dev: install java dagster-home
 	@case "$(BACKFILLS_STORAGE_ROOT)" in \
 	    s3://*|s3a://*) ;; \
 	    *) test -d "$(BACKFILLS_STORAGE_ROOT)/raw/transactions" || $(BIN)/backfills generate $(SAMPLE_DATA) ;; \
 	esac
-	$(BIN)/dagster dev -w workspace.yaml -h $(DEV_HOST) -p $(DEV_PORT)
+	@if [ -n "$${BACKFILLS_SPARK_REMOTE:-}" ]; then \
+	    echo "runs use the Spark Connect server at $$BACKFILLS_SPARK_REMOTE"; \
+	    exec $(DAGSTER_DEV); \
+	fi; \
+	$(CONNECT_SERVER) status --state-dir "$(SPARK_STATE_DIR)" >/dev/null 2>&1 && started_here= || started_here=1; \
+	remote=$$($(CONNECT_SERVER) start --port $(SPARK_CONNECT_PORT) --state-dir "$(SPARK_STATE_DIR)") || exit 1; \
+	if [ -n "$$started_here" ]; then \
+	    trap '$(CONNECT_SERVER) stop --state-dir "$(SPARK_STATE_DIR)"' EXIT; \
+	    trap 'exit 130' INT TERM; \
+	fi; \
+	echo "runs use the Spark Connect server at $$remote"; \
+	BACKFILLS_SPARK_REMOTE=$$remote $(DAGSTER_DEV)
+
+.PHONY: spark-connect-start spark-connect-stop spark-connect-status
+
+# Start (or reuse) the server and print its URL: export BACKFILLS_SPARK_REMOTE=<URL> in the shells that use it.
+spark-connect-start: install java
+	@$(CONNECT_SERVER) start --port $(SPARK_CONNECT_PORT) --state-dir "$(SPARK_STATE_DIR)"
+
+spark-connect-stop: install
+	@$(CONNECT_SERVER) stop --state-dir "$(SPARK_STATE_DIR)"
+
+spark-connect-status: install
+	@$(CONNECT_SERVER) status --state-dir "$(SPARK_STATE_DIR)"
 
 test: install java
 	$(BIN)/ruff check .

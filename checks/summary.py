@@ -24,26 +24,34 @@ def _worst(records: list[CheckRecord]) -> CheckRecord:
 
 
 def _diff_summary(records: list[CheckRecord]) -> dict[str, Any]:
+    """The diff of a table summed over its runs; column reasons (PSI, mean shift) once per column."""
     totals = {name: 0 for name in _DIFF_COUNTS}
     compared: set[str] = set()
     new: set[str] = set()
-    reasons: list[str] = []
+    column_reasons: dict[str, str] = {}
     releases: set[str] = set()
     for record in records:
         for name in _DIFF_COUNTS:
             totals[name] += int(record.figures.get(name, 0) or 0)
         compared.update(record.figures.get("compared_days", []))
         new.update(record.figures.get("new_days", []))
-        reasons.extend(record.figures.get("reasons", []))
+        for reason in record.figures.get("reasons", []):
+            column = reason.split(":", 1)[0]
+            if column != "rows":  # the amount of change is summed above, not repeated per run
+                column_reasons.setdefault(column, reason)
         if record.figures.get("release_id"):
             releases.add(record.figures["release_id"])
+    touched = totals["changed"] + totals["added"] + totals["removed"]
     return {
         **totals,
+        "changed_fraction": round(touched / totals["production_rows"], 6)
+        if totals["production_rows"]
+        else 0.0,
         "compared_days": len(compared),
         "new_days": len(new),
         "against_releases": sorted(releases),
         "verdict": _worst(records).verdict,
-        "reasons": reasons[:5],
+        "reasons": list(column_reasons.values())[:5],
     }
 
 

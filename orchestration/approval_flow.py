@@ -130,7 +130,7 @@ def _judged(records: list[VoteRecord], decision: PolicyDecision) -> list[VoteRec
 
 
 _OUTCOME_TEXT = {
-    "approved": "Approved: {summary}. Promotion starts now; this thread will say when it is in production.",
+    "approved": "Approved: {summary}. Promotion (promote_batch) follows; its outcome will be told here.",
     "rejected": "Rejected: {summary}. Nothing is promoted; the batch stays in staging for inspection.",
     "expired": "Expired: {summary}. Nothing is promoted; launch the backfill again to ask anew.",
     "superseded": "Superseded: {summary}. Nothing is promoted.",

@@ -7,6 +7,7 @@ import re
 from dataclasses import dataclass
 from typing import Any
 
+from backfills.checks.diff_check import DIFF_CHECK
 from backfills.checks.summary import batch_check_summary
 from backfills.resources.catalog_models import ApprovalRequest, BatchManifest
 
@@ -62,17 +63,18 @@ def _changes(batch: BatchManifest) -> list[str]:
         diff = entry.get("diff")
         if not diff:
             continue
-        if diff["compared_days"]:
-            line = (
-                f"{table}: {diff['changed']} rows changed, {diff['added']} added, {diff['removed']} removed "
-                f"of {diff['production_rows']} in {diff['compared_days']} days"
-            )
-        else:
-            line = f"{table}: no production data for these days yet"
-        if diff["new_days"] and diff["compared_days"]:
+        if not diff["compared_days"]:
+            lines.append(f"{table}: {diff['new_days']} new days, no production data for them yet")
+            continue
+        line = (
+            f"{table}: {diff['changed']:,} rows changed, {diff['added']:,} added, {diff['removed']:,} "
+            f"removed of {diff['production_rows']:,} ({diff['changed_fraction']:.1%}) in "
+            f"{diff['compared_days']} days"
+        )
+        if diff["new_days"]:
             line += f"; {diff['new_days']} new days"
         if diff["reasons"]:
-            line += f" ({'; '.join(diff['reasons'][:2])})"
+            line += f"; {'; '.join(diff['reasons'][:3])}"
         lines.append(line)
     return lines
 
@@ -83,13 +85,14 @@ def _checks(batch: BatchManifest) -> list[str]:
         verdicts = entry["checks"]
         passed = sum(1 for check in verdicts.values() if check["verdict"] == "passed")
         line = f"{table}: {passed} of {len(verdicts)} checks passed"
+        # The diff's figures are in the section above; other warnings are told here in full.
         flagged = [
-            f"{name} {check['verdict']}: {check['summary']}"
+            f"{name} {check['verdict']}" + ("" if name == DIFF_CHECK else f": {check['summary']}")
             for name, check in verdicts.items()
             if check["verdict"] != "passed"
         ]
         if flagged:
-            line += "; " + "; ".join(flagged[:2])
+            line += "; " + "; ".join(flagged[:3])
         lines.append(line)
     return lines
 

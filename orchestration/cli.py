@@ -181,7 +181,8 @@ def _print_batches(catalog: ReleaseCatalog, batch_id: str | None, *, partitions:
                 diff = entry["diff"]
                 print(
                     f"      vs production: {diff['changed']} changed, {diff['added']} added, "
-                    f"{diff['removed']} removed in {diff['compared_days']} days; {diff['new_days']} new days"
+                    f"{diff['removed']} removed ({diff['changed_fraction']:.1%}) in {diff['compared_days']} "
+                    f"days; {diff['new_days']} new days"
                 )
             if partitions:
                 for day, record in sorted(batch.tables.get(table, {}).items()):

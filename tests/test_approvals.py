@@ -116,7 +116,7 @@ def test_a_checked_batch_asks_once_and_an_approval_promotes_every_table_at_once(
     [message] = _requests(slack)
     text = json.dumps(message["blocks"])
     assert "Approve backfill jan?" in text and f"<@{ALICE}>" in text and "Blast radius" in text
-    assert "4 tables, 16 partitions" in text and "no production data for these days yet" in text
+    assert "4 tables, 16 partitions" in text and "4 new days, no production data for them yet" in text
 
     slack.react(CHANNEL, message["ts"], BOB, "white_check_mark")
     due = _tick(flow)
