@@ -641,13 +641,20 @@ def test_audit_trail_comes_back_in_time_order_with_the_right_kinds(catalog: Rele
     assert staged.tables == {DAILY: ["2025-01-01", "2025-01-02"]}
     assert staged.details == {"run_id": "run-1", "row_count": 200, "replaced": {}}
     assert promoted.tables == {DAILY: ["2025-01-01", "2025-01-02"]}
-    assert promoted.details == {"previous_release_id": None, "rolled_back_to": None, "reason": "initial load"}
+    no_approval = {"requester": None, "approvers": [], "approved_at": None, "forced": False}
+    assert promoted.details == {
+        "previous_release_id": None,
+        "rolled_back_to": None,
+        "reason": "initial load",
+        **no_approval,
+    }
     assert events[4].actor == "carol"
     assert events[4].tables == {WEEKLY: ["2025-01-02"]}
     assert events[4].details == {
         "previous_release_id": second.release_id,
         "rolled_back_to": first.release_id,
         "reason": "7d looked wrong",
+        **no_approval,
     }
 
     assert [event.kind for event in catalog.events(table=WEEKLY)] == ["staged", "promoted", "rolled_back"]
