@@ -232,20 +232,20 @@ def test_a_downstream_backfill_covers_every_window_that_includes_a_changed_day(
     lake, spark, dagster_instance
 ) -> None:
     for spec in dependency_order():
-        lake.stage(spark, spec, date(2025, 1, 1), date(2025, 1, 31), "history")
+        lake.stage(spark, spec, date(2025, 1, 1), date(2025, 1, 16), "history")
     release = lake.catalog.promote("history", actor="carol")
-    ranges = blast_radius(["customer_daily_txn"], DateRange(date(2025, 1, 10), date(2025, 1, 12)), release)
+    ranges = blast_radius(["customer_daily_txn"], DateRange(date(2025, 1, 5), date(2025, 1, 6)), release)
     assert {name: (span.start.day, span.end.day) for name, span in ranges.items()} == {
-        "customer_daily_txn": (10, 12),
-        "customer_txn_7d": (10, 18),  # a 7-day window ending on the 18th still holds the 12th
-        "customer_txn_30d": (10, 31),  # clipped to the last day production serves
-        "customer_risk_profile": (10, 31),
+        "customer_daily_txn": (5, 6),
+        "customer_txn_7d": (5, 12),  # a 7-day window ending on the 12th still holds the 6th
+        "customer_txn_30d": (5, 16),  # clipped to the last day production serves
+        "customer_risk_profile": (5, 16),
     }
     batch = run_local_backfill(
         build_definitions(lake.settings()),
         dagster_instance,
-        start=date(2025, 1, 10),
-        end=date(2025, 1, 12),
+        start=date(2025, 1, 5),
+        end=date(2025, 1, 6),
         tables=["customer_daily_txn"],
         max_partitions_per_run=31,
         batch_id="fix",
@@ -253,17 +253,17 @@ def test_a_downstream_backfill_covers_every_window_that_includes_a_changed_day(
     )
     manifest = lake.catalog.get_batch(batch)
     assert {table: len(days) for table, days in manifest.partitions_by_table().items()} == {
-        "customer_daily_txn": 3,
-        "customer_risk_profile": 22,
-        "customer_txn_30d": 22,
-        "customer_txn_7d": 9,
+        "customer_daily_txn": 2,
+        "customer_risk_profile": 12,
+        "customer_txn_30d": 12,
+        "customer_txn_7d": 8,
     }
     assert (
         manifest.state == "checked"
         and manifest.completed_at is not None
         and not manifest.missing_partitions()
     )
-    weekly = manifest.tables["customer_txn_7d"]["2025-01-18"]
+    weekly = manifest.tables["customer_txn_7d"]["2025-01-12"]
     sources = {(s.table, s.source): s.partitions for s in weekly.upstream}
-    assert sources[("customer_daily_txn", "batch")] == ["2025-01-12"]
-    assert sources[("customer_daily_txn", "release")] == [f"2025-01-{d}" for d in range(13, 19)]
+    assert sources[("customer_daily_txn", "batch")] == ["2025-01-06"]
+    assert sources[("customer_daily_txn", "release")] == [f"2025-01-{d:02d}" for d in range(7, 13)]
