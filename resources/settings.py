@@ -18,17 +18,26 @@ def _default_storage_root() -> str:
     return str(base / ".data")
 
 
-def _int(name: str, default: int) -> int:
+def _positive(name: str, default: float, parse: type[int] | type[float]) -> float:
     raw = os.environ.get(name)
     if raw is None or raw == "":
         return default
     try:
-        value = int(raw)
+        value = parse(raw)
     except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a whole number") from None
-    if value < 1:
-        raise ConfigurationError(f"{name}={raw!r} must be at least 1")
+        kind = "a whole number" if parse is int else "a number"
+        raise ConfigurationError(f"{name}={raw!r} is not {kind}") from None
+    if value <= 0:
+        raise ConfigurationError(f"{name}={raw!r} must be greater than 0")
     return value
+
+
+def _int(name: str, default: int) -> int:
+    return int(_positive(name, default, int))
+
+
+def _float(name: str, default: float) -> float:
+    return _positive(name, default, float)
 
 
 def _date(name: str, default: str) -> str:
@@ -38,19 +47,6 @@ def _date(name: str, default: str) -> str:
     except ValueError:
         raise ConfigurationError(f"{name}={raw!r} is not a date (YYYY-MM-DD)") from None
     return raw
-
-
-def _float(name: str, default: float) -> float:
-    raw = os.environ.get(name)
-    if raw is None or raw == "":
-        return default
-    try:
-        value = float(raw)
-    except ValueError:
-        raise ConfigurationError(f"{name}={raw!r} is not a number") from None
-    if value <= 0:
-        raise ConfigurationError(f"{name}={raw!r} must be greater than 0")
-    return value
 
 
 def _flag(name: str) -> bool:
