@@ -3,16 +3,21 @@
 from __future__ import annotations
 
 import dataclasses
+import re
 
 import pytest
 from conftest import Lake
 from dagster import AssetKey, DailyPartitionsDefinition, TimeWindowPartitionMapping
 
 from backfills.assets import transformations
-from backfills.assets.factory import staging_key
+from backfills.assets.factory import production_key, staging_key
 from backfills.assets.registry import FEATURES, RAW_TRANSACTIONS, dependency_order, feature_spec
-from backfills.errors import UnknownTableError
+from backfills.checks.gate import gate_check_names
+from backfills.errors import ConfigurationError, UnknownTableError
 from backfills.orchestration.definitions import STAGE_FEATURES_JOB, build_definitions, defs
+from backfills.orchestration.jobs import PROMOTE_JOB, ROLLBACK_JOB
+from backfills.orchestration.sensors import APPROVAL_SENSOR
+from backfills.resources.settings import load_settings
 
 
 def _assets_by_key(definitions):
@@ -25,6 +30,54 @@ def test_definitions_load_with_every_feature_table_and_the_raw_source() -> None:
     for spec in FEATURES:
         assert staging_key(spec.name) in keys
     assert defs.resolve_job_def(STAGE_FEATURES_JOB) is not None
+
+
+def test_production_assets_jobs_sensor_and_checks_are_in_the_code_location() -> None:
+    keys = set(_assets_by_key(defs))
+    graph = defs.resolve_asset_graph()
+    for spec in FEATURES:
+        production = graph.get(production_key(spec.name))
+        assert production_key(spec.name) in keys
+        assert staging_key(spec.name) in production.parent_keys
+        assert isinstance(production.partitions_def, DailyPartitionsDefinition)
+        checks = {key.name for key in graph.get(staging_key(spec.name)).check_keys}
+        assert checks == set(gate_check_names(spec))
+        assert {"diff_vs_production", "cross_table_consistency", "value_ranges", "unique_keys"} <= checks
+    assert {job.name for job in (defs.resolve_job_def(PROMOTE_JOB), defs.resolve_job_def(ROLLBACK_JOB))} == {
+        "promote_batch",
+        "rollback_release",
+    }
+    sensor = defs.resolve_sensor_def(APPROVAL_SENSOR)
+    assert sensor.default_status.name == "RUNNING" and sensor.job_name == PROMOTE_JOB
+
+
+@pytest.mark.parametrize(
+    ("environment", "problem"),
+    [
+        ({"SLACK_BOT_TOKEN": "xoxb-1"}, "BACKFILLS_SLACK_CHANNEL is not"),
+        ({"BACKFILLS_SLACK_CHANNEL": "C1"}, "SLACK_BOT_TOKEN is not"),
+        ({"BACKFILLS_APPROVAL_QUORUM": "0"}, "BACKFILLS_APPROVAL_QUORUM='0' must be greater than 0"),
+        (
+            {"BACKFILLS_APPROVAL_EXPIRY_HOURS": "soon"},
+            "BACKFILLS_APPROVAL_EXPIRY_HOURS='soon' is not a number",
+        ),
+        ({"BACKFILLS_ROLLBACK_REQUIRES_APPROVAL": "maybe"}, "must be true or false"),
+    ],
+)
+def test_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch, environment: dict, problem: str) -> None:
+    for name in ("SLACK_BOT_TOKEN", "BACKFILLS_SLACK_CHANNEL"):
+        monkeypatch.delenv(name, raising=False)
+    for name, value in environment.items():
+        monkeypatch.setenv(name, value)
+    with pytest.raises(ConfigurationError, match=re.escape(problem)):
+        load_settings()
+
+
+def test_the_slack_token_is_not_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("SLACK_BOT_TOKEN", "xoxb-secret-value")
+    monkeypatch.setenv("BACKFILLS_SLACK_CHANNEL", "C1")
+    settings = load_settings()
+    assert settings.uses_slack and "xoxb-secret-value" not in repr(settings)
 
 
 def test_every_feature_asset_is_daily_partitioned_with_policy_version_owner_and_description(
