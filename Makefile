@@ -32,7 +32,7 @@ SPARK_STATE_DIR ?= $(CURDIR)/.spark
 CONNECT_SERVER := $(BIN)/python -m backfills.resources.connect_server
 DAGSTER_DEV := $(BIN)/dagster dev -w workspace.yaml -h $(DEV_HOST) -p $(DEV_PORT)
 
-.PHONY: help install demo dev test bench clean java dagster-home
+.PHONY: help install demo dev test bench bench-checks clean java dagster-home
 
 help:
 	@echo "make demo     the governed flow on sample data: backfill, checks, approval, promotion, fix, rollback, audit"
@@ -40,6 +40,7 @@ help:
 	@echo "make spark-connect-start|stop|status   the local Spark Connect server (port SPARK_CONNECT_PORT)"
 	@echo "make test     ruff, then the whole pytest suite"
 	@echo "make bench    benchmarks/run.py, writes benchmarks/REPORT.md (extra options: BENCH_ARGS=...)"
+	@echo "make bench-checks  benchmarks/checks.py, the quality gates against their floor (CHECKS_REPORT.md)"
 	@echo "make install  create .venv and install the package with its dev extra"
 	@echo "make clean    remove .venv, caches and the demo's data (keeps .data and .dagster)"
 
@@ -126,6 +127,9 @@ test: install java
 
 bench: install java
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)
+
+bench-checks: install java
+	$(BIN)/python benchmarks/checks.py $(BENCH_ARGS)
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache *.egg-info build spark-warehouse metastore_db derby.log \
