@@ -27,6 +27,7 @@ from unittest import mock
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from run import Samples, machine, peak_memory, source_version
+from spark_setup import SparkSettings, add_spark_options
 
 import backfills.assets.staging as staging_module
 import backfills.checks.gate as gate_module
@@ -51,7 +52,6 @@ from backfills.checks.outcome import CheckOutcome
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import ColumnSchema, PartitionRecord
 from backfills.resources.feature_store import partition_facts, read_partitions, write_partitions
-from backfills.resources.spark import build_session
 from backfills.resources.storage import LocalObjectStore
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
@@ -109,9 +109,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="repetitions of each experiment (1); 0 skips the experiments",
     )
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic upstream (7)")
-    parser.add_argument("--master", default="local[2]", help="Spark master (local[2])")
-    parser.add_argument("--driver-memory", default="6g", help="Spark driver memory (6g)")
-    parser.add_argument("--shuffle-partitions", type=int, default=4, help="Spark shuffle partitions (4)")
+    add_spark_options(parser, driver_memory="6g")
     parser.add_argument(
         "--report", type=Path, default=BENCHMARKS_DIR / "CHECKS_REPORT.md", help="where to write the report"
     )
@@ -1285,13 +1283,7 @@ def main(argv: list[str] | None = None) -> int:
     cases: list[Case] = []
     try:
         spark_began = time.perf_counter()
-        spark = build_session(
-            master=args.master,
-            remote=None,
-            driver_memory=args.driver_memory,
-            shuffle_partitions=args.shuffle_partitions,
-            bind_address="127.0.0.1",
-        )
+        spark = SparkSettings.from_args(args).session()
         spark_start = time.perf_counter() - spark_began
         try:
             store = LocalObjectStore(work / "root")

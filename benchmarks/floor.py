@@ -19,13 +19,13 @@ from pathlib import Path
 from memory import MemorySample, MemorySampler
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
+from spark_setup import SparkSettings, add_spark_options
 
 from backfills.assets.generator import LANDING_PREFIX
 from backfills.assets.raw_transactions import LANDED_DATE, RAW_SCHEMA_DDL, within_lateness
 from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec, dependency_order, feature_spec
 from backfills.assets.transformations import DateRange
 from backfills.resources.feature_store import partition_facts
-from backfills.resources.spark import build_session
 
 FLOOR_SCRIPT = Path(__file__).resolve()
 
@@ -88,20 +88,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--end", type=date.fromisoformat, required=True)
     parser.add_argument("--result", type=Path, required=True, help="JSON file for the timings")
     parser.add_argument("--hashes", action="store_true", help="after timing, also hash every partition")
-    parser.add_argument("--master", default="local[2]")
-    parser.add_argument("--driver-memory", default="3g")
-    parser.add_argument("--shuffle-partitions", type=int, default=4)
+    add_spark_options(parser, driver_memory="3g")
     args = parser.parse_args(argv)
 
     began = time.perf_counter()
     # The same session settings as a governed run's local session.
-    spark = build_session(
-        master=args.master,
-        remote=None,
-        driver_memory=args.driver_memory,
-        shuffle_partitions=args.shuffle_partitions,
-        bind_address="127.0.0.1",
-    )
+    spark = SparkSettings.from_args(args).session()
     result: dict[str, object] = {"session_seconds": time.perf_counter() - began}
     result["tables"] = compute(spark, args.landing, args.output, DateRange(args.start, args.end))
     result["written_at"] = time.time()
@@ -130,9 +122,7 @@ def measure_floor(
     output: Path,
     dates: DateRange,
     *,
-    master: str,
-    driver_memory: str,
-    shuffle_partitions: int,
+    spark: SparkSettings,
     hashes: bool,
 ) -> FloorRun:
     """Run the floor script in a fresh process (its own JVM) and time it from spawn to written."""
@@ -145,9 +135,7 @@ def measure_floor(
         f"--start={dates.start}",
         f"--end={dates.end}",
         f"--result={result_file}",
-        f"--master={master}",
-        f"--driver-memory={driver_memory}",
-        f"--shuffle-partitions={shuffle_partitions}",
+        *spark.arguments(),
         *(["--hashes"] if hashes else []),
     ]
     load_before = os.getloadavg()[0]

@@ -21,6 +21,7 @@ if str(TESTS_DIR) not in sys.path:
 from dagster_services import DagsterServices, RunSummary  # noqa: E402
 from memory import MemorySample, MemorySampler  # noqa: E402
 from slack_api import FakeSlack  # noqa: E402
+from spark_setup import SparkSettings  # noqa: E402
 
 from backfills.assets.factory import BATCH_TAG, REQUESTER_TAG, staging_key  # noqa: E402
 from backfills.assets.registry import dependency_order  # noqa: E402
@@ -38,13 +39,6 @@ APPROVE_REACTION = "white_check_mark"
 APPROVAL_TIMEOUT_SECONDS = 1800.0
 
 T = TypeVar("T")
-
-
-@dataclass(frozen=True)
-class SparkSettings:
-    master: str
-    driver_memory: str
-    shuffle_partitions: int
 
 
 @dataclass(frozen=True)

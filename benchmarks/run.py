@@ -27,14 +27,14 @@ import dagster
 import pyspark
 from figures import Samples  # noqa: F401 (checks.py imports it from here)
 from floor import measure_floor
-from governed import GovernedSetup, SparkSettings, measure_governed
+from governed import GovernedSetup, measure_governed
 from memory import peak_resident_sets, proc_field
 from promotion import bench_promotion
 from report import Results, render
+from spark_setup import SparkSettings, add_spark_options
 
 from backfills.assets.generator import write_landing_zone
 from backfills.assets.transformations import DateRange
-from backfills.resources.spark import build_session
 from backfills.resources.storage import LocalObjectStore
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
@@ -76,9 +76,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--short-sensor-interval", type=int, default=5, help="approval sensor interval in c (5)"
     )
-    parser.add_argument("--master", default="local[2]", help="Spark master (local[2])")
-    parser.add_argument("--driver-memory", default="3g", help="Spark driver memory, every JVM (3g)")
-    parser.add_argument("--shuffle-partitions", type=int, default=4, help="Spark shuffle partitions (4)")
+    add_spark_options(parser, driver_memory="3g")
     parser.add_argument(
         "--backfill-timeout", type=float, default=6 * 3600, help="seconds one backfill may take (21600)"
     )
@@ -197,7 +195,7 @@ def run_measurements(
     """Every repetition runs each selected configuration once, in an order rotated from one repetition to
     the next (`checkpoint` after each); returns the storage root and batch of the last full-range governed
     backfill that succeeded."""
-    spark = SparkSettings(args.master, args.driver_memory, args.shuffle_partitions)
+    spark = SparkSettings.from_args(args)
     landing = work / "landing"
     configurations = [key for key in ("floor", "a", "b", "c") if key in args.only]
     kept: tuple[Path, str] | None = None
@@ -215,9 +213,7 @@ def run_measurements(
                         landing,
                         folder / "output",
                         DateRange(START, START + timedelta(days=args.days - 1)),
-                        master=args.master,
-                        driver_memory=args.driver_memory,
-                        shuffle_partitions=args.shuffle_partitions,
+                        spark=spark,
                         hashes=not any(run.hashes for run in results.floors),
                     )
                     results.floors.append(floor)
@@ -253,13 +249,7 @@ def run_measurements(
 
 def run_promotion(args: argparse.Namespace, work: Path, source: tuple[Path, str], results: Results) -> None:
     print("promotion and rollback at 1x and 10x partitions", flush=True)
-    spark = build_session(
-        master=args.master,
-        remote=None,
-        driver_memory=args.driver_memory,
-        shuffle_partitions=args.shuffle_partitions,
-        bind_address="127.0.0.1",
-    )
+    spark = SparkSettings.from_args(args).session()
     try:
         results.promotion = bench_promotion(
             source[0], source[1], work, repetitions=args.promotion_repetitions, spark=spark
