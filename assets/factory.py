@@ -199,7 +199,10 @@ def build_feature_asset(
         deps=[
             AssetDep(
                 upstream_key(item.table),
-                partition_mapping=_partition_mapping(item.lookback_days, item.lateness_days),
+                # Earlier raw files are read to recognise re-delivered events: they are inputs too.
+                partition_mapping=_partition_mapping(
+                    item.lookback_days + item.redelivery_days, item.lateness_days
+                ),
             )
             for item in spec.inputs
         ],
@@ -220,7 +223,9 @@ def build_feature_asset(
             "dagster/column_lineage": column_lineage(spec),
             "entity_keys": ", ".join(spec.entity_keys),
             "inputs": ", ".join(
-                f"{item.table} (lookback {item.lookback_days}d, lateness {item.lateness_days}d)"
+                f"{item.table} (lookback {item.lookback_days}d, lateness {item.lateness_days}d"
+                + (f", re-deliveries {item.redelivery_days}d" if item.redelivery_days else "")
+                + ")"
                 for item in spec.inputs
             ),
         },

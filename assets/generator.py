@@ -44,6 +44,18 @@ FAULTS: dict[str, str] = {
         "a fifth of the file's rows are missing, as after an upstream outage; the day generated again "
         "without the fault is the complete, corrected delivery"
     ),
+    "redelivered_events": (
+        "about 1% of the previous file's on-time events (at least one) are delivered again: same txn_id, "
+        "same content"
+    ),
+    "cross_midnight_copies": (
+        "the previous day's last 3 on-time events are delivered again with event_ts moved across midnight "
+        "(23:50 becomes 00:10 of this day)"
+    ),
+    "conflicting_copies": (
+        "3 of the previous file's on-time events are delivered again with another amount (x1.5) and the "
+        "other status"
+    ),
 }
 
 # Each row fault owns a fixed slice of one per-file permutation of row positions, so its rows are the same
@@ -56,6 +68,11 @@ _FAULT_ROWS = {
     "out_of_day_timestamps": 24,
 }
 _ROW_FAULTS = {"duplicate_txn_ids", "partial_delivery", *_FAULT_ROWS}
+# Faults that deliver some of the previous day's events again in this day's file.
+_COPY_FAULTS = {"redelivered_events", "cross_midnight_copies", "conflicting_copies"}
+_REDELIVERED_SHARE = 0.01
+_CROSS_MIDNIGHT_COPIES = 3
+_CONFLICTING_COPIES = 3
 _DUPLICATE_SHARE = 0.01
 _MISSING_SHARE = 0.2
 _ABSURD_AMOUNT = 1e9
@@ -109,6 +126,7 @@ _EPOCH = date(1970, 1, 1)
 # Seed-stream tags: day streams are [seed, ordinal] with ordinal >= 1, so these keys never collide with them.
 _CUSTOMER_STREAM = 0
 _FAULT_STREAM = 1
+_COPY_STREAM = 2
 
 
 @dataclass(frozen=True)
@@ -175,6 +193,8 @@ def generate_file(
     }
     if chosen & _ROW_FAULTS:
         _inject_row_faults(events, day, seed, chosen)
+    if chosen & _COPY_FAULTS:
+        _add_copies(events, yesterday, day, seed, chosen)
     table = _to_table(events, _customers(seed, customers).ids)
     if "empty_day" in chosen:
         table = table.slice(0, 0)
@@ -342,6 +362,37 @@ def _inject_row_faults(events: dict[str, np.ndarray], day: date, seed: int, faul
         keep[positions[count - int(count * _MISSING_SHARE) :]] = False
         events.update({column: values[keep] for column, values in events.items()})
     # Moved timestamps and appended copies must land where a sorted file would have them.
+    order = np.lexsort((events["sequence"], events["day"], events["event_ts"]))
+    events.update({column: values[order] for column, values in events.items()})
+
+
+def _add_copies(
+    events: dict[str, np.ndarray], yesterday: dict[str, np.ndarray], day: date, seed: int, faults: set[str]
+) -> None:
+    """Append copies of events the previous day's file delivered (its on-time events), then re-sort."""
+    rng = np.random.default_rng([seed, day.toordinal(), _COPY_STREAM])
+    delivered = np.flatnonzero(~yesterday["late"])
+    if len(delivered) == 0:
+        return
+    picked = rng.permutation(delivered)
+    again = picked[: max(1, round(len(delivered) * _REDELIVERED_SHARE))]
+    changed = picked[len(again) : len(again) + _CONFLICTING_COPIES]
+    copies = []
+    if "redelivered_events" in faults:
+        copies.append({column: values[again] for column, values in yesterday.items()})
+    if "conflicting_copies" in faults:
+        copy = {column: values[changed] for column, values in yesterday.items()}
+        copy["amount"] = np.round(copy["amount"] * 1.5, 2)
+        copy["declined"] = ~copy["declined"]
+        copies.append(copy)
+    if "cross_midnight_copies" in faults:
+        copy = {column: values[delivered[-_CROSS_MIDNIGHT_COPIES:]] for column, values in yesterday.items()}
+        midnight = (day - _EPOCH).days * _US_PER_DAY
+        copy["event_ts"] = 2 * midnight - copy["event_ts"]  # as far after midnight as it was before
+        copies.append(copy)
+    events.update(
+        {column: np.concatenate([values, *[c[column] for c in copies]]) for column, values in events.items()}
+    )
     order = np.lexsort((events["sequence"], events["day"], events["event_ts"]))
     events.update({column: values[order] for column, values in events.items()})
 

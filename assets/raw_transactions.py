@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 from collections import defaultdict
+from dataclasses import dataclass
+from datetime import date, timedelta
 
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
+from backfills.assets.deliveries import LANDED_DATE, deliveries_of, mark_redeliveries
 from backfills.assets.generator import LANDING_PREFIX
 from backfills.assets.registry import RAW_TRANSACTIONS
 from backfills.assets.transformations import DateRange
@@ -14,11 +17,40 @@ from backfills.errors import InvalidInputError
 from backfills.resources.catalog_models import UpstreamSource
 from backfills.resources.storage import ObjectStore
 
-LANDED_DATE = "landed_date"  # the day of the landing file a raw row was read from
 RAW_SCHEMA_DDL = (
     "txn_id string, customer_id string, event_ts timestamp, amount double, "
     "currency string, merchant_category string, status string"
 )
+
+
+@dataclass(frozen=True)
+class LandingRead:
+    """The landing files one run reads, by file day: its own days and the late files after them (`checked`
+    against the raw contract), and the files of the days before it (`earlier`), read only to recognise
+    re-delivered events."""
+
+    checked: dict[str, list[str]]
+    earlier: dict[str, list[str]]
+
+    @property
+    def keys(self) -> list[str]:
+        files = self.earlier | self.checked
+        return [key for day in sorted(files) for key in files[day]]
+
+    @property
+    def checked_keys(self) -> list[str]:
+        return [key for day in sorted(self.checked) for key in self.checked[day]]
+
+    def lineage(self, day: date, *, before: int, after: int) -> UpstreamSource:
+        """The landing files a partition's rows depend on: `before` days before it to `after` days after."""
+        files = self.earlier | self.checked
+        days = [(day + timedelta(days=offset)).isoformat() for offset in range(-before, after + 1)]
+        return UpstreamSource(
+            table=RAW_TRANSACTIONS,
+            source="landing",
+            source_id=None,
+            partitions=[d for d in days if d in files],
+        )
 
 
 def landing_files(store: ObjectStore, days: DateRange) -> dict[str, list[str]]:
@@ -30,16 +62,19 @@ def landing_files(store: ObjectStore, days: DateRange) -> dict[str, list[str]]:
         day = folder.removeprefix("date=")
         if day in wanted and key.endswith(".parquet"):
             found[day].append(key)
-    return dict(found)
+    return {day: sorted(keys) for day, keys in found.items()}
 
 
-def landing_keys(store: ObjectStore, dates: DateRange, *, lateness_days: int) -> list[str]:
-    """Files holding the events of `dates`: those days' files plus the late files after them.
+def landing_read(
+    store: ObjectStore, dates: DateRange, *, lateness_days: int, redelivery_days: int
+) -> LandingRead:
+    """Files holding the events of `dates` (those days' files plus the late files after them), and the files
+    of the `redelivery_days` days before, which tell whether an event was delivered already.
 
-    Every day of `dates` must have landed (else its features would silently miss events); a late file
-    that has not landed yet is read when it exists and its absence is visible in the lineage.
+    Every day of `dates` must have landed (else its features would silently miss events); a late or earlier
+    file that has not landed is read when it exists, and its absence is visible in the lineage.
     """
-    files = landing_files(store, dates.widened(after=lateness_days))
+    files = landing_files(store, dates.widened(before=redelivery_days, after=lateness_days))
     missing = [day.isoformat() for day in dates.days() if day.isoformat() not in files]
     if missing:
         shown = ", ".join(missing[:5]) + (f" and {len(missing) - 5} more" if len(missing) > 5 else "")
@@ -47,7 +82,11 @@ def landing_keys(store: ObjectStore, dates: DateRange, *, lateness_days: int) ->
             f"{RAW_TRANSACTIONS} has no landing file for {shown} under {store.root}/{LANDING_PREFIX}; "
             f"load those days (or run `backfills generate`) before backfilling them"
         )
-    return [key for day in sorted(files) for key in sorted(files[day])]
+    first = dates.start.isoformat()
+    return LandingRead(
+        checked={day: keys for day, keys in files.items() if day >= first},
+        earlier={day: keys for day, keys in files.items() if day < first},
+    )
 
 
 def read_landed(spark: SparkSession, store: ObjectStore, keys: list[str]) -> DataFrame:
@@ -60,13 +99,15 @@ def read_landed(spark: SparkSession, store: ObjectStore, keys: list[str]) -> Dat
     )
 
 
-def within_lateness(frame: DataFrame, lateness_days: int) -> DataFrame:
-    """Events counted only from the files allowed for their day, so what a partition sees does not depend
-    on which other days the run happens to read."""
-    delay = F.datediff(F.col(LANDED_DATE), F.to_date("event_ts"))
-    return frame.where(delay.between(0, lateness_days)).drop(LANDED_DATE)
-
-
-def landing_lineage(keys: list[str]) -> UpstreamSource:
-    days = sorted({key[len(LANDING_PREFIX) + 1 :].split("/", 1)[0].removeprefix("date=") for key in keys})
-    return UpstreamSource(table=RAW_TRANSACTIONS, source="landing", source_id=None, partitions=days)
+def landed_deliveries(
+    spark: SparkSession,
+    store: ObjectStore,
+    landing: LandingRead,
+    dates: DateRange,
+    *,
+    lateness_days: int,
+    redelivery_days: int,
+) -> DataFrame:
+    """Every landed copy of the events of `dates`, marked re-delivered or not (see assets/deliveries.py)."""
+    marked = mark_redeliveries(read_landed(spark, store, landing.keys), redelivery_days=redelivery_days)
+    return deliveries_of(marked, dates, lateness_days=lateness_days)

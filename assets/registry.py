@@ -21,11 +21,17 @@ RAW_TRANSACTIONS = "raw_transactions"
 
 @dataclass(frozen=True)
 class FeatureInput:
-    """An upstream table and how many earlier days (lookback) or later files (lateness) a partition needs."""
+    """An upstream table and how many earlier days (lookback) or later files (lateness) a partition needs.
+
+    For raw events, `redelivery_days` is how many files before a day are read to recognise an event
+    delivered again (see assets/deliveries.py): copies of a txn_id at most that many files apart are one
+    transaction, and its earliest delivery counts.
+    """
 
     table: str
     lookback_days: int = 0
     lateness_days: int = 0
+    redelivery_days: int = 0
 
 
 @dataclass(frozen=True)
@@ -252,10 +258,13 @@ FEATURES: tuple[FeatureSpec, ...] = (
         name=DAILY,
         description=(
             "Per customer and day (UTC, by event time): transaction counts, approved spend in USD, largest "
-            "ticket, declines. Events delivered a day late are included; each txn_id counts once."
+            "ticket, declines. Events delivered a day late are included; each txn_id counts once, as its "
+            "earliest delivery says."
         ),
         owner="team:risk-features",
-        inputs=(FeatureInput(RAW_TRANSACTIONS, lateness_days=1),),
+        # The contract holds each event within a day of its file, so a copy whose time moved past midnight
+        # can arrive as the next day's late event: 2 files after its first delivery.
+        inputs=(FeatureInput(RAW_TRANSACTIONS, lateness_days=1, redelivery_days=2),),
         transform=tx.customer_daily_txn,
         # One row per customer with at least one event that day: the raw distinct customers.
         key_coverage=(KeyCoverage(RAW_TRANSACTIONS, "equal", upstream_date="to_date(event_ts)"),),

@@ -10,19 +10,14 @@ from __future__ import annotations
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
 from pyspark.sql import DataFrame, SparkSession
 
-from backfills.assets.raw_transactions import (
-    LANDED_DATE,
-    landing_keys,
-    landing_lineage,
-    read_landed,
-    within_lateness,
-)
-from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec, feature_spec
+from backfills.assets.deliveries import LANDED_DATE, counted_events
+from backfills.assets.raw_transactions import LandingRead, landed_deliveries, landing_read, read_landed
+from backfills.assets.registry import RAW_TRANSACTIONS, FeatureInput, FeatureSpec, feature_spec
 from backfills.assets.transformations import DateRange
 from backfills.assets.upstream import ResolvedUpstream, resolve_upstream
 from backfills.checks.contracts import check_landing_schema, enforce_contract, feature_contract, raw_contract
@@ -140,37 +135,115 @@ def _blocks_batch(run: _RunContext, check: str) -> Iterator[None]:
         raise
 
 
-def _validated_raw(
-    run: _RunContext, spark: SparkSession, store: ObjectStore, keys: list[str], lateness_days: int
-) -> tuple[DataFrame, list[str]]:
-    """Landing files checked for schema drift (from footers) and against the raw contract, before use,
-    with the run's days whose landing file has no rows.
+@dataclass(frozen=True)
+class _Inputs:
+    """What a run's transformation reads, by table, and where it came from."""
+
+    frames: dict[str, DataFrame]
+    resolved: dict[str, ResolvedUpstream]
+    landing: LandingRead | None = None
+    deliveries: DataFrame | None = None  # every landed copy of the run's event days, marked
+    empty_landing_days: list[str] = field(default_factory=list)
+
+    def lineage(self, spec: FeatureSpec, day: date) -> list[UpstreamSource]:
+        """Where one partition's inputs came from (landing files, batch or release partitions)."""
+        upstream: list[UpstreamSource] = []
+        for item in spec.inputs:
+            if item.table == RAW_TRANSACTIONS and self.landing is not None:
+                upstream.append(
+                    self.landing.lineage(day, before=item.redelivery_days, after=item.lateness_days)
+                )
+            elif item.table in self.resolved:
+                upstream.extend(self.resolved[item.table].sources_for(_window(day, item.lookback_days)))
+        return upstream
+
+
+def _raw_input(run: _RunContext, spark: SparkSession, store: ObjectStore, item: FeatureInput) -> _Inputs:
+    """Landing files checked for schema drift (from footers) and against the raw contract, before use; then
+    each transaction once, as its first delivery (assets/deliveries.py).
 
     A violation (or an empty day, where the spec says it blocks) blocks the batch with its evidence in the
     manifest and fails the run; nothing is staged.
     """
+    landing = landing_read(
+        store, run.dates, lateness_days=item.lateness_days, redelivery_days=item.redelivery_days
+    )
     with _blocks_batch(run, RAW_INPUT_CHECK):
-        check_landing_schema(spark, store, keys)
-        raw = read_landed(spark, store, keys)
+        # The earlier files only tell which events were delivered already, but they must be readable.
+        check_landing_schema(spark, store, landing.keys)
+        checked = read_landed(spark, store, landing.checked_keys)
         enforce_contract(
-            raw,
-            raw_contract(lateness_days),
+            checked,
+            raw_contract(item.lateness_days),
             table=RAW_TRANSACTIONS,
             partitions=f"{run.dates.start}..{run.dates.end}",
             key_columns=["txn_id", LANDED_DATE],
         )
-        empty = _empty_files(raw, run.dates)
+        empty = _empty_files(checked, run.dates)
         if empty and run.spec.empty_partition_blocks:
             raise EmptyInputError(
                 f"{RAW_TRANSACTIONS} landing files for {', '.join(empty)} have no rows: an empty day blocks "
                 "the batch (set empty_partition_blocks=False in the spec if empty days are expected)"
             )
-    return raw, empty
+    deliveries = landed_deliveries(
+        spark,
+        store,
+        landing,
+        run.dates,
+        lateness_days=item.lateness_days,
+        redelivery_days=item.redelivery_days,
+    )
+    return _Inputs(
+        frames={item.table: counted_events(deliveries)},
+        resolved={},
+        landing=landing,
+        deliveries=deliveries,
+        empty_landing_days=empty,
+    )
 
 
 def _empty_files(raw: DataFrame, dates: DateRange) -> list[str]:
     counts = {row[0].isoformat(): row[1] for row in raw.groupBy(LANDED_DATE).count().collect()}
     return [day.isoformat() for day in dates.days() if counts.get(day.isoformat(), 0) == 0]
+
+
+def _read_inputs(
+    run: _RunContext,
+    spark: SparkSession,
+    store: ObjectStore,
+    *,
+    batch: BatchManifest | None,
+    release: Release | None,
+    earliest: date,
+) -> _Inputs:
+    """Every input of the run: raw events from the landing zone, feature tables from batch or production."""
+    raw = _Inputs(frames={}, resolved={})
+    frames: dict[str, DataFrame] = {}
+    resolved: dict[str, ResolvedUpstream] = {}
+    for item in run.spec.inputs:
+        if item.table == RAW_TRANSACTIONS:
+            raw = _raw_input(run, spark, store, item)
+            frames |= raw.frames
+            continue
+        upstream = resolve_upstream(
+            table=item.table,
+            needed=run.dates.widened(before=item.lookback_days),
+            earliest=earliest,
+            batch=batch,
+            batch_id=run.batch_id,
+            release=release,
+            reader=f"{run.spec.name} {run.dates.start}..{run.dates.end}",
+        )
+        upstream_spec = feature_spec(item.table)
+        resolved[item.table] = upstream
+        frames[item.table] = read_partitions(
+            spark,
+            store,
+            upstream.parts.values(),
+            schema_ddl=upstream_spec.schema_ddl,
+            columns=upstream_spec.column_names,
+        )
+    return replace(raw, frames=frames, resolved=resolved)
 
 
 def _production_rows(
@@ -191,61 +264,30 @@ def _production_rows(
     return ProductionRows(release_id=release.release_id if release else None, days=days, rows=rows)
 
 
-def _window(day: date, lookback: int = 0, lateness: int = 0) -> DateRange:
-    return DateRange(day - timedelta(days=lookback), day + timedelta(days=lateness))
+def _window(day: date, lookback: int = 0) -> DateRange:
+    return DateRange(day - timedelta(days=lookback), day)
 
 
-def stage_partitions(
-    spec: FeatureSpec,
-    dates: DateRange,
-    *,
-    batch_id: str,
-    run_id: str,
-    requester: str | None,
-    earliest: date,
-    spark: SparkSession,
-    store: ObjectStore,
-    catalog: ReleaseCatalog,
-) -> StagedRun:
-    """Compute `dates` of `spec` and record them in batch `batch_id`, replacing earlier attempts."""
-    batch = _open_batch(catalog, batch_id)
-    run = _RunContext(spec, dates, batch_id, run_id, requester, catalog)
-    release = catalog.current_release()
+@dataclass(frozen=True)
+class _Written:
+    """One attempt's files, per day, and the rows as read back from them."""
 
-    inputs: dict[str, DataFrame] = {}
-    landed: list[str] = []
-    empty_landing_days: list[str] = []
-    resolved: dict[str, ResolvedUpstream] = {}
-    for item in spec.inputs:
-        if item.table == RAW_TRANSACTIONS:
-            keys = landing_keys(store, dates, lateness_days=item.lateness_days)
-            raw, empty_landing_days = _validated_raw(run, spark, store, keys, item.lateness_days)
-            inputs[item.table] = within_lateness(raw, item.lateness_days)
-            landed = landing_lineage(keys).partitions
-            continue
-        upstream = resolve_upstream(
-            table=item.table,
-            needed=dates.widened(before=item.lookback_days),
-            earliest=earliest,
-            batch=batch,
-            batch_id=batch_id,
-            release=release,
-            reader=f"{spec.name} {dates.start}..{dates.end}",
-        )
-        resolved[item.table] = upstream
-        upstream_spec = feature_spec(item.table)
-        inputs[item.table] = read_partitions(
-            spark,
-            store,
-            upstream.parts.values(),
-            schema_ddl=upstream_spec.schema_ddl,
-            columns=upstream_spec.column_names,
-        )
+    attempt_id: str
+    base: str
+    files: dict[str, PartitionFiles]
+    rows: DataFrame
 
+
+def _write(run: _RunContext, spark: SparkSession, store: ObjectStore, inputs: _Inputs) -> _Written:
+    """Compute the run's rows, hold them to the output contract and write them to a fresh attempt folder.
+
+    Nothing is written when the contract is broken (the batch is blocked with the evidence instead).
+    """
+    spec, dates = run.spec, run.dates
     attempt_id = uuid.uuid4().hex[:12]
-    base = f"staging/{spec.name}/{batch_id}/{attempt_id}"
+    base = f"staging/{spec.name}/{run.batch_id}/{attempt_id}"
     # Cached: the contract and the write read the same rows, which would otherwise be computed twice.
-    rows = spec.transform(inputs, dates).select(*spec.column_names).cache()
+    rows = spec.transform(inputs.frames, dates).select(*spec.column_names).cache()
     try:
         with _blocks_batch(run, CONTRACT_CHECK):
             enforce_contract(
@@ -269,73 +311,103 @@ def stage_partitions(
     written = read_partitions(
         spark, store, files.values(), schema_ddl=spec.schema_ddl, columns=spec.column_names
     )
+    return _Written(attempt_id, base, files, written)
+
+
+def _records(run: _RunContext, written: _Written, inputs: _Inputs) -> list[PartitionRecord]:
+    """The manifest record of every day of the run, from one pass over the written rows."""
+    spec = run.spec
     nullable = [column.name for column in spec.columns if column.nullable]
     facts = partition_facts(
-        written, date_column=spec.date_column, schema_ddl=spec.schema_ddl, null_columns=nullable
+        written.rows, date_column=spec.date_column, schema_ddl=spec.schema_ddl, null_columns=nullable
     )
-
     columns = [ColumnSchema(name=column.name, type=column.type) for column in spec.columns]
     now = datetime.now(UTC)
     records = []
-    for day in dates.days():
+    for day in run.dates.days():
         key = day.isoformat()
-        upstream: list[UpstreamSource] = []
-        for item in spec.inputs:
-            if item.table == RAW_TRANSACTIONS:
-                days = {d.isoformat() for d in _window(day, lateness=item.lateness_days).days()}
-                upstream.append(
-                    UpstreamSource(
-                        table=item.table,
-                        source="landing",
-                        source_id=None,
-                        partitions=sorted(days.intersection(landed)),
-                    )
-                )
-            else:
-                upstream.extend(resolved[item.table].sources_for(_window(day, lookback=item.lookback_days)))
         fact = facts.get(key)
         records.append(
             PartitionRecord(
                 table=spec.name,
                 partition=key,
-                batch_id=batch_id,
-                run_id=run_id,
-                attempt_id=attempt_id,
-                base=base,
-                files=list(files[key].files) if key in files else [],
+                batch_id=run.batch_id,
+                run_id=run.run_id,
+                attempt_id=written.attempt_id,
+                base=written.base,
+                files=list(written.files[key].files) if key in written.files else [],
                 row_count=fact.row_count if fact else 0,
                 content_hash=fact.content_hash if fact else empty_partition_hash(spec.schema_ddl),
                 columns=columns,
                 code_version=spec.code_version,
-                upstream=upstream,
+                upstream=inputs.lineage(spec, day),
                 written_at=now,
                 null_counts=fact.null_counts if fact else {},
             )
         )
-    _, replaced = catalog.record_partitions(batch_id, records, run_id=run_id, requester=requester)
+    return records
+
+
+def _gate(
+    run: _RunContext,
+    spark: SparkSession,
+    store: ObjectStore,
+    *,
+    written: _Written,
+    records: list[PartitionRecord],
+    inputs: _Inputs,
+    release: Release | None,
+) -> list[CheckOutcome]:
+    """Every check of the spec over what the run wrote; the verdicts go into the manifest."""
     outcomes = run_gate(
-        spec,
+        run.spec,
         GateInputs(
-            dates=dates,
-            staged=written,
+            dates=run.dates,
+            staged=written.rows,
             records=records,
-            inputs=inputs,
-            production=_production_rows(spark, store, spec, release, dates),
-            empty_landing_days=empty_landing_days,
+            inputs=inputs.frames,
+            production=_production_rows(spark, store, run.spec, release, run.dates),
+            empty_landing_days=inputs.empty_landing_days,
+            deliveries=inputs.deliveries,
         ),
     )
     days = [record.partition for record in records]
-    catalog.record_checks(
-        batch_id,
-        check_records(outcomes, table=spec.name, partitions=days, run_id=run_id),
-        table=spec.name,
+    run.catalog.record_checks(
+        run.batch_id,
+        check_records(outcomes, table=run.spec.name, partitions=days, run_id=run.run_id),
+        table=run.spec.name,
         partitions=days,
-        run_id=run_id,
-        requester=requester,
+        run_id=run.run_id,
+        requester=run.requester,
     )
+    return outcomes
+
+
+def stage_partitions(
+    spec: FeatureSpec,
+    dates: DateRange,
+    *,
+    batch_id: str,
+    run_id: str,
+    requester: str | None,
+    earliest: date,
+    spark: SparkSession,
+    store: ObjectStore,
+    catalog: ReleaseCatalog,
+) -> StagedRun:
+    """Compute `dates` of `spec` and record them in batch `batch_id`, replacing earlier attempts:
+    inputs, then write, then record (the partitions become part of the batch), then gate."""
+    batch = _open_batch(catalog, batch_id)
+    run = _RunContext(spec, dates, batch_id, run_id, requester, catalog)
+    release = catalog.current_release()
+    inputs = _read_inputs(run, spark, store, batch=batch, release=release, earliest=earliest)
+    written = _write(run, spark, store, inputs)
+    records = _records(run, written, inputs)
+    _, replaced = catalog.record_partitions(batch_id, records, run_id=run_id, requester=requester)
+    outcomes = _gate(run, spark, store, written=written, records=records, inputs=inputs, release=release)
     # Superseded attempts of this open batch are referenced by nothing any more: keep one copy on disk.
     for old in replaced:
-        if old.attempt_id != attempt_id:
+        if old.attempt_id != written.attempt_id:
             for key in old.files:
                 store.delete(key)
     return StagedRun(

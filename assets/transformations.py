@@ -60,14 +60,13 @@ def _usd(amount: Column, currency: Column) -> Column:
 
 
 def customer_daily_txn(inputs: Inputs, dates: DateRange) -> DataFrame:
-    """Per customer and day: transactions by event day (late files included), each txn_id counted once."""
-    raw = inputs["raw_transactions"]
-    # A re-delivered txn_id keeps one deterministic version: the smallest row, whatever file it came from.
-    fields = ["event_ts", "customer_id", "amount", "currency", "merchant_category", "status"]
+    """Per customer and day: transactions by event day (late files included).
+
+    `raw_transactions` holds each transaction once, as its first delivery (assets/deliveries.py decides
+    which copy counts, and on which day).
+    """
     events = (
-        raw.groupBy("txn_id")
-        .agg(F.min(F.struct(*fields)).alias("txn"))
-        .select("txn_id", "txn.*")
+        inputs["raw_transactions"]
         .withColumn("feature_date", F.to_date("event_ts"))
         .where(_between(F.col("feature_date"), dates))
         .withColumn("amount_usd", _usd(F.col("amount"), F.col("currency")))

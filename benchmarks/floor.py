@@ -21,8 +21,9 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from spark_setup import SparkSettings, add_spark_options
 
+from backfills.assets.deliveries import LANDED_DATE, counted_events, deliveries_of, mark_redeliveries
 from backfills.assets.generator import LANDING_PREFIX
-from backfills.assets.raw_transactions import LANDED_DATE, RAW_SCHEMA_DDL, within_lateness
+from backfills.assets.raw_transactions import RAW_SCHEMA_DDL
 from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec, dependency_order, feature_spec
 from backfills.assets.transformations import DateRange
 from backfills.resources.feature_store import partition_facts
@@ -53,7 +54,11 @@ def compute(spark: SparkSession, landing: Path, output: Path, dates: DateRange) 
         inputs: dict[str, DataFrame] = {}
         for item in spec.inputs:
             if item.table == RAW_TRANSACTIONS:
-                inputs[item.table] = within_lateness(_landed(spark, landing), item.lateness_days)
+                # The same rule as staging: each transaction once, as its earliest delivery.
+                marked = mark_redeliveries(_landed(spark, landing), redelivery_days=item.redelivery_days)
+                inputs[item.table] = counted_events(
+                    deliveries_of(marked, dates, lateness_days=item.lateness_days)
+                )
             else:
                 inputs[item.table] = _table(spark, output, feature_spec(item.table))
         rows = spec.transform(inputs, dates).select(*spec.column_names)

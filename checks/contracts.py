@@ -30,6 +30,8 @@ from backfills.resources.storage import ObjectStore
 MAX_RAW_AMOUNT = 100_000_000
 RAW_STATUSES = ("approved", "declined")
 EVENT_DAY_CHECK = "event_day_within_lateness"
+FINITE_CHECK = "finite"
+_FLOATING = (T.FloatType, T.DoubleType)
 
 
 _LANDING_DAY = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
@@ -38,15 +40,15 @@ _LANDING_DAY = re.compile(r"date=(\d{4}-\d{2}-\d{2})")
 def feature_contract(spec: FeatureSpec) -> pa.DataFrameSchema:
     """The contract of a feature table: exactly its columns with their Spark types, nullability and bounds,
     one row per entity key and date. Needs an active Spark session (Spark parses the DDL types)."""
-    columns = {
-        column.name: pa.Column(
-            T.DataType.fromDDL(column.type),
+    columns = {}
+    for column in spec.columns:
+        kind = T.DataType.fromDDL(column.type)
+        columns[column.name] = pa.Column(
+            kind,
             nullable=column.nullable,
-            checks=_bounds(column.min_value, column.max_value),
+            checks=[*_finite(column.name, kind), *_bounds(column.min_value, column.max_value)],
             description=column.description,
         )
-        for column in spec.columns
-    }
     return pa.DataFrameSchema(
         columns, strict=True, unique=[*spec.entity_keys, spec.date_column], name=spec.name
     )
@@ -79,12 +81,29 @@ def raw_contract(lateness_days: int) -> pa.DataFrameSchema:
     raw = cast(T.StructType, T.DataType.fromDDL(RAW_SCHEMA_DDL))
     columns = {
         field.name: pa.Column(
-            field.dataType, nullable=field.name == "merchant_category", checks=checks.get(field.name, [])
+            field.dataType,
+            nullable=field.name == "merchant_category",
+            checks=[*_finite(field.name, field.dataType), *checks.get(field.name, [])],
         )
         for field in raw.fields
     }
     columns[LANDED_DATE] = pa.Column(T.DateType(), nullable=False)
     return pa.DataFrameSchema(columns, strict=True, name=RAW_TRANSACTIONS)
+
+
+def _finite(name: str, kind: T.DataType) -> list[pa.Check]:
+    """NaN and infinities are their own rule of every floating column: a bound would misname them (Spark
+    orders NaN above every number) and the sums and averages they enter would be meaningless."""
+    if not isinstance(kind, _FLOATING):
+        return []
+    return [
+        pa.Check(
+            _rows_satisfy,
+            name=FINITE_CHECK,
+            error="must be a finite number (not NaN, inf or -inf)",
+            condition=f"NOT (isnan(`{name}`) OR abs(`{name}`) = double('inf'))",
+        )
+    ]
 
 
 def _bounds(low: float | None, high: float | None) -> list[pa.Check]:
@@ -171,8 +190,8 @@ def enforce_contract(
     """Check `df` against `contract` before it is written; raise ContractViolationError naming every broken
     rule, its row count and up to `sample_size` offending rows (their `key_columns` and the value).
 
-    Costs one Spark query over `df` (every row rule and key uniqueness counted in one aggregation), plus one
-    small filtered query per broken rule for its sample: cache `df` first if it is expensive to recompute.
+    Costs one Spark query over `df` (every row rule, its sample and key uniqueness in one aggregation), plus
+    one small query for the sample of duplicated keys when there are any.
     """
     schema_violations = _column_violations(df, contract)
     if schema_violations:
@@ -184,10 +203,10 @@ def enforce_contract(
     # rules are checked here: columns and types from the schema, row rules counted in one aggregation.
     rules = _row_rules(contract)
     unique = list(contract.unique or [])
-    rows, counts, duplicated = _count(df, rules, unique)
+    rows, counts, duplicated, samples = _count(df, rules, unique, key_columns, sample_size)
     violations = [
-        Violation(rule.column, rule.check, rule.rule, count, _sample(df, rule, key_columns, sample_size))
-        for rule, count in zip(rules, counts, strict=True)
+        Violation(rule.column, rule.check, rule.rule, count, sample)
+        for rule, count, sample in zip(rules, counts, samples, strict=True)
         if count
     ]
     if duplicated:
@@ -238,13 +257,16 @@ def _row_rules(contract: pa.DataFrameSchema) -> list[_RowRule]:
     for name, column in contract.columns.items():
         if not column.nullable:
             rules.append(_RowRule(name, "not_null", "must not be null", F.col(name).isNull(), (name,)))
+        floating = isinstance(column.dtype.type, _FLOATING)
         for check in column.checks:
-            rules.extend(_check_rules(name, check, list(contract.columns)))
+            rules.extend(_check_rules(name, check, list(contract.columns), floating=floating))
     return rules
 
 
-def _check_rules(name: str, check: pa.Check, columns: list[str]) -> list[_RowRule]:
-    value, stats = F.col(name), check.statistics
+def _check_rules(name: str, check: pa.Check, columns: list[str], *, floating: bool) -> list[_RowRule]:
+    stats = check.statistics
+    # NaN and infinities break the finite rule only, not a bound as well.
+    value = F.when(~F.isnan(name) & (F.abs(name) != float("inf")), F.col(name)) if floating else F.col(name)
     rules = []
     # A range becomes two rules, so the message says which bound was crossed.
     if check.name in ("in_range", "greater_than_or_equal_to"):
@@ -273,27 +295,62 @@ def _check_rules(name: str, check: pa.Check, columns: list[str]) -> list[_RowRul
     return rules
 
 
-def _count(df: DataFrame, rules: list[_RowRule], unique: list[str]) -> tuple[int, list[int], int]:
-    """Rows, rows breaking each rule, and rows sharing their unique key with another row: one Spark query."""
+def _count(
+    df: DataFrame, rules: list[_RowRule], unique: list[str], key_columns: Sequence[str], size: int
+) -> tuple[int, list[int], int, list[tuple[SampleRow, ...]]]:
+    """Rows, rows breaking each rule, rows sharing their unique key with another row, and up to `size`
+    offending rows per rule (keys first, in key order): one Spark query.
+
+    The samples come from the same aggregation as the counts, never from a filtered read: Parquet filter
+    pushdown skips row groups by min/max statistics, which ignore NaN, so a filter would find no NaN row
+    that the count saw.
+    """
+    keys = list(key_columns)
+    order = F.struct(*[F.col(key) for key in keys]) if keys else F.lit(0)
+    shown = [
+        F.struct(*[_displayed(df, name) for name in [*keys, *[c for c in rule.shown if c not in keys]]])
+        for rule in rules
+    ]
     broken = [F.count_if(rule.breaks).alias(f"__rule_{index}") for index, rule in enumerate(rules)]
     if unique:
-        per_key = df.groupBy(*unique).agg(F.count(F.lit(1)).alias("__rows"), *broken)
+        # One row per unique key; each key keeps its first offending row per rule, then the smallest keys win.
+        per_key = df.groupBy(*unique).agg(
+            F.count(F.lit(1)).alias("__rows"),
+            *broken,
+            *[
+                F.min_by(row, F.when(rule.breaks, order)).alias(f"__sample_{index}")
+                for index, (rule, row) in enumerate(zip(rules, shown, strict=True))
+            ],
+            F.min(order).alias("__order"),
+        )
         rows = F.col("__rows")
         totals = per_key.agg(
             F.sum(rows),
             F.sum(F.when(rows > 1, rows)),
             *[F.sum(f"__rule_{index}") for index in range(len(rules))],
+            *[
+                F.min_by(
+                    f"__sample_{index}",
+                    F.when(F.col(f"__sample_{index}").isNotNull(), F.col("__order")),
+                    size,
+                )
+                for index in range(len(rules))
+            ],
         )
     else:
-        totals = df.agg(F.count(F.lit(1)), F.lit(0), *broken)
-    values = [int(value or 0) for value in cast(Row, totals.first())]
-    return values[0], values[2:], values[1]
-
-
-def _sample(df: DataFrame, rule: _RowRule, key_columns: Sequence[str], size: int) -> tuple[SampleRow, ...]:
-    shown = [*key_columns, *[name for name in rule.shown if name not in key_columns]]
-    offending = df.where(rule.breaks).select(*[_displayed(df, name) for name in shown])
-    return _rows(offending.orderBy(*key_columns).limit(size) if key_columns else offending.limit(size))
+        totals = df.agg(
+            F.count(F.lit(1)),
+            F.lit(0),
+            *broken,
+            *[
+                F.min_by(row, F.when(rule.breaks, order), size)
+                for rule, row in zip(rules, shown, strict=True)
+            ],
+        )
+    values = list(cast(Row, totals.first()))
+    counts = [int(value or 0) for value in values[: 2 + len(rules)]]
+    samples = [tuple(plain_rows(sample or [], size=size)) for sample in values[2 + len(rules) :]]
+    return counts[0], counts[2:], counts[1], samples
 
 
 def _duplicate_sample(df: DataFrame, unique: list[str], size: int) -> tuple[SampleRow, ...]:

@@ -1,59 +1,117 @@
-"""Re-delivered raw events: how many copies of a txn_id a run's raw input held, and whether they agree.
+"""Re-delivered raw events: copies of a txn_id that did not count (assets/deliveries.py says which copy does),
+and whether they agree with the copy delivered before them.
 
-The daily features count each txn_id once, so exact copies change nothing; the check reports how many
-were dropped and warns above the spec's rate, and names txn_ids whose copies differ (a real conflict).
+Figures are per event day, each copy counted on the day of its own event time, so every layout of runs over
+the same days reports the same copies. Exact copies change nothing: the check reports how many were dropped
+and warns when a day's share of them is above the spec's rate. Copies that differ (another amount, status,
+customer, currency, category or time) are a real conflict: the check warns and names each txn_id with the
+version that counts and the one dropped.
 """
 
 from __future__ import annotations
 
-from pyspark.sql import DataFrame
+from typing import Any
+
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from backfills.assets.deliveries import (
+    EVENT_FIELDS,
+    EVENT_ID,
+    LANDED_DATE,
+    PREVIOUS_DELIVERY,
+    REDELIVERED,
+    same_as_previous,
+)
 from backfills.checks.outcome import CheckOutcome
 from backfills.checks.samples import SAMPLE_SIZE, plain_rows
 
 DUPLICATE_EVENTS_CHECK = "duplicate_events"
-EVENT_ID = "txn_id"
 
 
-def duplicate_events_outcome(events: DataFrame, *, warn_rate: float) -> CheckOutcome:
-    """Warns (never blocks) when dropped copies exceed `warn_rate` of the events or copies disagree."""
-    others = [F.col(name) for name in events.columns if name != EVENT_ID]
-    per_id = events.groupBy(EVENT_ID).agg(
-        F.count(F.lit(1)).alias("copies"),
-        F.count_distinct(F.struct(*others)).alias("versions"),
+def _version(prefix: str) -> Column:
+    """One delivered copy as evidence: its file day and fields, the time as UTC text."""
+    fields = [
+        F.col(f"{prefix}{name}").cast("string").alias(name)
+        if name == "event_ts"
+        else F.col(f"{prefix}{name}")
+        for name in EVENT_FIELDS
+    ]
+    return F.struct(F.col(f"{prefix}{LANDED_DATE}").alias("delivered_in_file_of"), *fields)
+
+
+def _describe(conflict: dict[str, Any]) -> str:
+    kept, dropped = conflict["counted"], conflict["dropped"]
+    changed = [name for name in EVENT_FIELDS if kept.get(name) != dropped.get(name)]
+    what = ", ".join(f"{name} {kept.get(name)} -> {dropped.get(name)}" for name in changed)
+    return (
+        f"{conflict[EVENT_ID]} (counted as delivered {kept['delivered_in_file_of']}; the copy of "
+        f"{dropped['delivered_in_file_of']} differs: {what})"
     )
-    repeated = F.col("copies") > 1
-    shown = F.struct(F.col(EVENT_ID), "copies", "versions")
-    totals = per_id.agg(
-        F.coalesce(F.sum("copies"), F.lit(0)).alias("events"),
-        F.count(F.lit(1)).alias("distinct_ids"),
-        F.count_if(F.col("versions") > 1).alias("conflicting"),
-        F.min_by(shown, F.when(repeated, F.col(EVENT_ID)), SAMPLE_SIZE).alias("sample"),
-    ).first()
-    events_count, distinct, conflicting = totals["events"], totals["distinct_ids"], totals["conflicting"]
-    dropped = events_count - distinct
-    rate = dropped / events_count if events_count else 0.0
-    problems = []
-    if rate > warn_rate:
-        problems.append(
-            f"{dropped} re-delivered events dropped ({rate:.2%} of {events_count}, above {warn_rate:.2%})"
+
+
+def duplicate_events_outcome(deliveries: DataFrame, *, warn_rate: float) -> CheckOutcome:
+    """Warns (never blocks) when a day's dropped copies exceed `warn_rate` of its events, or copies differ.
+
+    `deliveries` are the marked rows of the run's event days (`assets.deliveries.deliveries_of`).
+    """
+    redelivered = F.col(REDELIVERED)
+    conflicting = redelivered & ~same_as_previous()
+    exact_copy = F.struct(F.col(EVENT_ID), F.col(LANDED_DATE).alias("delivered_again_in_file_of"))
+    conflict = F.struct(
+        F.col(EVENT_ID),
+        _version(f"{PREVIOUS_DELIVERY}.").alias("counted"),
+        _version("").alias("dropped"),
+    )
+    per_day = (
+        deliveries.groupBy(F.to_date("event_ts").alias("day"))
+        .agg(
+            F.count(F.lit(1)).alias("events"),
+            F.count_if(redelivered).alias("dropped"),
+            F.count_if(conflicting).alias("conflicting"),
+            F.min_by(exact_copy, F.when(redelivered & ~conflicting, F.col(EVENT_ID)), SAMPLE_SIZE).alias(
+                "copies"
+            ),
+            F.min_by(conflict, F.when(conflicting, F.col(EVENT_ID)), SAMPLE_SIZE).alias("conflicts"),
         )
-    if conflicting:
-        problems.append(f"{conflicting} txn_ids have copies that differ (the smallest copy was kept)")
-    summary = "; ".join(problems) or f"{dropped} re-delivered events dropped of {events_count}"
+        .orderBy("day")
+        .collect()
+    )
+    events = sum(row["events"] for row in per_day)
+    dropped = sum(row["dropped"] for row in per_day)
+    conflicting_count = sum(row["conflicting"] for row in per_day)
+    rates = {row["day"].isoformat(): row["dropped"] / row["events"] for row in per_day if row["events"]}
+    above = {day: rate for day, rate in rates.items() if rate > warn_rate}
+    conflicts = plain_rows([item for row in per_day for item in row["conflicts"] or []], size=SAMPLE_SIZE)
+    problems = []
+    if above:
+        worst = max(above, key=lambda day: above[day])
+        problems.append(
+            f"{dropped} re-delivered events dropped; on {len(above)} day(s) above {warn_rate:.2%} of the "
+            f"day's events (worst {worst}: {above[worst]:.2%})"
+        )
+    if conflicting_count:
+        shown = "; ".join(_describe(item) for item in conflicts[:3])
+        problems.append(
+            f"{conflicting_count} re-delivered copies differ from the copy delivered before them, and the "
+            f"earliest delivery counts: {shown}"
+        )
+    summary = "; ".join(problems) or f"{dropped} re-delivered events dropped of {events}"
     return CheckOutcome(
         name=DUPLICATE_EVENTS_CHECK,
         passed=not problems,
         blocking=False,
-        summary=summary + "; each txn_id counted once",
+        summary=summary + "; each txn_id counted once, its earliest delivery",
         figures={
-            "events": events_count,
-            "distinct_txn_ids": distinct,
+            "events": events,
+            "counted": events - dropped,
             "dropped": dropped,
-            "dropped_rate": round(rate, 6),
+            "dropped_rate": round(dropped / events, 6) if events else 0.0,
+            "max_day_dropped_rate": round(max(rates.values(), default=0.0), 6),
             "threshold": {"warn_rate": warn_rate},
-            "conflicting": conflicting,
-            "sample": plain_rows(totals["sample"] or []),
+            "days_above_rate": sorted(above),
+            "conflicting": conflicting_count,
+            "conflicts": conflicts,
+            "sample": plain_rows([item for row in per_day for item in row["copies"] or []]),
         },
     )

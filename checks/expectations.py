@@ -104,8 +104,13 @@ def check_names(spec: FeatureSpec) -> list[str]:
 
 
 def _offending(staged: DataFrame, spec: FeatureSpec, column: str, condition: Any) -> list[dict[str, Any]]:
-    keys = [*spec.entity_keys, spec.date_column]
-    return plain_rows(staged.where(condition).select(*keys, column).limit(SAMPLE_SIZE).collect())
+    # An aggregation, not a filtered read: Parquet pushdown would skip NaN rows (statistics ignore NaN).
+    keys = [F.col(key) for key in (*spec.entity_keys, spec.date_column)]
+    order = F.struct(*keys)
+    [sample] = staged.agg(
+        F.min_by(F.struct(*keys, F.col(column)), F.when(condition, order), SAMPLE_SIZE)
+    ).first()
+    return plain_rows(sample or [])
 
 
 def _evidence(

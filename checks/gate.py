@@ -7,7 +7,6 @@ from dataclasses import dataclass
 from datetime import UTC, datetime
 
 from pyspark.sql import DataFrame
-from pyspark.sql import functions as F
 
 from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec
 from backfills.assets.transformations import DateRange
@@ -40,6 +39,8 @@ class GateInputs:
     inputs: Mapping[str, DataFrame]  # what the transformation read, by table
     production: ProductionRows
     empty_landing_days: Sequence[str] = ()  # run days whose landing file has no rows
+    # Every landed copy of the run's event days, marked re-delivered or not (for specs that read raw events).
+    deliveries: DataFrame | None = None
 
 
 def _reads_raw(spec: FeatureSpec) -> bool:
@@ -80,11 +81,6 @@ def non_empty(
     )
 
 
-def _raw_events(spec: FeatureSpec, gate: GateInputs) -> DataFrame:
-    day = F.to_date("event_ts")
-    return gate.inputs[RAW_TRANSACTIONS].where(day.between(F.lit(gate.dates.start), F.lit(gate.dates.end)))
-
-
 def run_gate(spec: FeatureSpec, gate: GateInputs) -> list[CheckOutcome]:
     """All checks of the spec over the rows a run staged, in the order of `gate_check_names`."""
     outcomes = [
@@ -101,10 +97,8 @@ def run_gate(spec: FeatureSpec, gate: GateInputs) -> list[CheckOutcome]:
     ]
     if has_cross_table_checks(spec):
         outcomes.append(cross_table_outcome(spec, gate.staged, gate.inputs, gate.dates))
-    if _reads_raw(spec):
-        outcomes.append(
-            duplicate_events_outcome(_raw_events(spec, gate), warn_rate=spec.duplicate_events_warn_rate)
-        )
+    if _reads_raw(spec) and gate.deliveries is not None:
+        outcomes.append(duplicate_events_outcome(gate.deliveries, warn_rate=spec.duplicate_events_warn_rate))
     return sorted(outcomes, key=lambda outcome: outcome.name)
 
 

@@ -102,7 +102,7 @@ def test_every_feature_asset_is_daily_partitioned_with_policy_version_owner_and_
 @pytest.mark.parametrize(
     ("table", "upstream", "start_offset", "end_offset"),
     [
-        ("customer_daily_txn", AssetKey(RAW_TRANSACTIONS), 0, 1),
+        ("customer_daily_txn", AssetKey(RAW_TRANSACTIONS), -2, 1),  # 2 earlier files: re-deliveries
         ("customer_txn_7d", staging_key("customer_daily_txn"), -6, 0),
         ("customer_txn_30d", staging_key("customer_daily_txn"), -29, 0),
         ("customer_risk_profile", staging_key("customer_txn_7d"), 0, 0),
