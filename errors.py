@@ -100,9 +100,18 @@ class StagedContentChangedError(BackfillsError):
     """Promotion refused: staged files no longer match the content hashes recorded (and approved)."""
 
 
+class CodeVersionChangedError(BackfillsError):
+    """Promotion refused: a table's deployed code is not the code that staged (and was approved for) it."""
+
+
 class StaleBatchError(BackfillsError):
     """Promotion refused: production already serves newer batches for some of the batch's partitions."""
 
 
 class RunFailedError(BackfillsError):
     """A Dagster run the CLI launched (promotion, rollback) failed; the message gives its root cause."""
+
+
+class NotificationFailedError(BackfillsError):
+    """The work is done (a batch staged and checked), but the approvals channel could not be told; the
+    approval sensor tells it on a later tick. The CLI exits with its own code for it."""

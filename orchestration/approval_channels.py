@@ -16,12 +16,15 @@ from dagster import ConfigurableResource
 from pydantic import Field
 
 from backfills.orchestration.approval_message import ChannelMessage, Links
-from backfills.orchestration.approval_policy import ApprovalRules, reaction_decision, reply_decision
-from backfills.resources.catalog_models import ApprovalRequest, VoteRecord
-from backfills.resources.slack import SlackClient
+from backfills.orchestration.approval_policy import ApprovalRules
+from backfills.orchestration.decision_grammar import reaction_decision, read_reply
+from backfills.resources.catalog_models import ApprovalRequest, NotAVote, VoteRecord
+from backfills.resources.slack import SlackClient, SlackReply
 
 LOCAL_ONLY = "local approval channel (for local use only: set SLACK_BOT_TOKEN and BACKFILLS_SLACK_CHANNEL"
 LOCAL_ONLY += " to take approvals in Slack)"
+# How much of a reply that is not a vote is kept in the request and the audit trail.
+NOT_A_VOTE_TEXT_LIMIT = 200
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,14 @@ class PostedRequest:
     permalink: str | None
 
 
+@dataclass(frozen=True)
+class ChannelReading:
+    """What people did on a request: their votes, and the replies that name a decision but are not votes."""
+
+    votes: list[VoteRecord]
+    not_votes: list[NotAVote]
+
+
 class ApprovalChannel(Protocol):
     kind: Literal["slack", "local"]
 
@@ -44,8 +55,9 @@ class ApprovalChannel(Protocol):
     def find_request(self, request: ApprovalRequest) -> PostedRequest | None:
         """The already posted message of the request, if any."""
 
-    def read_votes(self, request: ApprovalRequest, now: datetime) -> list[VoteRecord]:
-        """Every approve or reject cast on the request so far; a vote with no time of its own gets `now`."""
+    def read_votes(self, request: ApprovalRequest, now: datetime) -> ChannelReading:
+        """Every approve or reject cast on the request so far (a vote with no time of its own gets `now`), and
+        every reply by a person that names a decision without being a vote."""
 
     def reply(self, request: ApprovalRequest, text: str) -> None:
         """Tell the request's thread (an outcome, a promotion)."""
@@ -70,8 +82,8 @@ class LocalChannel:
         # Nothing leaves this process, so there is nothing to find: the request record is the message.
         return None
 
-    def read_votes(self, request: ApprovalRequest, now: datetime) -> list[VoteRecord]:
-        return list(request.cli_votes)
+    def read_votes(self, request: ApprovalRequest, now: datetime) -> ChannelReading:
+        return ChannelReading(votes=list(request.cli_votes), not_votes=[])
 
     def reply(self, request: ApprovalRequest, text: str) -> None:
         self.say(f"[local approvals] batch {request.batch_id}: {text}")
@@ -99,28 +111,56 @@ class SlackChannel:
         )
         return None if posted is None else PostedRequest(posted.channel, posted.ts, posted.permalink)
 
-    def read_votes(self, request: ApprovalRequest, now: datetime) -> list[VoteRecord]:
+    def read_votes(self, request: ApprovalRequest, now: datetime) -> ChannelReading:
         channel, ts = request.slack_channel or self.channel, request.message_ts
         if ts is None:
-            return []
+            return ChannelReading(votes=[], not_votes=[])
         votes: list[VoteRecord] = []
+        not_votes: list[NotAVote] = []
         for reaction in self.client.reactions(channel, ts):
             decision = reaction_decision(reaction.name)
             if decision is not None:
                 # Slack does not say when a reaction was added: it counts from when it was first seen.
                 votes.append(self._vote(reaction.user_id, decision, now, "reaction", request.permalink))
         for reply in self.client.replies(channel, ts):
-            decision = reply_decision(reply.text)
-            if decision is None:
-                continue
+            reading = read_reply(reply.text)
+            decision = reading.decision
             at = datetime.fromtimestamp(float(reply.ts), tz=UTC)
+            if decision is None:
+                not_vote = self._not_a_vote(reply, at, reading.not_a_vote_because, request)
+                if not_vote is not None:
+                    not_votes.append(not_vote)
+                continue
             if reply.user_id is None:  # an app or a workflow posting without a user: never a person's vote
                 name = reply.bot_id or "unknown app"
                 votes.append(VoteRecord(user_id=name, decision=decision, at=at, source="reply", is_bot=True))
                 continue
             vote = self._vote(reply.user_id, decision, at, "reply", request.permalink)
             votes.append(vote.model_copy(update={"is_bot": True}) if reply.bot_id else vote)
-        return votes
+        return ChannelReading(votes=votes, not_votes=not_votes)
+
+    def _not_a_vote(
+        self, reply: SlackReply, at: datetime, reason: str | None, request: ApprovalRequest
+    ) -> NotAVote | None:
+        """The record of a person's reply that names a decision but is not a vote (`reason` says why). None
+        for chatter (no reason), and for apps and bots, this one's notices included: their replies never
+        count whatever they say."""
+        if reason is None or reply.user_id is None or reply.bot_id is not None:
+            return None
+        user = self.client.user(reply.user_id)
+        if user.is_bot:
+            return None
+        text = reply.text.strip()
+        if len(text) > NOT_A_VOTE_TEXT_LIMIT:
+            text = text[: NOT_A_VOTE_TEXT_LIMIT - 1] + "…"
+        return NotAVote(
+            user_id=reply.user_id,
+            display_name=user.display_name,
+            text=text,
+            at=at,
+            permalink=request.permalink,
+            reason=reason,
+        )
 
     def _vote(
         self, user_id: str, decision: str, at: datetime, source: str, permalink: str | None
@@ -133,6 +173,7 @@ class SlackChannel:
             at=at,
             source=source,
             is_bot=user.is_bot,
+            deactivated=user.deleted,
             permalink=permalink,
         )
 

@@ -24,7 +24,7 @@ from backfills.orchestration.approval_message import (
 from backfills.orchestration.approval_policy import ApprovalRules, PolicyDecision, RequestFacts, Vote, decide
 from backfills.resources.approvals_store import ApprovalStore, request_id_for
 from backfills.resources.catalog import ReleaseCatalog
-from backfills.resources.catalog_models import ApprovalRequest, BatchManifest, Release, VoteRecord
+from backfills.resources.catalog_models import ApprovalRequest, BatchManifest, NotAVote, Release, VoteRecord
 
 # A poster that crashed mid-post holds the lease this long; then the next caller looks for the message first.
 POSTING_LEASE = timedelta(minutes=2)
@@ -94,6 +94,7 @@ def policy_votes(records: Sequence[VoteRecord]) -> list[Vote]:
             at=record.at,
             display_name=record.display_name,
             is_bot=record.is_bot,
+            is_deactivated=record.deactivated,
             source=record.source,  # type: ignore[arg-type]
             permalink=record.permalink,
         )
@@ -105,6 +106,11 @@ def _vote_key(record: VoteRecord) -> tuple[str, str, str, str]:
     # A reaction has no time of its own in Slack: the same user's same reaction is the same vote.
     moment = "" if record.source == "reaction" else record.at.isoformat()
     return (record.user_id, record.decision, record.source, moment)
+
+
+def _reply_key(record: NotAVote) -> tuple[str, str]:
+    # A reply is read again on every pass: who wrote it and when is what makes it the same reply.
+    return (record.user_id, record.at.isoformat())
 
 
 def merge_votes(seen: Sequence[VoteRecord], observed: Sequence[VoteRecord]) -> list[VoteRecord]:
@@ -135,6 +141,10 @@ _OUTCOME_TEXT = {
     "expired": "Expired: {summary}. Nothing is promoted; launch the backfill again to ask anew.",
     "superseded": "Superseded: {summary}. Nothing is promoted.",
 }
+_NOT_COUNTED_TEXT = (
+    "{name}'s reply was not counted: {reason}. To decide, reply `approve` or `reject` (optionally "
+    "`approve: reason`), or react."
+)
 
 
 class ApprovalFlow:
@@ -200,6 +210,7 @@ class ApprovalFlow:
             request = self._post(batch, request)
         if request.status == "pending":
             request = self._decide(batch, request)
+        self._tell_not_counted(batch, request)
         self._tell_outcome(request)
         report.notes.append(f"batch {batch_id}: request {request.status}")
         if request.status == "approved":
@@ -330,7 +341,9 @@ class ApprovalFlow:
 
     def _decide(self, batch: BatchManifest, request: ApprovalRequest) -> ApprovalRequest:
         now = self.now()
-        observed = merge_votes(request.votes, self.channel.read_votes(request, now))
+        reading = self.channel.read_votes(request, now)
+        request = self._note_not_votes(batch, request, reading.not_votes)
+        observed = merge_votes(request.votes, reading.votes)
         facts = RequestFacts(
             batch_id=batch.batch_id,
             requester=batch.requester,
@@ -348,6 +361,42 @@ class ApprovalFlow:
 
             return self.approvals.update(batch.batch_id, request.request_id, note_votes)
         return self._close(batch, request, decision.outcome, decision.summary, votes, decision.decided_at)
+
+    def _note_not_votes(
+        self, batch: BatchManifest, request: ApprovalRequest, read: Sequence[NotAVote]
+    ) -> ApprovalRequest:
+        """Keep each reply that names a decision but is not a vote, and record it in the audit trail once,
+        however many passes read it (the compare-and-swap lets only one caller find it new)."""
+        new: list[NotAVote] = []
+
+        def note(current: ApprovalRequest) -> ApprovalRequest:
+            nonlocal new
+            seen = {_reply_key(record) for record in current.not_votes}
+            unseen = {_reply_key(record): record for record in read if _reply_key(record) not in seen}
+            new = list(unseen.values()) if current.status in OPEN_REQUEST_STATES else []
+            if not new:
+                return current
+            return current.model_copy(update={"not_votes": [*current.not_votes, *new]})
+
+        if not read:
+            return request
+        request = self.approvals.update(batch.batch_id, request.request_id, note)
+        for record in new:
+            self.catalog.append_event(
+                "reply_not_counted",
+                batch_id=batch.batch_id,
+                actor=record.user_id,
+                tables=batch.partitions_by_table(),
+                details={
+                    "request_id": request.request_id,
+                    "display_name": record.display_name,
+                    "text": record.text,
+                    "reason": record.reason,
+                    "at": record.at.isoformat(),
+                    "permalink": record.permalink,
+                },
+            )
+        return request
 
     def _close(
         self,
@@ -388,9 +437,30 @@ class ApprovalFlow:
                 "request_id": closed.request_id,
                 "summary": summary,
                 "votes": [vote.model_dump(mode="json") for vote in closed.votes],
+                "not_votes": [record.model_dump(mode="json") for record in closed.not_votes],
             },
         )
         return closed
+
+    def _tell_not_counted(self, batch: BatchManifest, request: ApprovalRequest) -> None:
+        """While the request is open, tell the thread once per reply of an approver that was not counted, so
+        they can decide in a way that counts; a failure to tell is retried on the next pass."""
+        if request.status != "pending":
+            return
+        for record in request.not_votes:
+            notice = f"not_counted:{record.user_id}:{record.at.isoformat()}"
+            may_decide = record.user_id in self.rules.approvers and record.user_id != batch.requester
+            if not may_decide or notice in request.notices:
+                continue
+            name = record.display_name or record.user_id
+            self.channel.reply(request, _NOT_COUNTED_TEXT.format(name=name, reason=record.reason))
+            request = self.approvals.update(
+                request.batch_id,
+                request.request_id,
+                lambda current, notice=notice: current.model_copy(
+                    update={"notices": [*current.notices, notice]}
+                ),
+            )
 
     def _tell_outcome(self, request: ApprovalRequest) -> None:
         """Tell the thread a final outcome once; a failure to tell is retried on the next pass."""

@@ -116,6 +116,8 @@ def request_message(
         f"*Rows:* {sum(r.row_count for p in batch.tables.values() for r in p.values()):,}",
         f"*Blast radius:* {blast_radius(batch)}",
         f"*Content:* `{request.fingerprint[:16]}`",
+        "*Code:* "
+        + ", ".join(f"{table} `{', '.join(versions)}`" for table, versions in batch.code_versions().items()),
     ]
     changes = _changes(batch)
     checks = _checks(batch)
@@ -123,7 +125,8 @@ def request_message(
         "" if batch.requester else " (one more than usual: nobody is named as requester)"
     )
     ways = (
-        "React :white_check_mark: to approve or :x: to reject, or reply `approve` / `reject` in this thread."
+        "React :white_check_mark: to approve or :x: to reject, or reply `approve` / `reject` in this thread "
+        "(`approve: reason` to give a reason; a reply with a question or a condition is not a vote)."
         if request.channel == "slack"
         else f"Run `backfills approve {batch.batch_id} --as USER` (or `backfills reject`)."
     )

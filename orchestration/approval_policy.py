@@ -5,7 +5,6 @@ Also closes superseded batches. Pure and deterministic given `now`: no I/O, no D
 
 from __future__ import annotations
 
-import string
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
@@ -17,11 +16,6 @@ Decision = Literal["approve", "reject"]
 Outcome = Literal["pending", "approved", "rejected", "expired", "superseded"]
 VoteSource = Literal["reaction", "reply", "cli"]
 
-APPROVE_REACTIONS = frozenset({"white_check_mark", "heavy_check_mark", "+1", "thumbsup"})
-REJECT_REACTIONS = frozenset({"x", "no_entry", "no_entry_sign", "-1", "thumbsdown"})
-APPROVE_REPLIES = frozenset({"approve", "approved", "lgtm"})
-REJECT_REPLIES = frozenset({"reject", "rejected"})
-
 
 @dataclass(frozen=True)
 class Vote:
@@ -32,6 +26,7 @@ class Vote:
     at: datetime
     display_name: str | None = None
     is_bot: bool = False
+    is_deactivated: bool = False  # the account was deactivated (a Slack user whom users.info says is deleted)
     source: VoteSource = "reaction"
     permalink: str | None = None
 
@@ -148,9 +143,9 @@ def decide(
     """Decide an approval request from every vote seen on it so far.
 
     Which votes count, in this order:
-    - Votes from bots, from the requester (who can neither approve nor reject their own batch) and from users
-      not on the allowlist are ignored. With no known requester, `quorum + 1` approvals are required, since
-      one of the approvers could be the requester.
+    - Votes from bots, from deactivated accounts, from the requester (who can neither approve nor reject their
+      own batch) and from users not on the allowlist are ignored. With no known requester, `quorum + 1`
+      approvals are required, since one of the approvers could be the requester.
     - Votes dated before the request, or after it expired (`requested_at + expires_after`), are ignored.
       The deadline itself is inclusive: the request is open up to and including `expires_at`.
     - Each user counts once: their latest remaining vote, so they can change their mind until the deadline.
@@ -219,35 +214,6 @@ def decide(
     )
 
 
-def reaction_decision(name: str) -> Decision | None:
-    """The decision a Slack reaction stands for, or None for any other reaction.
-
-    Skin-tone variants ("+1::skin-tone-2") count as their base reaction; surrounding colons are tolerated.
-    """
-    base = name.strip().strip(":").split("::")[0].lower()
-    if base in APPROVE_REACTIONS:
-        return "approve"
-    if base in REJECT_REACTIONS:
-        return "reject"
-    return None
-
-
-def reply_decision(text: str) -> Decision | None:
-    """The decision a thread reply stands for, read from its first word, or None so chatter is not a vote.
-
-    "Approved!", "LGTM, ship it" approve; "Rejected." rejects; "not approved" is not a vote.
-    """
-    words = text.split(maxsplit=1)
-    if not words:
-        return None
-    first = words[0].strip(string.punctuation).lower()
-    if first in APPROVE_REPLIES:
-        return "approve"
-    if first in REJECT_REPLIES:
-        return "reject"
-    return None
-
-
 def _require_aware(moment: datetime, what: str) -> None:
     if moment.tzinfo is None or moment.utcoffset() is None:
         raise InvalidRequestError(
@@ -269,6 +235,11 @@ def _exclusion(
         return (
             f"{_who(vote)} is a bot; votes from bots do not count",
             f"{ignored_because} {_name(vote)} is a bot",
+        )
+    if vote.is_deactivated:
+        return (
+            f"{_who(vote)} is a deactivated account; votes from deactivated accounts do not count",
+            f"{ignored_because} {_name(vote)}'s account is deactivated",
         )
     if vote.user_id == request.requester:
         verb = "approve" if vote.decision == "approve" else "reject"

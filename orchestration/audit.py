@@ -54,12 +54,24 @@ def _describe(event: AuditEvent) -> str:
         )
     if kind in ("approved", "rejected", "expired", "superseded"):
         return str(d.get("summary", kind))
+    if kind == "reply_not_counted":
+        text = " ".join(str(d.get("text", "")).split())
+        who = d.get("display_name") or event.actor
+        return f'reply by {who} not counted as a vote: "{text}": {d.get("reason")}'
     if kind == "promoted":
         approvers = ", ".join(d.get("approvers") or []) or "nobody"
-        forced = "; FORCED over newer data" if d.get("forced") else ""
+        changed = [
+            f"{table} staged by {', '.join(code['staged'])}, deployed {code['deployed']}"
+            for table, code in (d.get("code_versions") or {}).items()
+            if code["staged"] != [code["deployed"]]
+        ]
+        forced = f"; FORCED: {d.get('reason')}" if d.get("forced") else ""
+        code = f"; other code deployed: {'; '.join(changed)}" if changed else ""
         return (
             f"published (previous release {d.get('previous_release_id')}), requested by "
-            f"{d.get('requester') or 'unknown'}, approved by {approvers} at {d.get('approved_at')}{forced}"
+            f"{d.get('requester') or 'unknown'}, approved by {approvers} at {d.get('approved_at')}"
+            + forced
+            + code
         )
     if kind == "rolled_back":
         return (

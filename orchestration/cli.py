@@ -15,7 +15,12 @@ from datetime import date
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from backfills.errors import BackfillsError, ConfigurationError, InvalidRequestError
+from backfills.errors import (
+    BackfillsError,
+    ConfigurationError,
+    InvalidRequestError,
+    NotificationFailedError,
+)
 from backfills.resources.settings import PROJECT_DIR, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -25,9 +30,11 @@ if TYPE_CHECKING:
     from backfills.orchestration.approval_flow import ApprovalFlow, CompletionProbe
     from backfills.resources.catalog import ReleaseCatalog
 
-EXIT_ERROR = 2
-INSTANCE_CONFIG = Path(__file__).with_name("dagster.yaml")
 EXIT_UNEXPECTED = 1
+EXIT_ERROR = 2
+# The command's work is done, but the approvals channel could not be told (the sensor retries).
+EXIT_NOT_NOTIFIED = 3
+INSTANCE_CONFIG = Path(__file__).with_name("dagster.yaml")
 
 
 def _day(text: str) -> date:
@@ -42,6 +49,16 @@ def _spark(settings: Settings) -> SparkSession:
     from backfills.resources.spark import SparkResource
 
     return SparkResource.from_settings(settings).session()
+
+
+def _hours(text: str) -> float:
+    try:
+        hours = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of hours") from None
+    if hours < 0:
+        raise argparse.ArgumentTypeError(f"{text!r} is negative: give 0 or more hours")
+    return hours
 
 
 def _catalog(settings: Settings) -> ReleaseCatalog:
@@ -102,13 +119,25 @@ def _completion(settings: Settings) -> CompletionProbe:
 
 
 def _ask_for_approval(settings: Settings, batch_id: str) -> None:
-    """What the approval sensor would do for the batch now: a notice, or the request (printed locally)."""
+    """What the approval sensor would do for the batch now: a notice, or the request (printed locally).
+
+    NotificationFailedError when the approvals channel cannot be told (Slack down, refused): the batch stays
+    as it is and the approval sensor posts on a later tick.
+    """
     try:
         flow = _flow(settings)
     except ConfigurationError as error:
         print(f"not asking for approval: {error}")
         return
-    flow.process(batch_id, _completion(settings))
+    try:
+        flow.process(batch_id, _completion(settings))
+    except BackfillsError as error:
+        state = _catalog(settings).get_batch(batch_id).state
+        raise NotificationFailedError(
+            f"batch {batch_id} is staged ({state}), but the approvals channel could not be told: "
+            f"{type(error).__name__}: {error}. Nothing is lost: the approval sensor tries again on its next "
+            "tick (`make dev` runs it)"
+        ) from error
 
 
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
@@ -138,7 +167,10 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
             on_run=lambda run: print(f"  run: {run.table} {run.dates.start}..{run.dates.end}", flush=True),
         )
     except BackfillRunFailedError:
-        _ask_for_approval(settings, batch_id)  # says why the batch will not be sent for approval
+        try:
+            _ask_for_approval(settings, batch_id)  # says why the batch will not be sent for approval
+        except NotificationFailedError as error:
+            print(f"warning: {error}", file=sys.stderr)
         raise
     print(f"batch {batch_id} staged")
     _print_batches(_catalog(settings), batch_id, partitions=False)
@@ -363,6 +395,41 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
     print(render(entries, args.format))
 
 
+def cmd_gc(args: argparse.Namespace, settings: Settings) -> None:
+    from datetime import UTC, datetime, timedelta
+
+    from backfills.resources.staging_gc import find_orphans, remove_orphans
+
+    catalog = _catalog(settings)
+    orphans = find_orphans(catalog, now=datetime.now(UTC), grace=timedelta(hours=args.older_than))
+    if not orphans:
+        print("no unreferenced attempt folders under staging/: nothing to remove")
+        return
+    verb = "removing" if args.apply else "would remove"
+    for orphan in orphans:
+        action = verb if orphan.removable else "keeping"
+        print(
+            f"{action:<12} {orphan.prefix}/  {orphan.files} files, {_size(orphan.bytes)}, last written "
+            f"{orphan.last_written:%Y-%m-%d %H:%M}Z: {orphan.why}"
+        )
+    removable = [orphan for orphan in orphans if orphan.removable]
+    total = sum(orphan.bytes for orphan in removable)
+    if args.apply:
+        freed = remove_orphans(catalog, removable)
+        print(f"removed {len(removable)} attempt folders, {_size(freed)}")
+    else:
+        print(f"{len(removable)} attempt folders ({_size(total)}) can be removed: rerun with --apply")
+
+
+def _size(count: int) -> str:
+    size = float(count)
+    for unit in ("bytes", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "bytes" else f"{size:.1f} {unit}"
+        size /= 1024
+    return f"{size:.1f} GiB"
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="backfills", description="Governed feature backfills on Dagster.")
     parser.add_argument("--debug", action="store_true", help="show tracebacks")
@@ -428,7 +495,12 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument("batch")
     promote.add_argument("--as", dest="as_user", metavar="USER", help="who launches the promotion")
     promote.add_argument("--reason")
-    promote.add_argument("--force", action="store_true", help="publish over newer production data (recorded)")
+    promote.add_argument(
+        "--force",
+        action="store_true",
+        help="publish over newer production data, or under other code than staged the batch (needs --reason; "
+        "recorded)",
+    )
     promote.set_defaults(run=cmd_promote)
 
     rollback = commands.add_parser("rollback", help="run rollback_release: republish an earlier release")
@@ -444,6 +516,19 @@ def build_parser() -> argparse.ArgumentParser:
     audit.add_argument("--date", type=_day, help="only events touching this partition")
     audit.add_argument("--format", choices=["text", "json", "csv"], default="text")
     audit.set_defaults(run=cmd_audit)
+
+    gc = commands.add_parser(
+        "gc", help="find (and with --apply remove) staged attempt folders no batch or release references"
+    )
+    gc.add_argument(
+        "--older-than",
+        type=_hours,
+        default=24.0,
+        metavar="HOURS",
+        help="remove a folder of an open batch only after nothing was written in it this long (default 24)",
+    )
+    gc.add_argument("--apply", action="store_true", help="remove them (default: only list them, a dry run)")
+    gc.set_defaults(run=cmd_gc)
     return parser
 
 
@@ -463,7 +548,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        return EXIT_ERROR
+        return EXIT_NOT_NOTIFIED if isinstance(error, NotificationFailedError) else EXIT_ERROR
     except Exception as error:  # a last line of defence: one line, not a traceback
         if args.debug:
             raise

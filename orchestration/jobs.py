@@ -24,7 +24,11 @@ class PromoteConfig(Config):
     batch_id: str = Field(description="The batch to publish (its Dagster backfill ID).")
     requested_by: str | None = Field(default=None, description="Who launches the promotion.")
     force: bool = Field(
-        default=False, description="Publish even if production serves newer batches for some partitions."
+        default=False,
+        description=(
+            "Publish even if production serves newer batches for some partitions, or other code is deployed "
+            "than staged the batch (then a reason is required). Recorded on the release."
+        ),
     )
     reason: str | None = Field(default=None, description="Why (recorded on the release).")
 
@@ -82,6 +86,7 @@ def promote_op(
             requested_by=config.requested_by,
             force=config.force,
             reason=config.reason,
+            run_id=context.run_id,
         )
     except BackfillsError as error:
         release_catalog.append_event(

@@ -17,6 +17,7 @@ from backfills.assets.registry import feature_spec
 from backfills.errors import (
     ApprovalNotFoundError,
     BatchNotApprovedError,
+    CodeVersionChangedError,
     InvalidRequestError,
     StagedContentChangedError,
     StaleBatchError,
@@ -31,6 +32,7 @@ from backfills.resources.catalog_models import (
     BatchManifest,
     PartitionRecord,
     Release,
+    TableCode,
 )
 from backfills.resources.feature_store import PartitionFacts, PartitionFiles, partition_facts, read_partitions
 from backfills.resources.storage import ObjectStore
@@ -91,6 +93,40 @@ def verify_approval(
             f"batch {batch.batch_id} is not approved under the current rules: {decision.summary}"
         )
     return request
+
+
+def code_versions(batch: BatchManifest) -> dict[str, TableCode]:
+    """Per table of the batch: the code versions that staged it and the one deployed in this process."""
+    return {
+        table: TableCode(staged=staged, deployed=feature_spec(table).code_version)
+        for table, staged in batch.code_versions().items()
+    }
+
+
+def verify_code(batch: BatchManifest, code: dict[str, TableCode], *, force: bool, reason: str | None) -> None:
+    """An approval covers the code that staged the batch (I8): other code deployed since refuses promotion,
+    unless forced with a reason (recorded on the release and in the audit trail).
+
+    CodeVersionChangedError names each table with its staged and deployed versions.
+    """
+    changed = {table: versions for table, versions in code.items() if versions.changed}
+    if not changed:
+        return
+    described = "; ".join(
+        f"{table} was staged by code version {', '.join(versions.staged)} but {versions.deployed} is deployed"
+        for table, versions in sorted(changed.items())
+    )
+    if not force:
+        raise CodeVersionChangedError(
+            f"batch {batch.batch_id} cannot be promoted: the approval covers the code that staged it, and "
+            f"other code is deployed now: {described}. Nothing was published; recompute the batch under the "
+            "deployed code and ask for approval again, or promote with force and a reason (recorded)"
+        )
+    if not reason or not reason.strip():
+        raise CodeVersionChangedError(
+            f"batch {batch.batch_id}: promoting with force over changed code needs a reason ({described}); "
+            "nothing was published"
+        )
 
 
 def verify_content(spark: SparkSession, store: ObjectStore, batch: BatchManifest) -> int:
@@ -167,10 +203,12 @@ def promote(
     force: bool = False,
     reason: str | None = None,
     now: datetime | None = None,
+    run_id: str | None = None,
 ) -> PublishedChange:
-    """Publish an approved batch: verify approval and content, refuse a stale batch unless forced, then write
-    the release and swap CURRENT atomically. A promotion whose release is already current only finishes its
-    bookkeeping (a retry after a crash)."""
+    """Publish an approved batch: verify approval, code versions and content, refuse a stale batch unless
+    forced, then write the release and swap CURRENT atomically. A promotion whose release is already current
+    only finishes its bookkeeping (a retry after a crash). `run_id` (the promotion's Dagster run) is noted on
+    the approval request."""
     now = now or datetime.now(UTC)
     approvals = ApprovalStore(catalog.store)
     batch = catalog.get_batch(batch_id)
@@ -183,9 +221,11 @@ def promote(
                 f"batch {batch_id} was promoted already and production has moved on since; to serve it "
                 "again, roll back to its release (`backfills releases` lists them)"
             )
-        _finish(catalog, approvals, batch, current)
+        _finish(catalog, approvals, batch, current, run_id)
         return PublishedChange(current, current.parent_id, {})
     request = verify_approval(approvals, rules, batch, now)
+    code = code_versions(batch)
+    verify_code(batch, code, force=force, reason=reason)
     verify_content(spark, catalog.store, batch)
     newer = newer_batch_serving(catalog, batch, current)
     if newer is not None and not force:
@@ -199,27 +239,35 @@ def promote(
         approvers=request.approvers,
         approved_at=request.decided_at,
         request_id=request.request_id,
-        forced=newer is not None,
+        forced=newer is not None or any(versions.changed for versions in code.values()),
+        code_versions=code,
     )
     release = catalog.promote(
         batch_id, actor=requested_by, reason=reason or request.decision_summary, approval=approval
     )
-    _finish(catalog, approvals, batch, release)
+    _finish(catalog, approvals, batch, release, run_id)
     before = {} if release.parent_id is None else catalog.get_release(release.parent_id).tables
     return PublishedChange(release, release.parent_id, changed_partitions(before, release.tables))
 
 
 def _finish(
-    catalog: ReleaseCatalog, approvals: ApprovalStore, batch: BatchManifest, release: Release
+    catalog: ReleaseCatalog,
+    approvals: ApprovalStore,
+    batch: BatchManifest,
+    release: Release,
+    run_id: str | None,
 ) -> None:
     catalog.seal_batch(batch.batch_id, "promoted", allowed_from=("approved", "checked"))
     if release.request_id is None:
         return
-    approvals.update(
-        batch.batch_id,
-        release.request_id,
-        lambda request: request.model_copy(update={"status": "promoted", "release_id": release.release_id}),
-    )
+
+    def promoted(request: ApprovalRequest) -> ApprovalRequest:
+        update: dict[str, object] = {"status": "promoted", "release_id": release.release_id}
+        if request.promotion_run_id is None and run_id is not None:
+            update["promotion_run_id"] = run_id  # the run that published it (not a retry that finished up)
+        return request.model_copy(update=update)
+
+    approvals.update(batch.batch_id, release.request_id, promoted)
 
 
 def roll_back(
@@ -300,4 +348,7 @@ def production_facts(
                 "content_hash": served.content_hash,
                 "code_version": record.code_version if record else None,
             }
+            code = release.code_versions.get(table)
+            if release.kind == "promotion" and code is not None:
+                facts[table][day]["deployed_code_version"] = code.deployed
     return dict(facts)

@@ -572,6 +572,9 @@ class ReleaseCatalog:
                 "approvers": [approver.user_id for approver in release.approvers],
                 "approved_at": release.approved_at.isoformat() if release.approved_at else None,
                 "forced": release.forced,
+                "code_versions": {
+                    table: code.model_dump() for table, code in sorted(release.code_versions.items())
+                },
             },
         )
         return release

@@ -142,12 +142,20 @@ class BatchManifest(CatalogModel):
         return {table: days for table, days in sorted(missing.items()) if days}
 
     def fingerprint(self) -> str:
-        """One hash of every staged partition's content hash: an approval is bound to exactly this content."""
+        """One hash of every staged partition's content hash and code version: an approval is bound to
+        exactly this content, from exactly this code (I8)."""
         digest = hashlib.sha256(self.batch_id.encode())
         for table, partitions in sorted(self.tables.items()):
             for day, record in sorted(partitions.items()):
-                digest.update(f"|{table}|{day}|{record.content_hash}".encode())
+                digest.update(f"|{table}|{day}|{record.content_hash}|{record.code_version}".encode())
         return digest.hexdigest()
+
+    def code_versions(self) -> dict[str, list[str]]:
+        """Table -> the code versions that staged its partitions (one, unless code changed mid-batch)."""
+        return {
+            table: sorted({record.code_version for record in partitions.values()})
+            for table, partitions in sorted(self.tables.items())
+        }
 
 
 class ReleasedPartition(CatalogModel):
@@ -169,14 +177,28 @@ class Approver(CatalogModel):
     permalink: str | None = None
 
 
+class TableCode(CatalogModel):
+    """Which code staged a table's partitions of a batch, and which code was deployed when it was promoted."""
+
+    staged: list[str]
+    deployed: str
+
+    @property
+    def changed(self) -> bool:
+        return self.staged != [self.deployed]
+
+
 class ApprovalFacts(CatalogModel):
-    """Governance facts a promotion release records: who asked, who approved, when, under which request."""
+    """Governance facts a promotion release records: who asked, who approved, when, under which request,
+    and the code versions (staged and deployed) per table."""
 
     requester: str | None = None
     approvers: list[Approver] = []
     approved_at: UtcDatetime | None = None
     request_id: str | None = None
-    forced: bool = False  # a stale batch published over newer production data on purpose
+    # Published over a refusal on purpose: older data over newer production data, or other code deployed.
+    forced: bool = False
+    code_versions: dict[str, TableCode] = {}
 
 
 class Release(CatalogModel):
@@ -197,6 +219,7 @@ class Release(CatalogModel):
     approved_at: UtcDatetime | None = None
     request_id: str | None = None
     forced: bool = False
+    code_versions: dict[str, TableCode] = {}
 
     def partition_count(self) -> int:
         """How many partitions production serves in this release, over all tables."""
@@ -236,9 +259,21 @@ class VoteRecord(CatalogModel):
     at: UtcDatetime
     source: str  # reaction, reply, cli
     is_bot: bool = False
+    deactivated: bool = False  # the voter's account is deactivated (Slack: deleted)
     permalink: str | None = None
     counted: bool = False
     ignored_because: str | None = None
+
+
+class NotAVote(CatalogModel):
+    """A thread reply that names a decision but is not a vote ("Approve? not yet"), with why, as told."""
+
+    user_id: str
+    display_name: str | None = None
+    text: str  # the reply as written, trimmed to 200 characters
+    at: UtcDatetime  # the reply's time: with user_id, what makes it the same reply on every read
+    permalink: str | None = None
+    reason: str
 
 
 class ApprovalRequest(CatalogModel):
@@ -265,13 +300,15 @@ class ApprovalRequest(CatalogModel):
     summary: str = ""  # the request as posted, in plain text
     cli_votes: list[VoteRecord] = []  # votes cast with `backfills approve/reject` (local channel)
     votes: list[VoteRecord] = []  # every vote read at the last evaluation, counted or not
+    not_votes: list[NotAVote] = []  # every reply seen that names a decision but is not a vote, once each
     required: int = 1
     decision_summary: str | None = None
     decided_at: UtcDatetime | None = None
     superseded_by: str | None = None
     promotion_run_id: str | None = None
     release_id: str | None = None
-    notices: list[str] = []  # kinds of thread notices already sent (outcome, promoted, ...), sent once each
+    # thread notices already sent, once each: outcomes, promoted, not_counted:<user>:<time of the reply>
+    notices: list[str] = []
 
     @property
     def approvers(self) -> list[Approver]:

@@ -35,6 +35,7 @@ from backfills.resources.approvals_store import ApprovalStore
 from backfills.resources.slack import SlackClient
 
 ALICE, BOB, CAROL, MALLORY, ROBOT = "U0ALICE", "U0BOB", "U0CAROL", "U0MALLORY", "U0ROBOT"
+DAVE = "U0DAVE"  # an approver who left: his Slack account is deactivated
 CHANNEL = "C0APPROVALS"
 JAN_1, JAN_4 = date(2025, 1, 1), date(2025, 1, 4)
 TABLES = sorted(spec.name for spec in FEATURES)
@@ -69,6 +70,7 @@ def slack() -> Iterator[FakeSlack]:
         for user, name in ((ALICE, "alice"), (BOB, "bob"), (CAROL, "carol"), (MALLORY, "mallory")):
             server.add_user(user, name)
         server.add_user(ROBOT, "deploy-bot", is_bot=True)
+        server.add_user(DAVE, "dave", deleted=True)
         yield server
 
 
@@ -85,7 +87,7 @@ def _flow(lake: Lake, slack: FakeSlack, clock: Clock | None = None, **rules: obj
     return ApprovalFlow(
         lake.catalog,
         SlackChannel(client, CHANNEL),
-        ApprovalRules(approvers=frozenset({BOB, CAROL, ROBOT}), **rules),
+        ApprovalRules(approvers=frozenset({BOB, CAROL, DAVE, ROBOT}), **rules),
         Links("http://dagster.test"),
         now=clock or Clock(),
     )
@@ -145,6 +147,7 @@ def test_a_checked_batch_asks_once_and_an_approval_promotes_every_table_at_once(
         (ALICE, "requested this batch and cannot approve it"),
         (MALLORY, "is not on the approvers allowlist"),
         (ROBOT, "is a bot"),
+        (DAVE, "is a deactivated account"),
     ],
 )
 def test_votes_that_do_not_count_never_promote_and_say_why(
@@ -162,6 +165,65 @@ def test_votes_that_do_not_count_never_promote_and_say_why(
     with pytest.raises(BatchNotApprovedError, match="pending"):
         promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops")
     assert lake.catalog.current_release_id() is None
+
+
+def test_replies_that_are_not_clear_decisions_never_approve_and_are_recorded_once_with_why(
+    lake: Lake, slack: FakeSlack
+) -> None:
+    flow = _flow(lake, slack)
+    _tick(flow)
+    [message] = _requests(slack)
+    slack.reply(CHANNEL, message["ts"], BOB, "Approve? not yet")
+    slack.reply(CHANNEL, message["ts"], CAROL, "lgtm after the fix lands")
+    slack.reply(CHANNEL, message["ts"], MALLORY, "approve?")  # not an approver: recorded, not answered
+    slack.reply(CHANNEL, message["ts"], CAROL, "looking at the 30d table now")  # chatter: not recorded
+    for _ in range(3):
+        assert _tick(flow) is None
+
+    request = _request(lake)
+    assert request.status == "pending" and request.votes == []
+    assert lake.catalog.get_batch("jan").state == "checked"
+    assert [(reply.user_id, reply.display_name, reply.text) for reply in request.not_votes] == [
+        (BOB, "bob", "Approve? not yet"),
+        (CAROL, "carol", "lgtm after the fix lands"),
+        (MALLORY, "mallory", "approve?"),
+    ]
+    assert request.not_votes[0].reason == "it contains a question mark"
+    assert '"lgtm" is followed by words without a separator ("after the fix lands")' in (
+        request.not_votes[1].reason
+    )
+    assert request.not_votes[0].permalink == message_permalink(slack, message)
+    trail = [e for e in audit_trail(lake.catalog, "customer_daily_txn") if e.event == "reply_not_counted"]
+    assert [(entry.actor, entry.batch_id) for entry in trail] == [
+        (BOB, "jan"),
+        (CAROL, "jan"),
+        (MALLORY, "jan"),
+    ]
+    assert (
+        trail[0].what == 'reply by bob not counted as a vote: "Approve? not yet": it contains a question mark'
+    )
+    told = [reply["text"] for reply in slack.thread(CHANNEL, message["ts"]) if reply.get("bot_id")]
+    assert told == [
+        "bob's reply was not counted: it contains a question mark. To decide, reply `approve` or `reject` "
+        "(optionally `approve: reason`), or react.",
+        f"carol's reply was not counted: {request.not_votes[1].reason}. To decide, reply `approve` or "
+        "`reject` (optionally `approve: reason`), or react.",
+    ]
+
+    slack.reply(CHANNEL, message["ts"], BOB, "approve: checked the diff")
+    assert _tick(flow) is not None
+    request = _request(lake)
+    assert request.status == "approved" and [approver.user_id for approver in request.approvers] == [BOB]
+    [approved] = [event for event in lake.catalog.events(batch_id="jan") if event.kind == "approved"]
+    assert [reply["text"] for reply in approved.details["not_votes"]] == [
+        "Approve? not yet",
+        "lgtm after the fix lands",
+        "approve?",
+    ]
+    not_counted = [
+        event for event in lake.catalog.events(batch_id="jan") if event.kind == "reply_not_counted"
+    ]
+    assert len(not_counted) == 3  # still once each, after four passes
 
 
 def test_an_expired_request_cannot_be_approved_any_more(lake: Lake, slack: FakeSlack) -> None:

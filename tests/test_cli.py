@@ -12,8 +12,10 @@ from pathlib import Path
 
 import pytest
 from conftest import Lake
+from slack_api import ApiError, FakeSlack
 
-from backfills.orchestration.cli import main
+from backfills.orchestration.cli import EXIT_NOT_NOTIFIED, _completion, _flow, main
+from backfills.resources.settings import load_settings
 
 
 def _cli(*args: str, root: Path) -> subprocess.CompletedProcess[str]:
@@ -199,3 +201,31 @@ def test_local_approval_promotion_rollback_and_audit_from_the_command_line(
     assert trail[-1]["actor"] == "carol" and "b2 was a mistake" in trail[-1]["what"]
     assert main(["audit", "customer_daily_txn", "--date", "2025-01-02"]) == 0
     assert "production serves customer_daily_txn 2025-01-02 from batch b1" in capsys.readouterr().out
+
+
+def test_a_staged_batch_whose_request_slack_refuses_exits_3_and_the_sensor_posts_it_later(
+    operator: Lake, monkeypatch: pytest.MonkeyPatch, capsys
+) -> None:
+    with FakeSlack() as slack:
+        slack.add_channel("C0APPROVALS", "feature-approvals")
+        slack.add_user("U0BOB", "bob")
+        for name, value in {
+            "SLACK_BOT_TOKEN": slack.token,
+            "BACKFILLS_SLACK_CHANNEL": "C0APPROVALS",
+            "BACKFILLS_SLACK_API_URL": slack.base_url,
+            "BACKFILLS_APPROVERS": "U0BOB",
+        }.items():
+            monkeypatch.setenv(name, value)
+        slack.inject("chat.postMessage", ApiError("channel_not_found"))
+        args = ["backfill", "--start", "2025-01-01", "--end", "2025-01-02", "--tables", "customer_daily_txn"]
+        assert main([*args, "--batch-id", "told-later", "--requester", "U0ALICE"]) == EXIT_NOT_NOTIFIED
+        captured = capsys.readouterr()
+        assert "batch told-later staged" in captured.out
+        assert "NotificationFailedError: batch told-later is staged (checked)" in captured.err
+        assert "channel_not_found" not in captured.out and "approval sensor tries again" in captured.err
+        assert operator.catalog.get_batch("told-later").state == "checked"  # the staging stands
+        assert [m for m in slack.messages("C0APPROVALS") if m.get("metadata")] == []
+
+        # The sensor's next pass (the same flow) posts it, once.
+        _flow(load_settings()).process("told-later", _completion(load_settings()))
+        assert len([m for m in slack.messages("C0APPROVALS") if m.get("metadata")]) == 1
