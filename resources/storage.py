@@ -10,9 +10,12 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import os
+import shutil
 import uuid
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Protocol, runtime_checkable
 
@@ -23,6 +26,15 @@ from backfills.errors import (
     ObjectNotFoundError,
     PreconditionFailedError,
 )
+
+
+@dataclass(frozen=True)
+class StoredObject:
+    """One stored object as a listing describes it: key, size in bytes and when it was last written."""
+
+    key: str
+    size: int
+    modified: datetime
 
 
 @runtime_checkable
@@ -54,6 +66,13 @@ class ObjectStore(Protocol):
 
     def delete(self, key: str) -> None:
         """Remove the object if it exists."""
+
+    def describe(self, prefix: str) -> list[StoredObject]:
+        """Every object under `prefix` with its size and time, sorted by key (hidden files included: a
+        listing for cleanup must see all of a folder's bytes)."""
+
+    def delete_prefix(self, prefix: str) -> None:
+        """Remove every object under `prefix` (and, locally, the folders)."""
 
     def data_uri(self, key: str) -> str:
         """The URI Spark uses for `key` (a local path or `s3a://…`)."""
@@ -148,6 +167,21 @@ class LocalObjectStore:
     def delete(self, key: str) -> None:
         self._file(key).unlink(missing_ok=True)
 
+    def describe(self, prefix: str) -> list[StoredObject]:
+        base = self._file(prefix) if prefix.strip("/") else self.path
+        if not base.exists():
+            return []
+        found = []
+        for path in base.rglob("*"):
+            if path.is_file():
+                stat = path.stat()
+                modified = datetime.fromtimestamp(stat.st_mtime, tz=UTC)
+                found.append(StoredObject(str(path.relative_to(self.path)), stat.st_size, modified))
+        return sorted(found, key=lambda item: item.key)
+
+    def delete_prefix(self, prefix: str) -> None:
+        shutil.rmtree(self._file(prefix), ignore_errors=True)
+
     def data_uri(self, key: str) -> str:
         return str(self.path / key.strip("/"))
 
@@ -217,16 +251,23 @@ class S3ObjectStore:
         return True
 
     def list(self, prefix: str) -> list[str]:
-        full = self._key(prefix) + "/" if prefix.strip("/") else (f"{self.prefix}/" if self.prefix else "")
-        strip = len(self.prefix) + 1 if self.prefix else 0
-        keys: list[str] = []
-        paginator = self.client.get_paginator("list_objects_v2")
-        for page in paginator.paginate(Bucket=self.bucket, Prefix=full):
-            keys.extend(item["Key"][strip:] for item in page.get("Contents", []))
-        return sorted(keys)
+        return [item.key for item in self.describe(prefix)]
 
     def delete(self, key: str) -> None:
         self.client.delete_object(Bucket=self.bucket, Key=self._key(key))
+
+    def describe(self, prefix: str) -> list[StoredObject]:
+        full = self._key(prefix) + "/" if prefix.strip("/") else (f"{self.prefix}/" if self.prefix else "")
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        found = []
+        for page in self.client.get_paginator("list_objects_v2").paginate(Bucket=self.bucket, Prefix=full):
+            for item in page.get("Contents", []):
+                found.append(StoredObject(item["Key"][strip:], int(item["Size"]), item["LastModified"]))
+        return sorted(found, key=lambda item: item.key)
+
+    def delete_prefix(self, prefix: str) -> None:
+        for item in self.describe(prefix):
+            self.delete(item.key)
 
     def data_uri(self, key: str) -> str:
         # Spark on clusters with hadoop-aws reads S3 through the s3a connector.

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import secrets
+import signal
 import threading
 import time
 from collections import defaultdict, deque
@@ -53,7 +55,15 @@ class ApiError:
     needed: str | None = None
 
 
-Fault = RateLimited | ServerError | Timeout | ApiError
+@dataclass(frozen=True)
+class KillClient:
+    """The call is applied (a posted message IS stored), then the client's process group is killed with
+    SIGKILL before any answer: a crash in the middle of the call."""
+
+    process_group: int
+
+
+Fault = RateLimited | ServerError | Timeout | ApiError | KillClient
 
 
 class _Refused(Exception):
@@ -415,6 +425,10 @@ class FakeSlack:
                     if fault.needed is not None:
                         answer.update(needed=fault.needed, provided="chat:write")
                     self._answer(200, answer)
+                elif isinstance(fault, KillClient):
+                    fake._apply(method, token, params)
+                    os.killpg(fault.process_group, signal.SIGKILL)
+                    self.close_connection = True
                 elif isinstance(fault, Timeout):
                     if fault.after_processing:
                         fake._apply(method, token, params)

@@ -3,12 +3,6 @@
 from __future__ import annotations
 
 import hashlib
-import os
-import signal
-import subprocess
-import sys
-import textwrap
-import time
 from datetime import date
 
 import pytest
@@ -178,54 +172,6 @@ def test_a_day_missing_from_the_landing_zone_fails_clearly(lake: Lake, spark) ->
     lake.store.delete("raw/transactions/date=2025-01-03/part-00000.parquet")
     with pytest.raises(InvalidInputError, match="no landing file for 2025-01-03"):
         _stage(lake, spark, "customer_daily_txn", JAN_1, date(2025, 1, 5), "gap")
-
-
-CRASHING_RUN = textwrap.dedent(
-    """
-    import sys
-    from datetime import date
-    from backfills.assets.registry import feature_spec
-    from backfills.assets.staging import stage_partitions
-    from backfills.assets.transformations import DateRange
-    from backfills.resources.catalog import ReleaseCatalog
-    from backfills.resources.spark import build_session
-    from backfills.resources.storage import LocalObjectStore
-
-    store = LocalObjectStore(sys.argv[1])
-    spark = build_session(master="local[1]", remote=None, driver_memory="1g", shuffle_partitions=2,
-                          bind_address="127.0.0.1")
-    stage_partitions(feature_spec("customer_daily_txn"), DateRange(date(2025, 1, 1), date(2025, 1, 10)),
-                     batch_id="crash", run_id="doomed", requester=None, earliest=date(2025, 1, 1),
-                     spark=spark, store=store, catalog=ReleaseCatalog(store))
-    """
-)
-
-
-def test_a_killed_partition_write_is_never_listed_and_the_retry_completes(lake: Lake, spark) -> None:
-    staging = lake.root / "staging" / "customer_daily_txn" / "crash"
-    process = subprocess.Popen(
-        [sys.executable, "-c", CRASHING_RUN, str(lake.root)],
-        start_new_session=True,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while not staging.exists() and process.poll() is None and time.monotonic() < deadline:
-            time.sleep(0.02)
-        assert staging.exists(), "the run never started writing"
-    finally:
-        os.killpg(process.pid, signal.SIGKILL)  # the run and its Spark JVM, mid-write
-        process.wait()
-    with pytest.raises(BatchNotFoundError):
-        lake.catalog.get_batch("crash")
-
-    _stage(lake, spark, "customer_daily_txn", JAN_1, date(2025, 1, 10), "crash")
-    _stage(lake, spark, "customer_daily_txn", JAN_1, date(2025, 1, 10), "clean")
-    records = lake.catalog.get_batch("crash").tables["customer_daily_txn"]
-    assert len(records) == 10 and len({record.attempt_id for record in records.values()}) == 1
-    assert all(lake.store.exists(key) for record in records.values() for key in record.files)
-    assert _hashes(lake, "crash") == _hashes(lake, "clean")
 
 
 def test_a_downstream_backfill_covers_every_window_that_includes_a_changed_day(
