@@ -13,6 +13,7 @@ import boto3
 import pytest
 from dagster import DagsterInstance
 from moto.server import ThreadedMotoServer
+from postgres_server import PostgresServer, PostgresUnavailable, find_postgres
 from pyspark.sql import SparkSession
 
 from backfills.assets.generator import write_landing_zone
@@ -153,3 +154,18 @@ def dagster_instance(tmp_path: Path) -> Iterator[DagsterInstance]:
     home.mkdir()
     with DagsterInstance.local_temp(str(home)) as instance:
         yield instance
+
+
+# PostgreSQL: the Dagster instance storage of a shared deployment
+
+
+@pytest.fixture(scope="session")
+def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[PostgresServer]:
+    """A PostgreSQL server (Debian's package) on 127.0.0.1 for the session, started on first use, its log
+    in the pytest temp dir; tests that need it skip, saying what is missing, where there is none."""
+    try:
+        installation = find_postgres()
+    except PostgresUnavailable as missing:
+        pytest.skip(str(missing))
+    with PostgresServer(tmp_path_factory.mktemp("postgres"), installation) as server:
+        yield server

@@ -750,7 +750,9 @@ class DagsterServices:
     """`dagster-webserver` and `dagster-daemon run` on a temporary instance, as a context manager.
 
     `dagster_home` gets a `dagster.yaml` made from orchestration/dagster.yaml (plus `instance_config`,
-    merged at the top level); `storage_root` is BACKFILLS_STORAGE_ROOT. `env` adds or overrides
+    merged at the top level): SQLite storage under `dagster_home` by default, as `make dev` has; for a
+    shared deployment's PostgreSQL storage pass `instance_config={"storage": postgres.dagster_storage(db)}`
+    (tests/postgres_server.py). `storage_root` is BACKFILLS_STORAGE_ROOT. `env` adds or overrides
     environment variables of both processes (and so of the code servers and run workers they start).
     Logs go to `<dagster_home>/../service-logs/`.
     """
@@ -805,7 +807,8 @@ class DagsterServices:
     # Setup
 
     def write_instance_config(self) -> Path:
-        """The instance's dagster.yaml: the project's run-queue settings plus `instance_config`."""
+        """The instance's dagster.yaml: the project's run-queue settings plus `instance_config` (such as
+        a `storage:` section)."""
         config = yaml.safe_load(INSTANCE_TEMPLATE.read_text()) or {}
         config.update(self.instance_config)
         self.dagster_home.mkdir(parents=True, exist_ok=True)
@@ -847,8 +850,8 @@ class DagsterServices:
             raise ServicesError(f"no workspace file at {WORKSPACE_FILE}")
         self.storage_root.mkdir(parents=True, exist_ok=True)
         self.write_instance_config()
-        # Started together, the webserver and the daemon would both create the SQLite schema and one can
-        # fail ("table alembic_version already exists"): create it here first.
+        # Started together, the webserver and the daemon would both create the schema and one can fail
+        # (SQLite: "table alembic_version already exists"): create it here first, in SQLite or Postgres.
         DagsterInstance.from_config(str(self.dagster_home)).dispose()
         began = time.monotonic()
         workspace = str(WORKSPACE_FILE)

@@ -5,8 +5,12 @@ Ten days of all four `staging/*` tables are launched as the UI does (GraphQL `la
 with at most five days per run, so every table takes two range runs and the daemon has to order them by
 the window dependencies. At the same time a second backfill reads a landing day with corrupt amounts. The
 runs use one shared Spark Connect server; the approvals channel is the local Slack Web API server. The
-assertions read what Dagster recorded (runs, step times, materializations, check evaluations), what Slack
-received, and what the catalog says, not what the code is meant to do.
+Dagster instance keeps runs, event log and sensor ticks in PostgreSQL, as a shared deployment does (README,
+"Beyond one machine"): a local server from Debian's `postgresql`, started by the tests (skipped, saying
+what is missing, without it). The assertions read what Dagster recorded (runs, step times,
+materializations, check evaluations, and the Postgres tables they are in), what Slack received, and what
+the catalog says, not what the code is meant to do. The SQLite instance of `make dev` is covered by
+tests/test_local_instance.py.
 
 Slow by nature (the backfill daemon looks at backfills every 30 s, a Dagster constant): deselect with
 `-m "not end_to_end"`.
@@ -17,6 +21,7 @@ from __future__ import annotations
 import time
 from collections import Counter
 from collections.abc import Iterator
+from contextlib import closing
 from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
@@ -24,7 +29,9 @@ from pathlib import Path
 import pytest
 from conftest import make_lake
 from dagster import AssetCheckEvaluation, AssetKey, AssetRecordsFilter, DagsterEventType
-from dagster_services import DagsterServices, RunSummary, iter_days
+from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
+from dagster_services import BACKFILL_TAG, DagsterServices, GraphQLError, RunSummary, WaitTimeout, iter_days
+from postgres_server import PostgresServer
 from slack_api import FakeSlack
 
 from backfills.assets.factory import BATCH_TAG, REQUESTER_TAG, production_key, staging_key
@@ -53,6 +60,7 @@ DAYS = list(iter_days(FIRST_DAY, LAST_DAY))
 # The backfill took about 8 minutes on 2 cores shared with other test runs (load average ~10) and one
 # process with the same range runs took 3.3 minutes there: leave room, a failed run ends it sooner.
 BACKFILL_TIMEOUT_SECONDS = 900
+DAGSTER_DB = "dagster_end_to_end"  # the instance's database on the tests' PostgreSQL server
 
 
 @dataclass
@@ -158,12 +166,16 @@ def _previous_load(storage_root: Path, spark) -> str:
 
 
 @pytest.fixture(scope="module")
-def operator_backfill(tmp_path_factory: pytest.TempPathFactory, spark) -> Iterator[OperatorBackfill]:
+def operator_backfill(
+    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer, spark
+) -> Iterator[OperatorBackfill]:
     """One backfill of every staged table for FIRST_DAY..LAST_DAY, launched like the UI does, and a faulty
-    one beside it; the services stay up for the module's tests, which read what they left behind."""
+    one beside it, on a Postgres-backed instance; the services stay up for the module's tests, which read
+    what they left behind."""
     base = tmp_path_factory.mktemp("end_to_end")
     storage_root = base / "storage"
     previous_release_id = _previous_load(storage_root, spark)
+    postgres_server.create_database(DAGSTER_DB)
     with (
         FakeSlack() as slack,
         running_server(port=0, driver_memory="1g", state_dir=base / "spark") as connect,
@@ -184,6 +196,7 @@ def operator_backfill(tmp_path_factory: pytest.TempPathFactory, spark) -> Iterat
                 "BACKFILLS_APPROVERS": APPROVER,
                 "BACKFILLS_SENSOR_INTERVAL_SECONDS": str(SENSOR_INTERVAL_SECONDS),
             },
+            instance_config={"storage": postgres_server.dagster_storage(DAGSTER_DB)},
         )
         with services:
             launched_at = time.time()
@@ -196,7 +209,10 @@ def operator_backfill(tmp_path_factory: pytest.TempPathFactory, spark) -> Iterat
                 FAULTY_LAST,
                 {REQUESTER_TAG: REQUESTER},
             )
-            status = services.client.wait_for_backfill(backfill_id, BACKFILL_TIMEOUT_SECONDS)
+            try:
+                status = services.client.wait_for_backfill(backfill_id, BACKFILL_TIMEOUT_SECONDS)
+            except (GraphQLError, WaitTimeout) as error:  # the instance's database may be what failed
+                pytest.fail(f"{error}\n{services.log_tails()}\n{postgres_server.log_tail()}", pytrace=False)
             outcome = OperatorBackfill(
                 services=services,
                 slack=slack,
@@ -211,7 +227,8 @@ def operator_backfill(tmp_path_factory: pytest.TempPathFactory, spark) -> Iterat
             )
             print(f"\n{_timings(outcome, services.startup_seconds)}")
             if status != "COMPLETED_SUCCESS":
-                pytest.fail(_failure_report(services, backfill_id, status, outcome.runs), pytrace=False)
+                report = _failure_report(services, backfill_id, status, outcome.runs)
+                pytest.fail(f"{report}\n{postgres_server.log_tail()}", pytrace=False)
             services.client.wait_for_backfill(faulty_id, BACKFILL_TIMEOUT_SECONDS)
             yield outcome
         # No orphans: run workers and their Spark JVMs belong to the services' process groups.
@@ -322,6 +339,47 @@ def test_blocking_checks_of_every_staged_table_ran_and_passed(operator_backfill:
             assert sorted(item.run_id for item in evaluated) == sorted(table_runs), f"{table}.{check}"
             assert {item.status for item in evaluated} == {"SUCCEEDED"}, f"{table}.{check}: {evaluated}"
             assert not [item for item in ours if item.status in ("FAILED", "EXECUTION_FAILED")]
+
+
+def test_the_instance_keeps_runs_check_results_and_sensor_ticks_in_postgres(
+    operator_backfill: OperatorBackfill, postgres_server: PostgresServer
+):
+    """What the UI showed above was read from PostgreSQL: the services and the test process all use the
+    Postgres storages, the rows are in its tables, and nothing fell back to SQLite under DAGSTER_HOME."""
+    outcome = operator_backfill
+    instance = outcome.services.instance
+    assert isinstance(instance.run_storage, PostgresRunStorage)
+    assert isinstance(instance.event_log_storage, PostgresEventLogStorage)
+    assert isinstance(instance.schedule_storage, PostgresScheduleStorage)
+    assert not sorted(outcome.services.dagster_home.rglob("*.db")), "SQLite files under DAGSTER_HOME"
+
+    run_ids = [run.run_id for run in outcome.runs]
+    passed = {
+        (run.run_id, staging_key(table).to_string(), check)
+        for run in outcome.runs
+        for table in _staged_tables(run)
+        for check in gate_check_names(feature_spec(table))
+    }
+    with closing(postgres_server.connect(DAGSTER_DB)) as connection, connection.cursor() as cursor:
+        cursor.execute("SELECT status FROM bulk_actions WHERE key = %s", (outcome.backfill_id,))
+        assert cursor.fetchall() == [("COMPLETED_SUCCESS",)]
+        cursor.execute(
+            "SELECT runs.run_id, runs.status FROM runs JOIN run_tags ON run_tags.run_id = runs.run_id "
+            "WHERE run_tags.key = %s AND run_tags.value = %s",
+            (BACKFILL_TAG, outcome.backfill_id),
+        )
+        assert sorted(cursor.fetchall()) == sorted((run_id, "SUCCESS") for run_id in run_ids)
+        cursor.execute(
+            "SELECT run_id, asset_key, check_name, execution_status FROM asset_check_executions "
+            "WHERE run_id = ANY(%s) AND execution_status NOT IN ('SKIPPED', 'PLANNED')",
+            (run_ids,),
+        )
+        executions = cursor.fetchall()
+        assert {row[:3] for row in executions} == passed
+        assert {row[3] for row in executions} == {"SUCCEEDED"}
+        cursor.execute("SELECT count(*) FROM job_ticks")
+        [(ticks,)] = cursor.fetchall()
+        assert ticks > 0, "no sensor tick recorded in Postgres"
 
 
 def test_batch_manifest_holds_every_partition_checked_and_requested_by_the_operator(
