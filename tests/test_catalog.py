@@ -641,7 +641,13 @@ def test_audit_trail_comes_back_in_time_order_with_the_right_kinds(catalog: Rele
     assert staged.tables == {DAILY: ["2025-01-01", "2025-01-02"]}
     assert staged.details == {"run_id": "run-1", "row_count": 200, "replaced": {}}
     assert promoted.tables == {DAILY: ["2025-01-01", "2025-01-02"]}
-    no_approval = {"requester": None, "approvers": [], "approved_at": None, "forced": False}
+    no_approval = {
+        "requester": None,
+        "approvers": [],
+        "approved_at": None,
+        "forced": False,
+        "code_versions": {},
+    }
     assert promoted.details == {
         "previous_release_id": None,
         "rolled_back_to": None,
