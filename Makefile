@@ -25,6 +25,7 @@ DEMO_REDELIVERY := --start 2025-01-21 --days 10 --customers 2000 --rows-per-day 
 DEV_HOST ?= 127.0.0.1
 DEV_PORT ?= 3000
 BENCH_ARGS ?=
+MUTANTS_ARGS ?=
 
 # The local Spark Connect server that `make dev` shares between all runs, so that no run starts its own JVM.
 SPARK_CONNECT_PORT ?= 15002
@@ -32,13 +33,15 @@ SPARK_STATE_DIR ?= $(CURDIR)/.spark
 CONNECT_SERVER := $(BIN)/python -m backfills.resources.connect_server
 DAGSTER_DEV := $(BIN)/dagster dev -w workspace.yaml -h $(DEV_HOST) -p $(DEV_PORT)
 
-.PHONY: help install demo dev test bench bench-checks clean java dagster-home
+.PHONY: help install demo dev test test-fast mutants bench bench-checks clean java dagster-home
 
 help:
 	@echo "make demo     the governed flow on sample data: backfill, checks, approval, promotion, fix, rollback, audit"
 	@echo "make dev      Dagster UI on http://$(DEV_HOST):$(DEV_PORT) (sample data generated if none)"
 	@echo "make spark-connect-start|stop|status   the local Spark Connect server (port SPARK_CONNECT_PORT)"
 	@echo "make test     ruff, then the whole pytest suite"
+	@echo "make test-fast  ruff, then the suite without the end-to-end, Spark Connect and crash tests"
+	@echo "make mutants  mutation testing of the approval policy, promotion and publish (tests/mutants.py; MUTANTS_ARGS=...)"
 	@echo "make bench    benchmarks/run.py, writes benchmarks/REPORT.md (extra options: BENCH_ARGS=...)"
 	@echo "make bench-checks  benchmarks/checks.py, the quality gates against their floor (CHECKS_REPORT.md)"
 	@echo "make install  create .venv and install the package with its dev extra"
@@ -124,6 +127,14 @@ spark-connect-status: install
 test: install java
 	$(BIN)/ruff check .
 	$(BIN)/pytest
+
+test-fast: install java
+	$(BIN)/ruff check .
+	$(BIN)/pytest -m "not end_to_end and not spark_connect and not crash"
+
+# Small deliberate bugs in a copy of the package, one at a time; lists those no test notices (see the README).
+mutants: install java
+	$(BIN)/python tests/mutants.py $(MUTANTS_ARGS)
 
 bench: install java
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

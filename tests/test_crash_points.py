@@ -33,6 +33,8 @@ from backfills.resources.catalog_models import AuditEvent, BatchManifest, Curren
 from backfills.resources.slack import SlackClient
 from backfills.resources.staging_gc import find_orphans
 
+pytestmark = pytest.mark.crash
+
 CHILD = Path(__file__).with_name("crash_child.py")
 DAILY, BATCH = "customer_daily_txn", "crashed"
 FIRST, LAST = date(2025, 1, 1), date(2025, 1, 4)
