@@ -225,13 +225,21 @@ def _read_inputs(
             raw = _raw_input(run, spark, store, item)
             frames |= raw.frames
             continue
+        needed = run.dates.widened(before=item.lookback_days)
         upstream = resolve_upstream(
             table=item.table,
-            needed=run.dates.widened(before=item.lookback_days),
+            needed=needed,
             earliest=earliest,
             batch=batch,
             batch_id=run.batch_id,
-            release=release,
+            release_id=release.release_id if release else None,
+            released=(
+                run.catalog.served(
+                    release, item.table, start=needed.start.isoformat(), end=needed.end.isoformat()
+                )
+                if release
+                else {}
+            ),
             reader=f"{run.spec.name} {run.dates.start}..{run.dates.end}",
         )
         upstream_spec = feature_spec(item.table)
@@ -247,10 +255,12 @@ def _read_inputs(
 
 
 def _production_rows(
-    spark: SparkSession, store: ObjectStore, spec: FeatureSpec, release: Release | None, dates: DateRange
+    run: _RunContext, spark: SparkSession, store: ObjectStore, release: Release | None
 ) -> ProductionRows:
     """The current release's partitions of the run's days, which the staged rows would replace."""
-    served = release.tables.get(spec.name, {}) if release else {}
+    spec, dates = run.spec, run.dates
+    span = {"start": dates.start.isoformat(), "end": dates.end.isoformat()}
+    served = run.catalog.served(release, spec.name, **span) if release else {}
     days = [day.isoformat() for day in dates.days() if day.isoformat() in served]
     rows = None
     if days:
@@ -366,7 +376,7 @@ def _gate(
             staged=written.rows,
             records=records,
             inputs=inputs.frames,
-            production=_production_rows(spark, store, run.spec, release, run.dates),
+            production=_production_rows(run, spark, store, release),
             empty_landing_days=inputs.empty_landing_days,
             deliveries=inputs.deliveries,
         ),

@@ -2,12 +2,13 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 
 from backfills.assets.transformations import DateRange
 from backfills.errors import BlockedUpstreamError, MissingUpstreamPartitionError
-from backfills.resources.catalog_models import BatchManifest, Release, UpstreamSource
+from backfills.resources.catalog_models import BatchManifest, ReleasedPartition, UpstreamSource
 from backfills.resources.feature_store import PartitionFiles
 
 
@@ -51,15 +52,16 @@ def resolve_upstream(
     earliest: date,
     batch: BatchManifest | None,
     batch_id: str,
-    release: Release | None,
+    release_id: str | None,
+    released: Mapping[str, ReleasedPartition],
     reader: str,
 ) -> ResolvedUpstream:
-    """Find every needed partition of `table` in the batch or the current release, or say what is missing.
+    """Find every needed partition of `table` in the batch or the current release (`released`: what it
+    serves of the needed days), or say what is missing.
 
     Days before `earliest` (the first partition of the asset) have no data by definition and are skipped.
     """
     staged = batch.tables.get(table, {}) if batch else {}
-    released = release.tables.get(table, {}) if release else {}
     parts: dict[str, PartitionFiles] = {}
     origin: dict[str, tuple[str, str]] = {}
     missing: list[str] = []
@@ -71,10 +73,10 @@ def resolve_upstream(
             record = staged[key]
             parts[key] = PartitionFiles(record.base, tuple(record.files))
             origin[key] = ("batch", batch_id)
-        elif key in released and release is not None:
+        elif key in released and release_id is not None:
             entry = released[key]
             parts[key] = PartitionFiles(entry.base, tuple(entry.files))
-            origin[key] = ("release", release.release_id)
+            origin[key] = ("release", release_id)
         else:
             missing.append(key)
     from_batch = {day for day, (kind, _) in origin.items() if kind == "batch"}
@@ -86,9 +88,7 @@ def resolve_upstream(
             f"this batch ({reasons}). Fix the input and rerun {table} for those days in the batch."
         )
     if missing:
-        production = (
-            f"current release {release.release_id}" if release else "production (nothing promoted yet)"
-        )
+        production = f"current release {release_id}" if release_id else "production (nothing promoted yet)"
         raise MissingUpstreamPartitionError(
             f"{reader} in batch {batch_id} needs {table} for {_ranges(missing)}, which is neither staged in "
             f"batch {batch_id} nor in {production}. Add {table} for those days to the backfill, or promote a "

@@ -74,7 +74,7 @@ def newer_batch_serving(catalog: ReleaseCatalog, batch: BatchManifest, release: 
         return None
     created: dict[str, datetime] = {}
     for table, days in batch.tables.items():
-        served = release.tables.get(table, {})
+        served = catalog.served(release, table, days=days)
         for day in days:
             entry = served.get(day)
             if entry is None or entry.batch_id == batch.batch_id:

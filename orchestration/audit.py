@@ -104,7 +104,7 @@ def audit_trail(catalog: ReleaseCatalog, table: str, day: str | None = None) -> 
 def production_now(catalog: ReleaseCatalog, table: str, day: str) -> str:
     """Which batch production serves for one partition, and since which release."""
     release = catalog.current_release()
-    served = release.tables.get(table, {}).get(day) if release else None
+    served = catalog.served(release, table, days=[day]).get(day) if release else None
     if release is None or served is None:
         return f"production serves no {table} for {day}"
     return (

@@ -252,7 +252,8 @@ def cmd_releases(args: argparse.Namespace, settings: Settings) -> None:
     for release in releases:
         marker = "*" if release.release_id == current else " "
         status = "" if release.release_id in published else "  (never made current)"
-        tables = ", ".join(f"{table}:{len(parts)}" for table, parts in sorted(release.tables.items()))
+        counts = release.partition_counts or {t: len(parts) for t, parts in release.tables.items()}
+        tables = ", ".join(f"{table}:{count}" for table, count in sorted(counts.items()))
         print(
             f"{marker} {release.release_id}  {release.kind:<9} parent={release.parent_id or '-'}  "
             f"batch={release.batch_id or '-'}  {release.created_at:%Y-%m-%d %H:%M:%S}Z  [{tables}]{status}"

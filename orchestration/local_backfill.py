@@ -22,7 +22,6 @@ from backfills.assets.transformations import DateRange
 from backfills.errors import BackfillsError
 from backfills.orchestration.definitions import STAGE_FEATURES_JOB
 from backfills.resources.catalog import ReleaseCatalog
-from backfills.resources.catalog_models import Release
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
@@ -58,10 +57,11 @@ def new_batch_id() -> str:
     return f"local-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def blast_radius(tables: Sequence[str], dates: DateRange, release: Release | None) -> dict[str, DateRange]:
+def blast_radius(tables: Sequence[str], dates: DateRange, catalog: ReleaseCatalog) -> dict[str, DateRange]:
     """The chosen tables over `dates`, plus every table downstream of them over the days whose window
     includes a changed day (7-day table: 6 days more), up to the last day production serves it: later
     days have nothing to replace. A downstream table production does not serve gets the same days."""
+    release = catalog.current_release()
     ranges = {name: dates for name in tables}
     for spec in dependency_order():
         if spec.name in ranges:
@@ -72,9 +72,9 @@ def blast_radius(tables: Sequence[str], dates: DateRange, release: Release | Non
         if not reach:
             continue
         start = min(upstream.start for upstream, _ in reach)
-        served = sorted(release.tables.get(spec.name, {})) if release else []
+        served = catalog.last_served_day(release, spec.name) if release else None
         if served:
-            last_served = date.fromisoformat(served[-1])
+            last_served = date.fromisoformat(served)
             end = min(max(upstream.end + timedelta(days=days) for upstream, days in reach), last_served)
         else:
             end = max(upstream.end for upstream, _ in reach)
@@ -119,9 +119,7 @@ def run_local_backfill(
     job = defs.resolve_job_def(STAGE_FEATURES_JOB)
     catalog: ReleaseCatalog = defs.resources["catalog"].catalog()
     dates = DateRange(start, end)
-    ranges = (
-        blast_radius(chosen, dates, catalog.current_release()) if downstream else dict.fromkeys(chosen, dates)
-    )
+    ranges = blast_radius(chosen, dates, catalog) if downstream else dict.fromkeys(chosen, dates)
     planned_runs = plan_runs(ranges, max_partitions_per_run)
     expected = {name: [day.isoformat() for day in span.days()] for name, span in ranges.items()}
     for planned in planned_runs:

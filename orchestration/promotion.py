@@ -25,7 +25,7 @@ from backfills.errors import (
 from backfills.orchestration.approval_flow import newer_batch_serving, policy_votes
 from backfills.orchestration.approval_policy import ApprovalRules, RequestFacts, Vote, decide
 from backfills.resources.approvals_store import ApprovalStore
-from backfills.resources.catalog import ReleaseCatalog, changed_partitions
+from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import (
     ApprovalFacts,
     ApprovalRequest,
@@ -246,8 +246,7 @@ def promote(
         batch_id, actor=requested_by, reason=reason or request.decision_summary, approval=approval
     )
     _finish(catalog, approvals, batch, release, run_id)
-    before = {} if release.parent_id is None else catalog.get_release(release.parent_id).tables
-    return PublishedChange(release, release.parent_id, changed_partitions(before, release.tables))
+    return PublishedChange(release, release.parent_id, release.changed)
 
 
 def _finish(
@@ -304,8 +303,7 @@ def roll_back(
         reason=reason + (f" (approved by {', '.join(approvers)})" if approvers else ""),
         tables=tables,
     )
-    before = catalog.get_release(release.parent_id).tables if release.parent_id else {}
-    return PublishedChange(release, release.parent_id, changed_partitions(before, release.tables))
+    return PublishedChange(release, release.parent_id, release.changed)
 
 
 def production_facts(
@@ -317,6 +315,7 @@ def production_facts(
     manifests: dict[str, BatchManifest] = {}
     facts: dict[str, dict[str, dict[str, object]]] = defaultdict(dict)
     for table, days in change.changed.items():
+        now_served = catalog.served(release, table, days=days)
         for day in days:
             common: dict[str, object] = {
                 "kind": release.kind,
@@ -335,7 +334,7 @@ def production_facts(
                 }
             else:
                 common["rolled_back_to"] = release.rolled_back_to
-            served = release.tables.get(table, {}).get(day)
+            served = now_served.get(day)
             if served is None:
                 facts[table][day] = common | {"removed_from_production": True}
                 continue

@@ -33,6 +33,7 @@ from backfills.resources.catalog_models import (
     Release,
     ReleasedPartition,
 )
+from backfills.resources.release_tree import ReleaseTree
 from backfills.resources.storage import ObjectStore
 
 # A batch takes partitions while its backfill runs, whatever its checks said so far; approval seals it.
@@ -46,8 +47,6 @@ CURRENT_KEY = "catalog/CURRENT"
 # IDs become object keys: no '/', no leading dot, nothing a shell or S3 console would mangle.
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _EVENT_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
-
-Snapshot = dict[str, dict[str, ReleasedPartition]]
 
 
 def _now() -> datetime:
@@ -99,29 +98,14 @@ def _released(record: PartitionRecord) -> ReleasedPartition:
     )
 
 
-def _sorted_snapshot(tables: Snapshot) -> Snapshot:
-    return {
-        table: dict(sorted(partitions.items())) for table, partitions in sorted(tables.items()) if partitions
-    }
-
-
-def changed_partitions(before: Snapshot, after: Snapshot) -> dict[str, list[str]]:
-    """Table -> dates whose production entry a release adds, replaces or removes."""
-    changed: dict[str, list[str]] = {}
-    for table in sorted(before.keys() | after.keys()):
-        old, new = before.get(table, {}), after.get(table, {})
-        dates = sorted(day for day in old.keys() | new.keys() if old.get(day) != new.get(day))
-        if dates:
-            changed[table] = dates
-    return changed
-
-
 class ReleaseCatalog:
     """Batches, releases and the production pointer of one storage root."""
 
     def __init__(self, store: ObjectStore, *, max_attempts: int = CAS_MAX_ATTEMPTS) -> None:
         self.store = store
         self.max_attempts = max_attempts
+        self.tree = ReleaseTree(store)
+        self._releases: dict[str, Release] = {}  # releases never change once written
 
     # Batches
 
@@ -358,6 +342,8 @@ class ReleaseCatalog:
 
     def get_release(self, release_id: str) -> Release:
         """A stored release; ReleaseNotFoundError if there is none with that ID."""
+        if release_id in self._releases:
+            return self._releases[release_id]
         try:
             body = self.store.get(self._release_key(release_id))
         except ObjectNotFoundError:
@@ -365,7 +351,9 @@ class ReleaseCatalog:
                 f"release {release_id} does not exist under {self.store.root}/{RELEASES_PREFIX}; "
                 "list them with `backfills releases` and use one of their IDs"
             ) from None
-        return Release.model_validate_json(body)
+        release = Release.model_validate_json(body)
+        self._releases[release_id] = release
+        return release
 
     def list_releases(self) -> list[Release]:
         """Every stored release, oldest first, including staged ones that never became current."""
@@ -411,6 +399,70 @@ class ReleaseCatalog:
         self.store.put_if_absent(self._release_key(release.release_id), dump(release))
         return release
 
+    # What a release serves
+
+    def served(
+        self,
+        release: Release,
+        table: str,
+        *,
+        start: str | None = None,
+        end: str | None = None,
+        days: Iterable[str] | None = None,
+    ) -> dict[str, ReleasedPartition]:
+        """The table's partitions in the release: all, those of `days`, or start <= day <= end (each bound
+        optional). Reads only the months asked for."""
+        if release.is_snapshot:
+            entries = release.tables.get(table, {})
+            if days is not None:
+                return {day: entries[day] for day in days if day in entries}
+            return {
+                day: entry
+                for day, entry in entries.items()
+                if (start is None or day >= start) and (end is None or day <= end)
+            }
+        key = release.table_indexes.get(table)
+        if days is not None:
+            return self.tree.read_days(key, days)
+        return self.tree.read_table(key, start=start, end=end)
+
+    def snapshot(self, release: Release) -> dict[str, dict[str, ReleasedPartition]]:
+        """Everything the release serves, table -> day -> entry. Reads all its segments: for exports, tests
+        and small catalogs; readers ask `served` for the days they need."""
+        return {table: self.served(release, table) for table in release.served_tables()}
+
+    def last_served_day(self, release: Release, table: str) -> str | None:
+        """The newest partition of the table the release serves, or None."""
+        if release.is_snapshot:
+            return max(release.tables.get(table, {}), default=None)
+        return self.tree.last_day(release.table_indexes.get(table))
+
+    def _indexes(self, release: Release | None) -> dict[str, str]:
+        """Table -> index of every table the release serves; a first-format release is converted (its
+        objects are written once, then shared)."""
+        if release is None:
+            return {}
+        if not release.is_snapshot:
+            return dict(release.table_indexes)
+        converted = {table: self.tree.write_snapshot(parts) for table, parts in release.tables.items()}
+        return {table: key for table, key in converted.items() if key is not None}
+
+    def _release(self, indexes: dict[str, str], changed: dict[str, list[str]], **fields: Any) -> Release:
+        """A new release serving `indexes`, stored (not yet current)."""
+        return self._store_release(
+            Release(
+                release_id=self._new_release_id(),
+                created_at=_now(),
+                table_indexes=dict(sorted(indexes.items())),
+                partition_counts={
+                    table: sum(self.tree.index(key).partition_counts.values())
+                    for table, key in sorted(indexes.items())
+                },
+                changed={table: days for table, days in sorted(changed.items()) if days},
+                **fields,
+            )
+        )
+
     def stage_promotion(
         self,
         batch_id: str,
@@ -420,10 +472,11 @@ class ReleaseCatalog:
         tables: Sequence[str] | None = None,
         approval: ApprovalFacts | None = None,
     ) -> Release:
-        """Write (but do not publish) a release: the current snapshot with the batch's partitions overlaid.
+        """Write (but do not publish) a release: the current one with the batch's partitions overlaid.
 
         With `tables`, only those tables of the batch are overlaid. CURRENT is untouched until `commit`.
-        `approval` (who requested and approved the batch) is recorded on the release.
+        `approval` (who requested and approved the batch) is recorded on the release. Writes only the months
+        of the tables the batch changes, however long production's history is.
         """
         manifest = self.get_batch(batch_id)
         if manifest.partition_count() == 0:
@@ -435,23 +488,24 @@ class ReleaseCatalog:
             tables, available=manifest.tables.keys(), what=f"batch {batch_id} staged"
         )
         current = self.current_release()
-        snapshot: Snapshot = {} if current is None else {t: dict(p) for t, p in current.tables.items()}
+        indexes = self._indexes(current)
+        changed: dict[str, list[str]] = {}
         for table in selected:
-            snapshot.setdefault(table, {}).update(
-                {day: _released(record) for day, record in manifest.tables[table].items()}
-            )
-        return self._store_release(
-            Release(
-                release_id=self._new_release_id(),
-                parent_id=None if current is None else current.release_id,
-                created_at=_now(),
-                kind="promotion",
-                batch_id=batch_id,
-                actor=actor,
-                reason=reason,
-                tables=_sorted_snapshot(snapshot),
-                **(approval.model_dump() if approval else {}),
-            )
+            entries = {day: _released(record) for day, record in manifest.tables[table].items()}
+            before = self.tree.read_days(indexes.get(table), entries)
+            changed[table] = sorted(day for day, entry in entries.items() if before.get(day) != entry)
+            written = self.tree.write_table(indexes.get(table), entries)
+            if written is not None:
+                indexes[table] = written
+        return self._release(
+            indexes,
+            changed,
+            parent_id=None if current is None else current.release_id,
+            kind="promotion",
+            batch_id=batch_id,
+            actor=actor,
+            reason=reason,
+            **(approval.model_dump() if approval else {}),
         )
 
     @staticmethod
@@ -508,31 +562,33 @@ class ReleaseCatalog:
                 f"release {target.release_id} is already current; nothing to roll back; name an earlier "
                 "release from release_history()"
             )
+        now, then = self._indexes(current), self._indexes(target)
         if tables is None:
-            snapshot: Snapshot = dict(target.tables)
+            indexes = then
         else:
             selected = self._select_tables(
                 tables,
-                available=current.tables.keys() | target.tables.keys(),
+                available=now.keys() | then.keys(),
                 what=f"releases {current.release_id} or {target.release_id} contain",
             )
-            snapshot = dict(current.tables)
+            indexes = dict(now)
             for table in selected:
-                if table in target.tables:
-                    snapshot[table] = target.tables[table]
+                if table in then:
+                    indexes[table] = then[table]
                 else:
-                    snapshot.pop(table, None)
-        return self._store_release(
-            Release(
-                release_id=self._new_release_id(),
-                parent_id=current.release_id,
-                created_at=_now(),
-                kind="rollback",
-                rolled_back_to=target.release_id,
-                actor=actor,
-                reason=reason,
-                tables=_sorted_snapshot(snapshot),
-            )
+                    indexes.pop(table, None)
+        changed = {
+            table: self.tree.changed_days(now.get(table), indexes.get(table))
+            for table in now.keys() | indexes.keys()
+        }
+        return self._release(
+            indexes,
+            changed,
+            parent_id=current.release_id,
+            kind="rollback",
+            rolled_back_to=target.release_id,
+            actor=actor,
+            reason=reason,
         )
 
     def commit(self, release: Release) -> Release:
@@ -557,13 +613,12 @@ class ReleaseCatalog:
             raise CurrentChangedError(
                 self._current_moved_message(release, self.current_release_id())
             ) from None
-        before = {} if release.parent_id is None else self.get_release(release.parent_id).tables
         self.append_event(
             "promoted" if release.kind == "promotion" else "rolled_back",
             batch_id=release.batch_id,
             release_id=release.release_id,
             actor=release.actor,
-            tables=changed_partitions(before, release.tables),
+            tables=release.changed,
             details={
                 "previous_release_id": release.parent_id,
                 "rolled_back_to": release.rolled_back_to,
@@ -639,11 +694,7 @@ class ReleaseCatalog:
                 )
         else:
             release = self.get_release(release_id)
-        return {
-            day: partition
-            for day, partition in release.tables.get(table, {}).items()
-            if first <= date.fromisoformat(day) <= last
-        }
+        return self.served(release, table, start=first.isoformat(), end=last.isoformat())
 
     # Audit trail
 

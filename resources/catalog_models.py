@@ -201,8 +201,27 @@ class ApprovalFacts(CatalogModel):
     code_versions: dict[str, TableCode] = {}
 
 
+class Segment(CatalogModel):
+    """The partitions of one table in one month as releases serve them: an immutable catalog object."""
+
+    partitions: dict[PartitionDate, ReleasedPartition] = {}
+
+
+class TableIndex(CatalogModel):
+    """One table as a release serves it: the segment of each month ("YYYY-MM" -> object key) and how many
+    partitions each holds. Immutable and shared by every release that serves the table the same way."""
+
+    segments: dict[str, str] = {}
+    partition_counts: dict[str, int] = {}
+
+
 class Release(CatalogModel):
-    """An immutable full snapshot of production (table -> date -> partition), not a delta."""
+    """An immutable release of production: per table, the index of the partitions it serves (a tree of
+    shared objects, resources/release_tree.py), its parent, and the partitions it changed against it.
+
+    Releases of the first catalog format hold the whole snapshot in `tables` instead; they are still read
+    (and the first release published over one converts it).
+    """
 
     release_id: str
     parent_id: str | None
@@ -212,7 +231,10 @@ class Release(CatalogModel):
     rolled_back_to: str | None = None
     actor: str | None = None
     reason: str | None = None
-    tables: dict[str, dict[str, ReleasedPartition]] = {}
+    tables: dict[str, dict[str, ReleasedPartition]] = {}  # the first format's full snapshot
+    table_indexes: dict[str, str] = {}  # table -> TableIndex object key
+    partition_counts: dict[str, int] = {}  # table -> partitions served
+    changed: dict[str, list[str]] = {}  # table -> days added, replaced or removed against the parent
     # Governance facts of a promotion (and of a rollback that needed approval): see ApprovalFacts.
     requester: str | None = None
     approvers: list[Approver] = []
@@ -221,9 +243,19 @@ class Release(CatalogModel):
     forced: bool = False
     code_versions: dict[str, TableCode] = {}
 
+    @property
+    def is_snapshot(self) -> bool:
+        """Whether this release is of the first catalog format (a full snapshot in `tables`)."""
+        return not self.table_indexes and bool(self.tables)
+
+    def served_tables(self) -> list[str]:
+        return sorted(self.tables if self.is_snapshot else self.table_indexes)
+
     def partition_count(self) -> int:
         """How many partitions production serves in this release, over all tables."""
-        return sum(len(partitions) for partitions in self.tables.values())
+        if self.is_snapshot:
+            return sum(len(partitions) for partitions in self.tables.values())
+        return sum(self.partition_counts.values())
 
 
 class CurrentPointer(CatalogModel):

@@ -34,19 +34,19 @@ class OrphanAttempt:
 
 
 def referenced_attempts(catalog: ReleaseCatalog) -> set[str]:
-    """Every attempt folder a batch manifest or a release points at."""
+    """Every attempt folder a batch manifest or a release points at (each shared release object read once)."""
     bases = {
         record.base
         for batch in catalog.list_batches()
         for parts in batch.tables.values()
         for record in parts.values()
     }
+    releases = catalog.list_releases()
     bases |= {
-        part.base
-        for release in catalog.list_releases()
-        for parts in release.tables.values()
-        for part in parts.values()
+        part.base for release in releases for parts in release.tables.values() for part in parts.values()
     }
+    indexes = {key for release in releases for key in release.table_indexes.values()}
+    bases |= {part.base for part in catalog.tree.entries(indexes)}
     return bases
 
 

@@ -69,8 +69,8 @@ def stage(
     return manifest
 
 
-def batches_of(release: Release, table: str) -> dict[str, str]:
-    return {day: partition.batch_id for day, partition in release.tables[table].items()}
+def batches_of(catalog: ReleaseCatalog, release: Release, table: str) -> dict[str, str]:
+    return {day: partition.batch_id for day, partition in catalog.served(release, table).items()}
 
 
 class InterleavingStore:
@@ -305,16 +305,16 @@ def test_promotion_overlays_the_batch_onto_the_current_release(catalog: ReleaseC
     assert second.batch_id == "b2"
     assert catalog.current_release_id() == second.release_id
     assert catalog.current_release() == second
-    assert batches_of(second, DAILY) == {
+    assert batches_of(catalog, second, DAILY) == {
         "2025-01-01": "b1",
         "2025-01-02": "b2",
         "2025-01-03": "b1",
         "2025-01-04": "b2",
     }
-    assert batches_of(second, WEEKLY) == {"2025-01-03": "b1"}
+    assert batches_of(catalog, second, WEEKLY) == {"2025-01-03": "b1"}
     promoted = catalog.get_batch("b2").partition(DAILY, "2025-01-02")
-    assert second.tables[DAILY]["2025-01-02"].files == promoted.files
-    assert second.tables[DAILY]["2025-01-02"].content_hash == promoted.content_hash
+    served = catalog.served(second, DAILY, days=["2025-01-02"])["2025-01-02"]
+    assert served.files == promoted.files and served.content_hash == promoted.content_hash
     assert [release.release_id for release in catalog.release_history()] == [
         second.release_id,
         first.release_id,
@@ -329,8 +329,8 @@ def test_promoting_some_tables_leaves_the_others_as_they_were(catalog: ReleaseCa
 
     release = catalog.promote("b2", actor="ops", tables=[WEEKLY])
 
-    assert batches_of(release, DAILY) == {"2025-01-01": "b1"}
-    assert batches_of(release, WEEKLY) == {"2025-01-01": "b2"}
+    assert batches_of(catalog, release, DAILY) == {"2025-01-01": "b1"}
+    assert batches_of(catalog, release, WEEKLY) == {"2025-01-01": "b2"}
 
 
 def test_promoting_an_empty_batch_or_unknown_tables_is_refused(catalog: ReleaseCatalog) -> None:
@@ -408,7 +408,7 @@ def test_two_promotions_staged_from_the_same_release_only_one_commits(catalog: R
 
     retried = catalog.promote("b2", actor="bob")
     assert retried.parent_id == winner.release_id
-    assert batches_of(catalog.current_release(), DAILY) == {
+    assert batches_of(catalog, catalog.current_release(), DAILY) == {
         "2025-01-01": "b0",
         "2025-01-02": "b1",
         "2025-01-03": "b2",
@@ -542,7 +542,8 @@ def test_rollback_to_previous_republishes_the_parent_snapshot(catalog: ReleaseCa
     assert rollback.parent_id == second.release_id
     assert rollback.batch_id is None
     assert rollback.reason == "b2 doubled the decline counts"
-    assert rollback.tables == first.tables
+    assert catalog.snapshot(rollback) == catalog.snapshot(first)
+    assert rollback.table_indexes == first.table_indexes  # shared, not copied
     assert catalog.current_release_id() == rollback.release_id
     assert catalog.release_partitions(WEEKLY, "2025-01-01", "2025-01-31") == {}
     assert [release.release_id for release in catalog.release_history()] == [
@@ -562,7 +563,7 @@ def test_rollback_to_an_explicit_release(catalog: ReleaseCatalog) -> None:
 
     assert rollback.rolled_back_to == first.release_id
     assert rollback.parent_id == third.release_id
-    assert batches_of(catalog.current_release(), DAILY) == {"2025-01-01": "b1"}
+    assert batches_of(catalog, catalog.current_release(), DAILY) == {"2025-01-01": "b1"}
     with pytest.raises(ValueError, match=f"release {rollback.release_id} is already current"):
         catalog.rollback(rollback.release_id, actor="carol", reason="again")
 
@@ -585,9 +586,9 @@ def test_rollback_of_one_table_keeps_the_other_tables(catalog: ReleaseCatalog) -
         tables=[WEEKLY, "customer_txn_30d"],
     )
 
-    assert batches_of(rollback, DAILY) == {"2025-01-01": "b2"}
-    assert batches_of(rollback, WEEKLY) == {"2025-01-01": "b1"}
-    assert "customer_txn_30d" not in rollback.tables
+    assert batches_of(catalog, rollback, DAILY) == {"2025-01-01": "b2"}
+    assert batches_of(catalog, rollback, WEEKLY) == {"2025-01-01": "b1"}
+    assert "customer_txn_30d" not in rollback.served_tables()
     with pytest.raises(ValueError, match="nope: not among the tables releases"):
         catalog.rollback("previous", actor="carol", reason="typo", tables=["nope"])
 

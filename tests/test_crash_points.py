@@ -127,14 +127,14 @@ def _assert_not_torn(lake: Lake) -> None:
         for r in p.values()
         for key in r.files
     ]
-    referenced += [
-        key for r in releases for p in r.tables.values() for part in p.values() for key in part.files
-    ]
+    for release in releases:
+        snapshot = lake.catalog.snapshot(release)
+        referenced += [key for parts in snapshot.values() for part in parts.values() for key in part.files]
     assert all(store.exists(key) for key in referenced)
 
 
 def _production_hashes(lake: Lake) -> dict[str, str]:
-    served = lake.catalog.current_release().tables[DAILY]
+    served = lake.catalog.served(lake.catalog.current_release(), DAILY)
     return {day: part.content_hash for day, part in served.items()}
 
 
@@ -158,7 +158,8 @@ def test_a_run_killed_while_staging_leaves_production_whole_and_a_retry_stages_t
     _assert_not_torn(lake)
     assert _production_hashes(lake) == production
     rows = FeatureReader(spark, lake.store).read(DAILY, FIRST, LAST).count()
-    assert rows == sum(part.row_count for part in lake.catalog.current_release().tables[DAILY].values())
+    served = lake.catalog.served(lake.catalog.current_release(), DAILY)
+    assert rows == sum(part.row_count for part in served.values())
     killed = _attempt_folders(lake)
     assert killed, f"{point}: the killed run wrote nothing"
     if point in ("mid_partition_write", "after_files_before_manifest"):

@@ -454,7 +454,7 @@ def test_an_approval_in_slack_promotes_the_batch_and_a_rollback_restores_the_pre
     print(f"approval -> promotion finished: {time.monotonic() - approved_at:.1f}s")
     release = catalog.current_release()
     assert release.batch_id == outcome.backfill_id and release.parent_id == outcome.previous_release_id
-    assert {table: sorted(days) for table, days in release.tables.items()} == {
+    assert {table: sorted(days) for table, days in catalog.snapshot(release).items()} == {
         table: DAYS for table in TABLES
     }
     assert [approver.user_id for approver in release.approvers] == [APPROVER]
@@ -475,4 +475,4 @@ def test_an_approval_in_slack_promotes_the_batch_and_a_rollback_restores_the_pre
     assert client.wait_for_run(rollback, timeout=300).status == "SUCCESS"
     current = catalog.current_release()
     assert current.kind == "rollback" and current.rolled_back_to == outcome.previous_release_id
-    assert current.tables == catalog.get_release(outcome.previous_release_id).tables
+    assert catalog.snapshot(current) == catalog.snapshot(catalog.get_release(outcome.previous_release_id))

@@ -179,8 +179,8 @@ def test_a_downstream_backfill_covers_every_window_that_includes_a_changed_day(
 ) -> None:
     for spec in dependency_order():
         lake.stage(spark, spec, date(2025, 1, 1), date(2025, 1, 16), "history")
-    release = lake.catalog.promote("history", actor="carol")
-    ranges = blast_radius(["customer_daily_txn"], DateRange(date(2025, 1, 5), date(2025, 1, 6)), release)
+    lake.catalog.promote("history", actor="carol")
+    ranges = blast_radius(["customer_daily_txn"], DateRange(date(2025, 1, 5), date(2025, 1, 6)), lake.catalog)
     assert {name: (span.start.day, span.end.day) for name, span in ranges.items()} == {
         "customer_daily_txn": (5, 6),
         "customer_txn_7d": (5, 12),  # a 7-day window ending on the 12th still holds the 6th
