@@ -37,6 +37,7 @@ from backfills.resources.catalog_models import (
     ColumnSchema,
     PartitionRecord,
     Release,
+    StagedFile,
     UpstreamSource,
 )
 from backfills.resources.feature_store import (
@@ -286,6 +287,7 @@ class _Written:
     base: str
     files: dict[str, PartitionFiles]
     rows: DataFrame
+    checks: dict[str, StagedFile]  # per file: size and checksum, for promotion to verify without Spark
 
 
 def _write(run: _RunContext, spark: SparkSession, store: ObjectStore, inputs: _Inputs) -> _Written:
@@ -321,7 +323,13 @@ def _write(run: _RunContext, spark: SparkSession, store: ObjectStore, inputs: _I
     written = read_partitions(
         spark, store, files.values(), schema_ddl=spec.schema_ddl, columns=spec.column_names
     )
-    return _Written(attempt_id, base, files, written)
+    sizes = {item.key: item.size for item in store.describe(base)}
+    checks = {
+        key: StagedFile(size=sizes[key], checksum=store.checksum(key))
+        for part in files.values()
+        for key in part.files
+    }
+    return _Written(attempt_id, base, files, written, checks)
 
 
 def _records(run: _RunContext, written: _Written, inputs: _Inputs) -> list[PartitionRecord]:
@@ -353,6 +361,9 @@ def _records(run: _RunContext, written: _Written, inputs: _Inputs) -> list[Parti
                 upstream=inputs.lineage(spec, day),
                 written_at=now,
                 null_counts=fact.null_counts if fact else {},
+                file_checks={file: written.checks[file] for file in written.files[key].files}
+                if key in written.files
+                else {},
             )
         )
     return records

@@ -357,7 +357,7 @@ def _run_job(
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
     from backfills.assets.factory import BATCH_TAG
 
-    config: dict[str, object] = {"batch_id": args.batch, "force": args.force}
+    config: dict[str, object] = {"batch_id": args.batch, "force": args.force, "deep_verify": args.deep_verify}
     if args.as_user:
         config["requested_by"] = args.as_user
     if args.reason:
@@ -501,6 +501,11 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="publish over newer production data, or under other code than staged the batch (needs --reason; "
         "recorded)",
+    )
+    promote.add_argument(
+        "--deep-verify",
+        action="store_true",
+        help="also recompute the staged partitions' content hashes with Spark (default: sizes and checksums)",
     )
     promote.set_defaults(run=cmd_promote)
 

@@ -31,6 +31,11 @@ class PromoteConfig(Config):
         ),
     )
     reason: str | None = Field(default=None, description="Why (recorded on the release).")
+    deep_verify: bool = Field(
+        default=False,
+        description="Also recompute every staged partition's content hash with Spark (default: file sizes "
+        "and checksums, no Spark).",
+    )
 
 
 class RollbackConfig(Config):
@@ -87,6 +92,7 @@ def promote_op(
             force=config.force,
             reason=config.reason,
             run_id=context.run_id,
+            deep_verify=config.deep_verify,
         )
     except BackfillsError as error:
         release_catalog.append_event(

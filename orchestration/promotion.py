@@ -129,47 +129,79 @@ def verify_code(batch: BatchManifest, code: dict[str, TableCode], *, force: bool
         )
 
 
-def verify_content(spark: SparkSession, store: ObjectStore, batch: BatchManifest) -> int:
-    """Recompute every staged partition's content hash from its files and compare with the manifest.
+def _file_problems(store: ObjectStore, table: str, day: str, record: PartitionRecord) -> list[str]:
+    """What changed in one partition's files since staging, from sizes and checksums (no rows read)."""
+    problems = []
+    sizes = {item.key: item.size for item in store.describe(record.base)} if record.files else {}
+    for key in record.files:
+        recorded = record.file_checks[key]
+        if key not in sizes:
+            problems.append(f"{table} {day} ({key} is missing)")
+        elif sizes[key] != recorded.size:
+            problems.append(f"{table} {day} ({key} is {sizes[key]} bytes, was {recorded.size} when staged)")
+        elif store.checksum(key) != recorded.checksum:
+            problems.append(f"{table} {day} ({key} changed: its checksum is not the one recorded at staging)")
+    return problems
+
+
+def _row_problems(
+    spark: SparkSession, store: ObjectStore, table: str, records: dict[str, PartitionRecord]
+) -> list[str]:
+    """Partitions whose files no longer hold the recorded rows: content hashes recomputed with Spark."""
+    problems = [
+        f"{table} {day} ({key} is missing)"
+        for day, record in sorted(records.items())
+        for key in record.files
+        if not store.exists(key)
+    ]
+    if problems:
+        return problems
+    try:
+        facts = _facts(spark, store, table, list(records.values()))
+    except (PySparkException, Py4JJavaError):
+        # A file that cannot be read (local checksums catch overwritten files) fails the whole read: find
+        # which partitions it is by reading them one by one.
+        facts = {}
+        for day, record in sorted(records.items()):
+            try:
+                facts |= _facts(spark, store, table, [record])
+            except (PySparkException, Py4JJavaError) as error:
+                first_line = (str(error).strip().splitlines() or [""])[0]
+                problems.append(f"{table} {day} (its files cannot be read: {first_line[:200]})")
+                facts[day] = None
+    for day, record in sorted(records.items()):
+        if day in facts and facts[day] is None:
+            continue
+        found = facts.get(day)
+        if record.row_count == 0 and found is None:
+            continue
+        if found is None or found.content_hash != record.content_hash:
+            rows_now = found.row_count if found else 0
+            problems.append(f"{table} {day} (recorded {record.row_count} rows, files now hold {rows_now})")
+    return problems
+
+
+def verify_content(
+    spark: SparkSession, store: ObjectStore, batch: BatchManifest, *, deep: bool = False
+) -> int:
+    """Check that every staged file is what was checked and approved: its size and checksum against the
+    manifest (no Spark, O(files)); with `deep`, and for partitions staged before checksums were recorded,
+    also recompute the content hashes from the rows with Spark.
 
     Returns the partitions verified; StagedContentChangedError names those whose files changed or vanished.
     """
     problems: list[str] = []
+    by_rows: dict[str, dict[str, PartitionRecord]] = {}
     for table, records in sorted(batch.tables.items()):
-        absent = [
-            f"{table} {day} ({key} is missing)"
-            for day, record in sorted(records.items())
-            for key in record.files
-            if not store.exists(key)
-        ]
-        if absent:
-            problems.extend(absent)
-            continue
-        try:
-            facts = _facts(spark, store, table, list(records.values()))
-        except (PySparkException, Py4JJavaError):
-            # A file that cannot be read (local checksums catch overwritten files) fails the whole read: find
-            # which partitions it is by reading them one by one.
-            facts = {}
-            for day, record in sorted(records.items()):
-                try:
-                    facts |= _facts(spark, store, table, [record])
-                except (PySparkException, Py4JJavaError) as error:
-                    first_line = (str(error).strip().splitlines() or [""])[0]
-                    problems.append(f"{table} {day} (its files cannot be read: {first_line[:200]})")
-                    facts[day] = None
         for day, record in sorted(records.items()):
-            if day in facts and facts[day] is None:
-                continue
-            found = facts.get(day)
-            if record.row_count == 0 and found is None:
-                continue
-            if found is None or found.content_hash != record.content_hash:
-                rows_now = found.row_count if found else 0
-                problems.append(
-                    f"{table} {day} (recorded {record.row_count} rows, files now hold {rows_now})"
-                )
+            if record.file_checks or not record.files:
+                problems.extend(_file_problems(store, table, day, record))
+            if deep or (record.files and not record.file_checks):
+                by_rows.setdefault(table, {})[day] = record
+    for table, records in by_rows.items():
+        problems.extend(_row_problems(spark, store, table, records))
     if problems:
+        problems = list(dict.fromkeys(problems))
         raise StagedContentChangedError(
             f"batch {batch.batch_id} cannot be promoted: staged files no longer match the content that was "
             f"checked and approved: {'; '.join(problems[:5])}"
@@ -204,11 +236,13 @@ def promote(
     reason: str | None = None,
     now: datetime | None = None,
     run_id: str | None = None,
+    deep_verify: bool = False,
 ) -> PublishedChange:
     """Publish an approved batch: verify approval, code versions and content, refuse a stale batch unless
-    forced, then write the release and swap CURRENT atomically. A promotion whose release is already current
-    only finishes its bookkeeping (a retry after a crash). `run_id` (the promotion's Dagster run) is noted on
-    the approval request."""
+    forced, then write the release and swap CURRENT atomically. Staged files are verified by size and
+    checksum; `deep_verify` also recomputes their content hashes with Spark. A promotion whose release is
+    already current only finishes its bookkeeping (a retry after a crash). `run_id` (the promotion's Dagster
+    run) is noted on the approval request."""
     now = now or datetime.now(UTC)
     approvals = ApprovalStore(catalog.store)
     batch = catalog.get_batch(batch_id)
@@ -226,7 +260,7 @@ def promote(
     request = verify_approval(approvals, rules, batch, now)
     code = code_versions(batch)
     verify_code(batch, code, force=force, reason=reason)
-    verify_content(spark, catalog.store, batch)
+    verify_content(spark, catalog.store, batch, deep=deep_verify)
     newer = newer_batch_serving(catalog, batch, current)
     if newer is not None and not force:
         raise StaleBatchError(

@@ -52,6 +52,14 @@ class UpstreamSource(CatalogModel):
     partitions: list[str] = []
 
 
+class StagedFile(CatalogModel):
+    """What a staged file was when it was written: its size and a checksum of its bytes (`sha256:…` locally,
+    the object store's `etag:…` on S3), so promotion can tell a changed file without reading rows."""
+
+    size: int
+    checksum: str
+
+
 class PartitionRecord(CatalogModel):
     """One completely written staged partition: where its files are and what produced them."""
 
@@ -69,6 +77,7 @@ class PartitionRecord(CatalogModel):
     upstream: list[UpstreamSource] = []
     written_at: UtcDatetime
     null_counts: dict[str, int] = {}  # per nullable column
+    file_checks: dict[str, StagedFile] = {}  # per file; empty in manifests written before they were kept
 
 
 class CheckRecord(CatalogModel):

@@ -74,6 +74,9 @@ class ObjectStore(Protocol):
     def delete_prefix(self, prefix: str) -> None:
         """Remove every object under `prefix` (and, locally, the folders)."""
 
+    def checksum(self, key: str) -> str:
+        """A checksum of the object's bytes that changes when they do (ObjectNotFoundError if absent)."""
+
     def data_uri(self, key: str) -> str:
         """The URI Spark uses for `key` (a local path or `s3a://…`)."""
 
@@ -182,6 +185,16 @@ class LocalObjectStore:
     def delete_prefix(self, prefix: str) -> None:
         shutil.rmtree(self._file(prefix), ignore_errors=True)
 
+    def checksum(self, key: str) -> str:
+        digest = hashlib.sha256()
+        try:
+            with open(self._file(key), "rb") as handle:
+                for chunk in iter(lambda: handle.read(1 << 20), b""):
+                    digest.update(chunk)
+        except FileNotFoundError:
+            raise ObjectNotFoundError(f"{key} does not exist under {self.root}") from None
+        return f"sha256:{digest.hexdigest()}"
+
     def data_uri(self, key: str) -> str:
         return str(self.path / key.strip("/"))
 
@@ -268,6 +281,16 @@ class S3ObjectStore:
     def delete_prefix(self, prefix: str) -> None:
         for item in self.describe(prefix):
             self.delete(item.key)
+
+    def checksum(self, key: str) -> str:
+        # The ETag changes with the bytes (an MD5 for single-part uploads, a digest of the parts' MD5s else).
+        try:
+            response = self.client.head_object(Bucket=self.bucket, Key=self._key(key))
+        except Exception as error:
+            if self._code(error) in {"NoSuchKey", "404", "NotFound"}:
+                raise ObjectNotFoundError(f"{key} does not exist under {self.root}") from None
+            raise
+        return f"etag:{response['ETag'].strip(chr(34))}"
 
     def data_uri(self, key: str) -> str:
         # Spark on clusters with hadoop-aws reads S3 through the s3a connector.
