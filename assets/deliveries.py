@@ -18,18 +18,10 @@ apart are different transactions by this rule.
 
 from __future__ import annotations
 
-from functools import reduce
-
-from pyspark.sql import Column, DataFrame, Window
+from pyspark.sql import DataFrame, Window
 from pyspark.sql import functions as F
 
-from backfills.assets.transformations import DateRange
-
-EVENT_ID = "txn_id"
-EVENT_FIELDS = ("event_ts", "customer_id", "amount", "currency", "merchant_category", "status")
-LANDED_DATE = "landed_date"  # the day of the landing file a raw row was read from
-REDELIVERED = "redelivered"
-PREVIOUS_DELIVERY = "previous_delivery"  # the copy delivered just before this one: landed_date and fields
+from backfills.specs import EVENT_FIELDS, EVENT_ID, LANDED_DATE, PREVIOUS_DELIVERY, REDELIVERED, DateRange
 
 
 def mark_redeliveries(landed: DataFrame, *, redelivery_days: int) -> DataFrame:
@@ -57,11 +49,3 @@ def deliveries_of(marked: DataFrame, dates: DateRange, *, lateness_days: int) ->
 def counted_events(deliveries: DataFrame) -> DataFrame:
     """One row per transaction that counts on the deliveries' days: the first deliveries, raw columns only."""
     return deliveries.where(~F.col(REDELIVERED)).select(EVENT_ID, *EVENT_FIELDS)
-
-
-def same_as_previous() -> Column:
-    """True where a marked row's content equals the copy delivered before it (nulls equal nulls)."""
-    return reduce(
-        lambda left, right: left & right,
-        [F.col(name).eqNullSafe(F.col(f"{PREVIOUS_DELIVERY}.{name}")) for name in EVENT_FIELDS],
-    )

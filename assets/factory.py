@@ -31,16 +31,15 @@ from dagster import (
     asset,
 )
 
-from backfills.assets.raw_transactions import LANDING_PREFIX, RAW_SCHEMA_DDL
-from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec
+from backfills.assets.raw_transactions import LANDING_PREFIX
 from backfills.assets.staging import StagedRun, stage_partitions
-from backfills.assets.transformations import DateRange
 from backfills.checks.diff_check import DIFF_CHECK
 from backfills.checks.gate import gate_check_names
 from backfills.checks.outcome import CheckOutcome
 from backfills.resources.catalog_models import PartitionRecord
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.resources.spark import SparkResource
+from backfills.specs import RAW_SCHEMA_DDL, RAW_TRANSACTIONS, DateRange, FeatureSpec
 
 # Multi-run backfill policies and nonexistent-upstream mappings are the designed path, though marked beta.
 warnings.filterwarnings("ignore", category=BetaWarning)

@@ -9,18 +9,12 @@ from datetime import date, timedelta
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from backfills.assets.deliveries import LANDED_DATE, deliveries_of, mark_redeliveries
+from backfills.assets.deliveries import deliveries_of, mark_redeliveries
 from backfills.assets.generator import LANDING_PREFIX
-from backfills.assets.registry import RAW_TRANSACTIONS
-from backfills.assets.transformations import DateRange
 from backfills.errors import InvalidInputError
 from backfills.resources.catalog_models import UpstreamSource
 from backfills.resources.storage import ObjectStore
-
-RAW_SCHEMA_DDL = (
-    "txn_id string, customer_id string, event_ts timestamp, amount double, "
-    "currency string, merchant_category string, status string"
-)
+from backfills.specs import LANDED_DATE, RAW_SCHEMA_DDL, RAW_TRANSACTIONS, DateRange
 
 
 @dataclass(frozen=True)

@@ -2,143 +2,16 @@
 
 from __future__ import annotations
 
-import hashlib
-import inspect
-import types
-from collections.abc import Callable
-from dataclasses import dataclass, field
-from typing import Literal
-
-from pyspark.sql import DataFrame
-
 from backfills.assets import transformations as tx
-from backfills.assets.transformations import DateRange, Inputs
-from backfills.checks.diff import DiffPolicy
 from backfills.errors import UnknownTableError
-
-RAW_TRANSACTIONS = "raw_transactions"
-
-
-@dataclass(frozen=True)
-class FeatureInput:
-    """An upstream table and how many earlier days (lookback) or later files (lateness) a partition needs.
-
-    For raw events, `redelivery_days` is how many files before a day are read to recognise an event
-    delivered again (see assets/deliveries.py): copies of a txn_id at most that many files apart are one
-    transaction, and its earliest delivery counts.
-    """
-
-    table: str
-    lookback_days: int = 0
-    lateness_days: int = 0
-    redelivery_days: int = 0
-
-
-@dataclass(frozen=True)
-class Column:
-    name: str
-    type: str  # Spark SQL type, as in DDL
-    description: str
-    nullable: bool = False
-    derived_from: tuple[tuple[str, str], ...] = ()  # (upstream table, column) pairs, for column lineage
-    min_value: float | None = None  # inclusive bounds, enforced by the contract and the range check
-    max_value: float | None = None
-    max_null_rate: float | None = None  # default: 0 for a non-nullable column, 0.5 for a nullable one
-
-
-@dataclass(frozen=True)
-class RowRule:
-    """A condition (Spark SQL over one row) every row of the table must meet."""
-
-    name: str
-    condition: str
-
-
-@dataclass(frozen=True)
-class KeyCoverage:
-    """How the table's keys on a day relate to an upstream table's keys on the same day.
-
-    `subset`: every row here has its key upstream; `covers`: every upstream key has a row here; `equal`: both.
-    `upstream_date` is the SQL expression giving the upstream row's day (its date column by default).
-    """
-
-    upstream: str
-    relation: Literal["subset", "covers", "equal"]
-    upstream_date: str = "feature_date"
-
-
-@dataclass(frozen=True)
-class FeatureSpec:
-    name: str
-    description: str
-    owner: str
-    inputs: tuple[FeatureInput, ...]
-    transform: Callable[[Inputs, DateRange], DataFrame]
-    columns: tuple[Column, ...]
-    entity_keys: tuple[str, ...] = ("customer_id",)
-    date_column: str = "feature_date"
-    group: str = "features"
-    tags: dict[str, str] = field(default_factory=dict)
-    row_rules: tuple[RowRule, ...] = ()
-    range_mostly: float = 1.0  # share of rows that must be within bounds (1.0: all of them)
-    empty_partition_blocks: bool = True  # a staged day with no rows blocks the batch (else it warns)
-    key_coverage: tuple[KeyCoverage, ...] = ()
-    # Conditions over the same-day rows of the feature inputs joined on the keys (e.g. 7d within 30d).
-    input_rules: tuple[RowRule, ...] = ()
-    diff_policy: DiffPolicy = DiffPolicy()
-    # Share of a run's raw events that may be exact re-deliveries of a txn_id before the check warns.
-    duplicate_events_warn_rate: float = 0.001
-
-    @property
-    def column_names(self) -> list[str]:
-        return [column.name for column in self.columns]
-
-    @property
-    def schema_ddl(self) -> str:
-        return ", ".join(f"`{column.name}` {column.type}" for column in self.columns)
-
-    @property
-    def feature_inputs(self) -> tuple[FeatureInput, ...]:
-        return tuple(item for item in self.inputs if item.table != RAW_TRANSACTIONS)
-
-    @property
-    def code_version(self) -> str:
-        """Hash of the spec and the source of its transformation (and the module functions it calls)."""
-        described = repr(
-            (
-                self.name,
-                self.inputs,
-                self.columns,
-                self.entity_keys,
-                self.date_column,
-                sorted(self.tags.items()),
-            )
-        )
-        digest = hashlib.sha256(described.encode())
-        for source in _transformation_sources(self.transform):
-            digest.update(source.encode())
-        return digest.hexdigest()[:16]
-
-
-def _transformation_sources(function: Callable[..., object]) -> list[str]:
-    """Sources of a function and of the same-module functions it references, so a helper change counts."""
-    module = inspect.getmodule(function)
-    seen: dict[str, str] = {}
-    pending = [function]
-    while pending:
-        current = pending.pop()
-        name = getattr(current, "__qualname__", repr(current))
-        if name in seen:
-            continue
-        seen[name] = inspect.getsource(current)
-        code = getattr(current, "__code__", None)
-        for referenced in code.co_names if code else ():
-            candidate = getattr(module, referenced, None)
-            if isinstance(candidate, types.FunctionType) and inspect.getmodule(candidate) is module:
-                pending.append(candidate)
-            elif isinstance(candidate, int | float | str | dict):
-                seen[f"{name}:{referenced}"] = repr(candidate)
-    return [seen[key] for key in sorted(seen)]
+from backfills.specs import (
+    RAW_TRANSACTIONS,
+    Column,
+    FeatureInput,
+    FeatureSpec,
+    KeyCoverage,
+    RowRule,
+)
 
 
 def _key(name: str, description: str) -> Column:

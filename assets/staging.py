@@ -15,10 +15,9 @@ from datetime import UTC, date, datetime, timedelta
 
 from pyspark.sql import DataFrame, SparkSession
 
-from backfills.assets.deliveries import LANDED_DATE, counted_events
+from backfills.assets.deliveries import counted_events
 from backfills.assets.raw_transactions import LandingRead, landed_deliveries, landing_read, read_landed
-from backfills.assets.registry import RAW_TRANSACTIONS, FeatureInput, FeatureSpec, feature_spec
-from backfills.assets.transformations import DateRange
+from backfills.assets.registry import feature_spec
 from backfills.assets.upstream import ResolvedUpstream, resolve_upstream
 from backfills.checks.contracts import check_landing_schema, enforce_contract, feature_contract, raw_contract
 from backfills.checks.gate import GateInputs, ProductionRows, check_records, run_gate
@@ -48,6 +47,7 @@ from backfills.resources.feature_store import (
     write_partitions,
 )
 from backfills.resources.storage import ObjectStore
+from backfills.specs import LANDED_DATE, RAW_TRANSACTIONS, DateRange, FeatureInput, FeatureSpec
 
 
 @dataclass(frozen=True)

@@ -7,46 +7,14 @@ only. Money is DECIMAL and every aggregate is exact, so results do not depend on
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass
-from datetime import date, timedelta
+from datetime import date
 
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from backfills.specs import USD_RATES, DateRange, Inputs
+
 MONEY = "decimal(18,2)"
-
-# Fixed reference rates keep recomputation deterministic; a rate feed would be a raw input of its own.
-USD_RATES = {
-    "USD": "1.0000",
-    "EUR": "1.0800",
-    "GBP": "1.2700",
-    "JPY": "0.0067",
-    "CAD": "0.7400",
-    "AUD": "0.6600",
-    "CHF": "1.1300",
-}
-
-
-@dataclass(frozen=True)
-class DateRange:
-    """Inclusive range of feature dates a run computes."""
-
-    start: date
-    end: date
-
-    def __post_init__(self) -> None:
-        if self.end < self.start:
-            raise ValueError(f"date range ends ({self.end}) before it starts ({self.start})")
-
-    def widened(self, *, before: int = 0, after: int = 0) -> DateRange:
-        return DateRange(self.start - timedelta(days=before), self.end + timedelta(days=after))
-
-    def days(self) -> list[date]:
-        return [self.start + timedelta(days=n) for n in range((self.end - self.start).days + 1)]
-
-
-Inputs = Mapping[str, DataFrame]
 
 
 def _between(column: Column, dates: DateRange) -> Column:

@@ -6,10 +6,10 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from datetime import date
 
-from backfills.assets.transformations import DateRange
 from backfills.errors import BlockedUpstreamError, MissingUpstreamPartitionError
 from backfills.resources.catalog_models import BatchManifest, ReleasedPartition, UpstreamSource
 from backfills.resources.feature_store import PartitionFiles
+from backfills.specs import DateRange
 
 
 @dataclass(frozen=True)

@@ -31,9 +31,9 @@ from spark_setup import SparkSettings, add_spark_options
 
 import backfills.assets.staging as staging_module
 import backfills.checks.gate as gate_module
-from backfills.assets.registry import DAILY, MONTHLY, WEEKLY, FeatureSpec, feature_spec
+from backfills.assets.registry import DAILY, MONTHLY, WEEKLY, feature_spec
 from backfills.assets.staging import stage_partitions
-from backfills.assets.transformations import MONEY, DateRange
+from backfills.assets.transformations import MONEY
 from backfills.checks import expectations as gx_checks
 from backfills.checks.contracts import enforce_contract, feature_contract
 from backfills.checks.cross_table import CROSS_TABLE_CHECK, cross_table_outcome
@@ -53,6 +53,7 @@ from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import ColumnSchema, PartitionRecord
 from backfills.resources.feature_store import partition_facts, read_partitions, write_partitions
 from backfills.resources.storage import LocalObjectStore
+from backfills.specs import DateRange, FeatureSpec
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 START = date(2025, 1, 1)  # the first feature day checked; the upstream starts `lookback` days earlier

@@ -21,12 +21,11 @@ from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 from spark_setup import SparkSettings, add_spark_options
 
-from backfills.assets.deliveries import LANDED_DATE, counted_events, deliveries_of, mark_redeliveries
+from backfills.assets.deliveries import counted_events, deliveries_of, mark_redeliveries
 from backfills.assets.generator import LANDING_PREFIX
-from backfills.assets.raw_transactions import RAW_SCHEMA_DDL
-from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec, dependency_order, feature_spec
-from backfills.assets.transformations import DateRange
+from backfills.assets.registry import dependency_order, feature_spec
 from backfills.resources.feature_store import partition_facts
+from backfills.specs import LANDED_DATE, RAW_SCHEMA_DDL, RAW_TRANSACTIONS, DateRange, FeatureSpec
 
 FLOOR_SCRIPT = Path(__file__).resolve()
 

@@ -34,8 +34,8 @@ from report import Results, render
 from spark_setup import SparkSettings, add_spark_options
 
 from backfills.assets.generator import write_landing_zone
-from backfills.assets.transformations import DateRange
 from backfills.resources.storage import LocalObjectStore
+from backfills.specs import DateRange
 
 BENCHMARKS_DIR = Path(__file__).resolve().parent
 PROJECT_DIR = BENCHMARKS_DIR.parent

@@ -17,12 +17,10 @@ from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from backfills.assets.raw_transactions import LANDED_DATE, RAW_SCHEMA_DDL
-from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec
-from backfills.assets.transformations import USD_RATES
 from backfills.checks.samples import SampleRow, plain_rows
 from backfills.errors import ContractViolationError, SchemaDriftError
 from backfills.resources.storage import ObjectStore
+from backfills.specs import LANDED_DATE, RAW_SCHEMA_DDL, RAW_TRANSACTIONS, USD_RATES, FeatureSpec
 
 # Raw amounts are in the currency's own units, so the ceiling must leave room for yen: the generator's
 # largest yen ticket is about 4.2M over 12M rows, and 100k USD (the feature bound on one ticket) is 15M JPY.

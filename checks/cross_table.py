@@ -10,10 +10,9 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from backfills.assets.registry import FeatureSpec, KeyCoverage
-from backfills.assets.transformations import DateRange
 from backfills.checks.outcome import CheckOutcome
 from backfills.checks.samples import SAMPLE_SIZE, plain_rows
+from backfills.specs import DateRange, FeatureSpec, KeyCoverage
 
 CROSS_TABLE_CHECK = "cross_table_consistency"
 

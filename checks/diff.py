@@ -17,6 +17,7 @@ from pyspark.sql import functions as F
 from pyspark.sql.types import DataType, NumericType
 
 from backfills.errors import InvalidInputError, InvalidRequestError
+from backfills.specs import DiffPolicy
 
 # A fixed accuracy makes percentile_approx return the same values for the same data (relative error 1e-4).
 PERCENTILE_ACCURACY = 10_000
@@ -110,35 +111,6 @@ class DiffReport:
             "columns": [_jsonable(asdict(c)) for c in self.columns],
             "changed_sample": self.changed_sample,
         }
-
-
-@dataclass(frozen=True)
-class DiffPolicy:
-    """Thresholds of a table's diff check; a figure strictly above a threshold triggers it."""
-
-    changed_fraction_warn: float = 0.01
-    changed_fraction_block: float | None = None  # None: never blocks on the amount of change alone
-    psi_warn: float = 0.1
-    psi_block: float = 0.25
-    mean_shift_block: float | None = None  # on |mean_shift|; None: never blocks on the mean alone
-
-    def __post_init__(self) -> None:
-        thresholds = {name: value for name, value in asdict(self).items() if value is not None}
-        negative = [f"{name}={value}" for name, value in thresholds.items() if value < 0]
-        if negative:
-            raise InvalidRequestError(f"diff policy thresholds must be >= 0, got {', '.join(negative)}")
-        if self.psi_warn > self.psi_block:
-            raise InvalidRequestError(
-                f"diff policy psi_warn ({self.psi_warn}) is above psi_block ({self.psi_block})"
-            )
-        if (
-            self.changed_fraction_block is not None
-            and self.changed_fraction_warn > self.changed_fraction_block
-        ):
-            raise InvalidRequestError(
-                f"diff policy changed_fraction_warn ({self.changed_fraction_warn}) is above "
-                f"changed_fraction_block ({self.changed_fraction_block})"
-            )
 
 
 @dataclass(frozen=True)

@@ -8,9 +8,9 @@ from collections.abc import Sequence
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from backfills.assets.registry import FeatureSpec
 from backfills.checks.diff import diff_against_production, judge
 from backfills.checks.outcome import CheckOutcome
+from backfills.specs import FeatureSpec
 
 DIFF_CHECK = "diff_vs_production"
 _NUMERIC_TYPES = ("tinyint", "smallint", "int", "bigint", "float", "double", "decimal")

@@ -10,21 +10,15 @@ version that counts and the one dropped.
 
 from __future__ import annotations
 
+from functools import reduce
 from typing import Any
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
-from backfills.assets.deliveries import (
-    EVENT_FIELDS,
-    EVENT_ID,
-    LANDED_DATE,
-    PREVIOUS_DELIVERY,
-    REDELIVERED,
-    same_as_previous,
-)
 from backfills.checks.outcome import CheckOutcome
 from backfills.checks.samples import SAMPLE_SIZE, plain_rows
+from backfills.specs import EVENT_FIELDS, EVENT_ID, LANDED_DATE, PREVIOUS_DELIVERY, REDELIVERED
 
 DUPLICATE_EVENTS_CHECK = "duplicate_events"
 
@@ -50,13 +44,21 @@ def _describe(conflict: dict[str, Any]) -> str:
     )
 
 
+def _same_as_previous() -> Column:
+    """True where a marked row's content equals the copy delivered before it (nulls equal nulls)."""
+    return reduce(
+        lambda left, right: left & right,
+        [F.col(name).eqNullSafe(F.col(f"{PREVIOUS_DELIVERY}.{name}")) for name in EVENT_FIELDS],
+    )
+
+
 def duplicate_events_outcome(deliveries: DataFrame, *, warn_rate: float) -> CheckOutcome:
     """Warns (never blocks) when a day's dropped copies exceed `warn_rate` of its events, or copies differ.
 
     `deliveries` are the marked rows of the run's event days (`assets.deliveries.deliveries_of`).
     """
     redelivered = F.col(REDELIVERED)
-    conflicting = redelivered & ~same_as_previous()
+    conflicting = redelivered & ~_same_as_previous()
     exact_copy = F.struct(F.col(EVENT_ID), F.col(LANDED_DATE).alias("delivered_again_in_file_of"))
     conflict = F.struct(
         F.col(EVENT_ID),

@@ -14,9 +14,9 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
-from backfills.assets.registry import FeatureSpec
 from backfills.checks.outcome import CheckOutcome
 from backfills.checks.samples import SAMPLE_SIZE, plain_rows
+from backfills.specs import FeatureSpec
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 

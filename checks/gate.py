@@ -8,14 +8,13 @@ from datetime import UTC, datetime
 
 from pyspark.sql import DataFrame
 
-from backfills.assets.registry import RAW_TRANSACTIONS, FeatureSpec
-from backfills.assets.transformations import DateRange
 from backfills.checks.cross_table import CROSS_TABLE_CHECK, cross_table_outcome, has_cross_table_checks
 from backfills.checks.diff_check import DIFF_CHECK, diff_outcome
 from backfills.checks.duplicates import DUPLICATE_EVENTS_CHECK, duplicate_events_outcome
 from backfills.checks.expectations import check_names, run_expectations
 from backfills.checks.outcome import CheckOutcome
 from backfills.resources.catalog_models import CheckRecord, PartitionRecord
+from backfills.specs import RAW_TRANSACTIONS, DateRange, FeatureSpec
 
 NON_EMPTY_CHECK = "non_empty_partitions"
 

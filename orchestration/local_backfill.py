@@ -18,10 +18,10 @@ from dagster._utils.error import SerializableErrorInfo
 
 from backfills.assets.factory import BATCH_TAG, REQUESTER_TAG, staging_key
 from backfills.assets.registry import FEATURES, dependency_order, feature_spec
-from backfills.assets.transformations import DateRange
 from backfills.errors import BackfillsError
 from backfills.orchestration.definitions import STAGE_FEATURES_JOB
 from backfills.resources.catalog import ReleaseCatalog
+from backfills.specs import DateRange
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"

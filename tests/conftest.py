@@ -17,13 +17,13 @@ from postgres_server import PostgresServer, PostgresUnavailable, find_postgres
 from pyspark.sql import SparkSession
 
 from backfills.assets.generator import write_landing_zone
-from backfills.assets.registry import FeatureSpec, feature_spec
+from backfills.assets.registry import feature_spec
 from backfills.assets.staging import StagedRun, stage_partitions
-from backfills.assets.transformations import DateRange
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.settings import Settings
 from backfills.resources.spark import build_session
 from backfills.resources.storage import LocalObjectStore, ObjectStore, S3ObjectStore
+from backfills.specs import DateRange, FeatureSpec
 
 # Object stores: a local folder and the S3 API (moto in server mode over HTTP)
 

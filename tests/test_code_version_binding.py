@@ -13,10 +13,11 @@ from test_approvals import BOB, CHANNEL, staged_template  # noqa: F401
 from test_promotion_jobs import _defs, _tick, lake, slack  # noqa: F401
 
 from backfills.assets import registry
-from backfills.assets.transformations import DateRange, Inputs, rolling_window
+from backfills.assets.transformations import rolling_window
 from backfills.orchestration.audit import audit_trail
 from backfills.resources.approvals_store import ApprovalStore
 from backfills.resources.catalog_models import BatchManifest
+from backfills.specs import DateRange, Inputs
 
 WEEKLY = "customer_txn_7d"
 

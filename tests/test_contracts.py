@@ -21,10 +21,9 @@ from pyspark.sql import functions as F
 from backfills.assets.generator import Fault, landing_key, write_landing_zone
 from backfills.assets.raw_transactions import read_landed
 from backfills.assets.registry import DAILY, MAX_TICKET_USD, feature_spec
-from backfills.assets.transformations import MONEY, DateRange, customer_daily_txn
+from backfills.assets.transformations import MONEY, customer_daily_txn
 from backfills.checks.contracts import (
     EVENT_DAY_CHECK,
-    LANDED_DATE,
     MAX_RAW_AMOUNT,
     check_landing_schema,
     enforce_contract,
@@ -33,6 +32,7 @@ from backfills.checks.contracts import (
 )
 from backfills.errors import ContractViolationError, InvalidInputError, SchemaDriftError
 from backfills.resources.storage import LocalObjectStore
+from backfills.specs import LANDED_DATE, DateRange
 
 START = date(2025, 1, 1)
 # One fault per day, with clean days around them.

@@ -11,13 +11,14 @@ from dagster import AssetKey, DailyPartitionsDefinition, TimeWindowPartitionMapp
 
 from backfills.assets import transformations
 from backfills.assets.factory import production_key, staging_key
-from backfills.assets.registry import FEATURES, RAW_TRANSACTIONS, dependency_order, feature_spec
+from backfills.assets.registry import FEATURES, dependency_order, feature_spec
 from backfills.checks.gate import gate_check_names
 from backfills.errors import ConfigurationError, UnknownTableError
 from backfills.orchestration.definitions import STAGE_FEATURES_JOB, build_definitions, defs
 from backfills.orchestration.jobs import PROMOTE_JOB, ROLLBACK_JOB
 from backfills.orchestration.sensors import APPROVAL_SENSOR
 from backfills.resources.settings import load_settings
+from backfills.specs import RAW_TRANSACTIONS
 
 
 def _assets_by_key(definitions):

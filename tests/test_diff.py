@@ -10,15 +10,9 @@ from decimal import Decimal
 import pytest
 from pyspark.sql import DataFrame, SparkSession
 
-from backfills.checks.diff import (
-    PSI_EPSILON,
-    DiffPolicy,
-    DiffReport,
-    PartitionDiff,
-    diff_against_production,
-    judge,
-)
+from backfills.checks.diff import PSI_EPSILON, DiffReport, PartitionDiff, diff_against_production, judge
 from backfills.errors import InvalidInputError, InvalidRequestError
+from backfills.specs import DiffPolicy
 
 SCHEMA = "customer_id string, feature_date date, txn_count bigint, amount_usd decimal(18,2), segment string"
 KEYS = ("customer_id", "feature_date")

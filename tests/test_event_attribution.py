@@ -24,10 +24,10 @@ from hypothesis import strategies as st
 from backfills.assets.deliveries import counted_events
 from backfills.assets.generator import Fault, landing_key, write_landing_zone
 from backfills.assets.raw_transactions import landed_deliveries, landing_read
-from backfills.assets.registry import RAW_TRANSACTIONS, feature_spec
-from backfills.assets.transformations import DateRange
+from backfills.assets.registry import feature_spec
 from backfills.checks.duplicates import DUPLICATE_EVENTS_CHECK
 from backfills.resources.feature_store import partition_facts
+from backfills.specs import RAW_TRANSACTIONS, DateRange
 
 DAILY = "customer_daily_txn"
 FIRST, LAST = date(2025, 1, 1), date(2025, 1, 6)

@@ -20,7 +20,7 @@ from conftest import Lake, make_lake
 from backfills.assets.generator import CURRENCIES, RAW_SCHEMA, landing_key
 from backfills.assets.reader import FeatureReader
 from backfills.assets.registry import dependency_order
-from backfills.assets.transformations import USD_RATES
+from backfills.specs import USD_RATES
 
 FIRST, LAST = date(2025, 1, 1), date(2025, 1, 10)
 

@@ -22,9 +22,9 @@ from backfills.assets.generator import (
     write_landing_zone,
 )
 from backfills.assets.raw_transactions import landing_files
-from backfills.assets.transformations import DateRange
 from backfills.errors import ConfigurationError
 from backfills.resources.storage import LocalObjectStore
+from backfills.specs import DateRange
 
 START = date(2024, 3, 1)
 CUSTOMERS = 300

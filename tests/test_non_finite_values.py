@@ -20,10 +20,10 @@ from backfills.assets.generator import RAW_SCHEMA, landing_key
 from backfills.assets.raw_transactions import read_landed
 from backfills.assets.reader import FeatureReader
 from backfills.assets.registry import FEATURES, feature_spec
-from backfills.assets.transformations import DateRange
 from backfills.checks.contracts import FINITE_CHECK, enforce_contract, feature_contract, raw_contract
 from backfills.checks.samples import plain
 from backfills.errors import ContractViolationError
+from backfills.specs import DateRange
 
 DAY = date(2025, 1, 3)
 KINDS = {"NaN": math.nan, "inf": math.inf, "-inf": -math.inf}

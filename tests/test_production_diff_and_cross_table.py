@@ -12,11 +12,11 @@ from pyspark.sql import functions as F
 
 from backfills.assets.reader import FeatureReader
 from backfills.assets.registry import dependency_order, feature_spec
-from backfills.assets.transformations import DateRange
 from backfills.checks.cross_table import CROSS_TABLE_CHECK, cross_table_outcome
 from backfills.checks.diff_check import DIFF_CHECK
 from backfills.checks.summary import batch_check_summary
 from backfills.errors import BlockedUpstreamError
+from backfills.specs import DateRange
 
 JAN_1, JAN_4, JAN_6 = date(2025, 1, 1), date(2025, 1, 4), date(2025, 1, 6)
 DAILY = feature_spec("customer_daily_txn")

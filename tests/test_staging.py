@@ -11,10 +11,10 @@ from conftest import Lake
 from backfills.assets.factory import staging_key
 from backfills.assets.reader import FeatureReader
 from backfills.assets.registry import FEATURES, dependency_order, feature_spec
-from backfills.assets.transformations import DateRange
 from backfills.errors import BatchNotFoundError, InvalidInputError, MissingUpstreamPartitionError
 from backfills.orchestration.definitions import build_definitions
 from backfills.orchestration.local_backfill import BackfillRunFailedError, blast_radius, run_local_backfill
+from backfills.specs import DateRange
 
 JAN_1 = date(2025, 1, 1)
 
