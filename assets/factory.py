@@ -34,8 +34,8 @@ from dagster import (
 from backfills.assets.raw_transactions import LANDING_PREFIX
 from backfills.assets.staging import StagedRun, stage_partitions
 from backfills.checks.diff_check import DIFF_CHECK
-from backfills.checks.gate import gate_check_names
 from backfills.checks.outcome import CheckOutcome
+from backfills.checks.registry import checks_of
 from backfills.resources.catalog_models import PartitionRecord
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.resources.spark import SparkResource
@@ -208,10 +208,8 @@ def build_feature_asset(
         backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=max_partitions_per_run),
         # Blocking: a failed check fails the step, so Dagster runs nothing downstream of it.
         check_specs=[
-            AssetCheckSpec(
-                name, asset=key, blocking=True, description=f"{name} of the run's staged partitions"
-            )
-            for name in gate_check_names(spec)
+            AssetCheckSpec(check.name, asset=key, blocking=True, description=check.description)
+            for check in checks_of(spec)
         ],
         code_version=spec.code_version,
         owners=[spec.owner],

@@ -14,14 +14,25 @@ from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 
 from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import functions as F
 
 from backfills.assets.deliveries import counted_events
 from backfills.assets.raw_transactions import LandingRead, landed_deliveries, landing_read, read_landed
 from backfills.assets.registry import feature_spec
 from backfills.assets.upstream import ResolvedUpstream, resolve_upstream
-from backfills.checks.contracts import check_landing_schema, enforce_contract, feature_contract, raw_contract
-from backfills.checks.gate import GateInputs, ProductionRows, check_records, run_gate
+from backfills.checks.check import GateInputs, ProductionRows
+from backfills.checks.contracts import (
+    check_columns,
+    check_landing_schema,
+    contract_measures,
+    enforce_on_pass,
+    feature_contract,
+    raw_contract,
+)
+from backfills.checks.expectations import null_measure
+from backfills.checks.gate import check_records, gate_measures, run_gate
 from backfills.checks.outcome import CheckOutcome
+from backfills.checks.staged_pass import Measure, PassFigures, merge_measures, run_pass
 from backfills.errors import (
     BatchNotFoundError,
     BatchSealedError,
@@ -42,7 +53,6 @@ from backfills.resources.catalog_models import (
 from backfills.resources.feature_store import (
     PartitionFiles,
     empty_partition_hash,
-    partition_facts,
     read_partitions,
     write_partitions,
 )
@@ -173,14 +183,24 @@ def _raw_input(run: _RunContext, spark: SparkSession, store: ObjectStore, item: 
         # The earlier files only tell which events were delivered already, but they must be readable.
         check_landing_schema(spark, store, landing.keys)
         checked = read_landed(spark, store, landing.checked_keys)
-        enforce_contract(
+        contract = raw_contract(item.lateness_days)
+        partitions = f"{run.dates.start}..{run.dates.end}"
+        check_columns(checked, contract, table=RAW_TRANSACTIONS, partitions=partitions)
+        # One aggregation over the landing rows: every contract rule with its sample, and rows per file day.
+        figures = run_pass(
             checked,
-            raw_contract(item.lateness_days),
-            table=RAW_TRANSACTIONS,
-            partitions=f"{run.dates.start}..{run.dates.end}",
-            key_columns=["txn_id", LANDED_DATE],
+            keys=["txn_id", LANDED_DATE],
+            date_column=LANDED_DATE,
+            schema_ddl=None,
+            measures=contract_measures(contract),
+            unique_keys=False,
         )
-        empty = _empty_files(checked, run.dates)
+        enforce_on_pass(contract, figures, table=RAW_TRANSACTIONS, partitions=partitions)
+        empty = [
+            day.isoformat()
+            for day in run.dates.days()
+            if day.isoformat() not in figures.days or figures.days[day.isoformat()].rows == 0
+        ]
         if empty and run.spec.empty_partition_blocks:
             raise EmptyInputError(
                 f"{RAW_TRANSACTIONS} landing files for {', '.join(empty)} have no rows: an empty day blocks "
@@ -201,11 +221,6 @@ def _raw_input(run: _RunContext, spark: SparkSession, store: ObjectStore, item: 
         deliveries=deliveries,
         empty_landing_days=empty,
     )
-
-
-def _empty_files(raw: DataFrame, dates: DateRange) -> list[str]:
-    counts = {row[0].isoformat(): row[1] for row in raw.groupBy(LANDED_DATE).count().collect()}
-    return [day.isoformat() for day in dates.days() if counts.get(day.isoformat(), 0) == 0]
 
 
 def _read_inputs(
@@ -281,70 +296,80 @@ def _window(day: date, lookback: int = 0) -> DateRange:
 
 @dataclass(frozen=True)
 class _Written:
-    """One attempt's files, per day, and the rows as read back from them."""
+    """One attempt's files per day, the rows written (cached until the gate is done) and the one pass over
+    them: row counts, content hashes, null counts and every check's figures, per day."""
 
     attempt_id: str
     base: str
     files: dict[str, PartitionFiles]
     rows: DataFrame
+    figures: PassFigures
     checks: dict[str, StagedFile]  # per file: size and checksum, for promotion to verify without Spark
 
 
-def _write(run: _RunContext, spark: SparkSession, store: ObjectStore, inputs: _Inputs) -> _Written:
-    """Compute the run's rows, hold them to the output contract and write them to a fresh attempt folder.
+def _write(run: _RunContext, store: ObjectStore, inputs: _Inputs) -> _Written:
+    """Compute the run's rows, count everything the contract, the manifest and the checks need in one pass,
+    hold the rows to the output contract, and write them to a fresh attempt folder.
 
-    Nothing is written when the contract is broken (the batch is blocked with the evidence instead).
+    Nothing is written when the contract is broken (the batch is blocked with the evidence instead). The rows
+    stay cached for the gate; `_release` drops them.
     """
     spec, dates = run.spec, run.dates
+    partitions = f"{dates.start}..{dates.end}"
     attempt_id = uuid.uuid4().hex[:12]
     base = f"staging/{spec.name}/{run.batch_id}/{attempt_id}"
-    # Cached: the contract and the write read the same rows, which would otherwise be computed twice.
+    contract = feature_contract(spec)
     rows = spec.transform(inputs.frames, dates).select(*spec.column_names).cache()
     try:
         with _blocks_batch(run, CONTRACT_CHECK):
-            enforce_contract(
+            check_columns(rows, contract, table=spec.name, partitions=partitions)
+            figures = run_pass(
                 rows,
-                feature_contract(spec),
-                table=spec.name,
-                partitions=f"{dates.start}..{dates.end}",
-                key_columns=[*spec.entity_keys, spec.date_column],
+                keys=[*spec.entity_keys, spec.date_column],
+                date_column=spec.date_column,
+                schema_ddl=spec.schema_ddl,
+                measures=merge_measures(
+                    [*contract_measures(contract), *gate_measures(spec), *_null_measures(spec)]
+                ),
+            )
+            enforce_on_pass(contract, figures, table=spec.name, partitions=partitions)
+        wanted = {day.isoformat() for day in dates.days()}
+        stray = sorted(set(figures.days) - wanted)
+        if stray:
+            raise RuntimeError(
+                f"{spec.name} produced rows for {stray[:3]} outside its run's dates {partitions}"
             )
         files = write_partitions(
             rows, store, base, date_column=spec.date_column, sort_columns=spec.entity_keys
         )
-    finally:
+    except BaseException:
         rows.unpersist()
-    wanted = {day.isoformat() for day in dates.days()}
-    stray = sorted(set(files) - wanted)
-    if stray:
-        raise RuntimeError(
-            f"{spec.name} produced rows for {stray[:3]} outside its run's dates {dates.start}..{dates.end}"
-        )
-    written = read_partitions(
-        spark, store, files.values(), schema_ddl=spec.schema_ddl, columns=spec.column_names
-    )
+        raise
     sizes = {item.key: item.size for item in store.describe(base)}
     checks = {
         key: StagedFile(size=sizes[key], checksum=store.checksum(key))
         for part in files.values()
         for key in part.files
     }
-    return _Written(attempt_id, base, files, written, checks)
+    return _Written(attempt_id, base, files, rows, figures, checks)
+
+
+def _null_measures(spec: FeatureSpec) -> list[Measure]:
+    """The nulls of each nullable column, which the manifest records per partition."""
+    return [Measure(null_measure(c.name), F.col(c.name).isNull()) for c in spec.columns if c.nullable]
 
 
 def _records(run: _RunContext, written: _Written, inputs: _Inputs) -> list[PartitionRecord]:
-    """The manifest record of every day of the run, from one pass over the written rows."""
+    """The manifest record of every day of the run, from the pass over the rows written."""
     spec = run.spec
     nullable = [column.name for column in spec.columns if column.nullable]
-    facts = partition_facts(
-        written.rows, date_column=spec.date_column, schema_ddl=spec.schema_ddl, null_columns=nullable
-    )
     columns = [ColumnSchema(name=column.name, type=column.type) for column in spec.columns]
     now = datetime.now(UTC)
     records = []
     for day in run.dates.days():
         key = day.isoformat()
-        fact = facts.get(key)
+        found = written.figures.days.get(key)
+        files = list(written.files[key].files) if key in written.files else []
         records.append(
             PartitionRecord(
                 table=spec.name,
@@ -353,17 +378,15 @@ def _records(run: _RunContext, written: _Written, inputs: _Inputs) -> list[Parti
                 run_id=run.run_id,
                 attempt_id=written.attempt_id,
                 base=written.base,
-                files=list(written.files[key].files) if key in written.files else [],
-                row_count=fact.row_count if fact else 0,
-                content_hash=fact.content_hash if fact else empty_partition_hash(spec.schema_ddl),
+                files=files,
+                row_count=found.rows if found else 0,
+                content_hash=found.content_hash if found else empty_partition_hash(spec.schema_ddl),
                 columns=columns,
                 code_version=spec.code_version,
                 upstream=inputs.lineage(spec, day),
                 written_at=now,
-                null_counts=fact.null_counts if fact else {},
-                file_checks={file: written.checks[file] for file in written.files[key].files}
-                if key in written.files
-                else {},
+                null_counts={name: found.counts[null_measure(name)] for name in nullable} if found else {},
+                file_checks={file: written.checks[file] for file in files},
             )
         )
     return records
@@ -385,6 +408,7 @@ def _gate(
         GateInputs(
             dates=run.dates,
             staged=written.rows,
+            figures=written.figures,
             records=records,
             inputs=inputs.frames,
             production=_production_rows(run, spark, store, release),
@@ -422,10 +446,13 @@ def stage_partitions(
     run = _RunContext(spec, dates, batch_id, run_id, requester, catalog)
     release = catalog.current_release()
     inputs = _read_inputs(run, spark, store, batch=batch, release=release, earliest=earliest)
-    written = _write(run, spark, store, inputs)
-    records = _records(run, written, inputs)
-    _, replaced = catalog.record_partitions(batch_id, records, run_id=run_id, requester=requester)
-    outcomes = _gate(run, spark, store, written=written, records=records, inputs=inputs, release=release)
+    written = _write(run, store, inputs)
+    try:
+        records = _records(run, written, inputs)
+        _, replaced = catalog.record_partitions(batch_id, records, run_id=run_id, requester=requester)
+        outcomes = _gate(run, spark, store, written=written, records=records, inputs=inputs, release=release)
+    finally:
+        written.rows.unpersist()
     # Superseded attempts of this open batch are referenced by nothing any more: keep one copy on disk.
     for old in replaced:
         if old.attempt_id != written.attempt_id:

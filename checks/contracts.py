@@ -12,12 +12,13 @@ from typing import cast
 import pandera.pyspark as pa
 import pyarrow.parquet as pq
 from pandera.api.pyspark.types import PysparkDataframeColumnObject
-from pyspark.sql import Column, DataFrame, Row, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 from pyspark.sql import types as T
 from pyspark.sql.pandas.types import from_arrow_schema
 
-from backfills.checks.samples import SampleRow, plain_rows
+from backfills.checks.samples import SampleRow
+from backfills.checks.staged_pass import Measure, PassFigures, run_pass
 from backfills.errors import ContractViolationError, SchemaDriftError
 from backfills.resources.storage import ObjectStore
 from backfills.specs import LANDED_DATE, RAW_SCHEMA_DDL, RAW_TRANSACTIONS, USD_RATES, FeatureSpec
@@ -188,36 +189,63 @@ def enforce_contract(
     """Check `df` against `contract` before it is written; raise ContractViolationError naming every broken
     rule, its row count and up to `sample_size` offending rows (their `key_columns` and the value).
 
-    Costs one Spark query over `df` (every row rule, its sample and key uniqueness in one aggregation), plus
-    one small query for the sample of duplicated keys when there are any.
+    Costs one Spark query over `df`: every row rule, its sample and key uniqueness in one aggregation
+    (checks/staged_pass.py). The samples come from that aggregation, never from a filtered read: Parquet
+    filter pushdown skips row groups by min/max statistics, which ignore NaN, so a filter would find no NaN
+    row that the count saw.
     """
-    schema_violations = _column_violations(df, contract)
-    if schema_violations:
-        _raise(ContractReport(table, partitions, None, schema_violations))
-
     # pandera's pyspark backend (0.35) runs one Spark job per rule (`filter(...).limit(1).count()`, each one
     # recomputing `df`; 22 jobs and ~5x our time on 100k raw rows), answers only pass or fail, and raises an
     # AssertionError on a decimal column of another type. So the contract is pandera's declaration, and its
     # rules are checked here: columns and types from the schema, row rules counted in one aggregation.
-    rules = _row_rules(contract)
+    check_columns(df, contract, table=table, partitions=partitions)
     unique = list(contract.unique or [])
-    rows, counts, duplicated, samples = _count(df, rules, unique, key_columns, sample_size)
-    violations = [
-        Violation(rule.column, rule.check, rule.rule, count, sample)
-        for rule, count, sample in zip(rules, counts, samples, strict=True)
-        if count
+    figures = run_pass(
+        df,
+        keys=unique or key_columns,
+        date_column=None,
+        schema_ddl=None,
+        measures=contract_measures(contract),
+        sample_size=sample_size,
+        unique_keys=bool(unique),
+    )
+    return enforce_on_pass(contract, figures, table=table, partitions=partitions)
+
+
+def check_columns(df: DataFrame, contract: pa.DataFrameSchema, *, table: str, partitions: str) -> None:
+    """Raise ContractViolationError for missing, extra or mistyped columns (from the schema: no Spark job)."""
+    schema_violations = _column_violations(df, contract)
+    if schema_violations:
+        _raise(ContractReport(table, partitions, None, schema_violations))
+
+
+def contract_measures(contract: pa.DataFrameSchema) -> list[Measure]:
+    """The contract's row rules as measures of the one pass over a run's rows (checks/staged_pass.py)."""
+    return [
+        Measure(f"contract:{index}", rule.breaks, rule.shown)
+        for index, rule in enumerate(_row_rules(contract))
     ]
-    if duplicated:
+
+
+def enforce_on_pass(
+    contract: pa.DataFrameSchema, figures: PassFigures, *, table: str, partitions: str
+) -> ContractReport:
+    """The contract's verdict from a pass that counted `contract_measures` and grouped rows by the contract's
+    unique columns (call `check_columns` first); raises ContractViolationError like `enforce_contract`."""
+    violations = []
+    for index, rule in enumerate(_row_rules(contract)):
+        count = figures.total(f"contract:{index}")
+        if count:
+            sample = tuple(figures.sample(f"contract:{index}"))
+            violations.append(Violation(rule.column, rule.check, rule.rule, count, sample))
+    duplicated = sum(day.duplicate_rows for day in figures.days.values())
+    if contract.unique and duplicated:
+        unique = list(contract.unique)
+        sample = tuple({**row, "rows": row["rows"]} for row in figures.duplicate_sample())
         violations.append(
-            Violation(
-                ", ".join(unique),
-                "unique",
-                "must be unique together",
-                duplicated,
-                _duplicate_sample(df, unique, sample_size),
-            )
+            Violation(", ".join(unique), "unique", "must be unique together", duplicated, sample)
         )
-    report = ContractReport(table, partitions, rows, tuple(violations))
+    report = ContractReport(table, partitions, figures.rows, tuple(violations))
     if violations:
         _raise(report)
     return report
@@ -291,84 +319,6 @@ def _check_rules(name: str, check: pa.Check, columns: list[str], *, floating: bo
             f"contract check {check.name!r} on {name} has no Spark translation in enforce_contract"
         )
     return rules
-
-
-def _count(
-    df: DataFrame, rules: list[_RowRule], unique: list[str], key_columns: Sequence[str], size: int
-) -> tuple[int, list[int], int, list[tuple[SampleRow, ...]]]:
-    """Rows, rows breaking each rule, rows sharing their unique key with another row, and up to `size`
-    offending rows per rule (keys first, in key order): one Spark query.
-
-    The samples come from the same aggregation as the counts, never from a filtered read: Parquet filter
-    pushdown skips row groups by min/max statistics, which ignore NaN, so a filter would find no NaN row
-    that the count saw.
-    """
-    keys = list(key_columns)
-    order = F.struct(*[F.col(key) for key in keys]) if keys else F.lit(0)
-    shown = [
-        F.struct(*[_displayed(df, name) for name in [*keys, *[c for c in rule.shown if c not in keys]]])
-        for rule in rules
-    ]
-    broken = [F.count_if(rule.breaks).alias(f"__rule_{index}") for index, rule in enumerate(rules)]
-    if unique:
-        # One row per unique key; each key keeps its first offending row per rule, then the smallest keys win.
-        per_key = df.groupBy(*unique).agg(
-            F.count(F.lit(1)).alias("__rows"),
-            *broken,
-            *[
-                F.min_by(row, F.when(rule.breaks, order)).alias(f"__sample_{index}")
-                for index, (rule, row) in enumerate(zip(rules, shown, strict=True))
-            ],
-            F.min(order).alias("__order"),
-        )
-        rows = F.col("__rows")
-        totals = per_key.agg(
-            F.sum(rows),
-            F.sum(F.when(rows > 1, rows)),
-            *[F.sum(f"__rule_{index}") for index in range(len(rules))],
-            *[
-                F.min_by(
-                    f"__sample_{index}",
-                    F.when(F.col(f"__sample_{index}").isNotNull(), F.col("__order")),
-                    size,
-                )
-                for index in range(len(rules))
-            ],
-        )
-    else:
-        totals = df.agg(
-            F.count(F.lit(1)),
-            F.lit(0),
-            *broken,
-            *[
-                F.min_by(row, F.when(rule.breaks, order), size)
-                for rule, row in zip(rules, shown, strict=True)
-            ],
-        )
-    values = list(cast(Row, totals.first()))
-    counts = [int(value or 0) for value in values[: 2 + len(rules)]]
-    samples = [tuple(plain_rows(sample or [], size=size)) for sample in values[2 + len(rules) :]]
-    return counts[0], counts[2:], counts[1], samples
-
-
-def _duplicate_sample(df: DataFrame, unique: list[str], size: int) -> tuple[SampleRow, ...]:
-    repeated = df.groupBy(*unique).agg(F.count(F.lit(1)).alias("rows")).where(F.col("rows") > 1)
-    return _rows(
-        repeated.select(*[_displayed(df, name) for name in unique], "rows").orderBy(*unique).limit(size)
-    )
-
-
-def _displayed(df: DataFrame, name: str) -> Column:
-    # Timestamps are rendered by Spark in the session time zone (UTC): collected as Python datetimes they
-    # would shift to the driver host's zone.
-    if isinstance(df.schema[name].dataType, T.TimestampType):
-        return F.col(name).cast("string").alias(name)
-    return F.col(name)
-
-
-def _rows(df: DataFrame) -> tuple[SampleRow, ...]:
-    rows = df.collect()
-    return tuple(plain_rows(rows, size=len(rows)))
 
 
 def _shown(value: object) -> str:

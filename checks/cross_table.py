@@ -10,15 +10,12 @@ from typing import Any
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from backfills.checks.check import Check, GateInputs
 from backfills.checks.outcome import CheckOutcome
 from backfills.checks.samples import SAMPLE_SIZE, plain_rows
 from backfills.specs import DateRange, FeatureSpec, KeyCoverage
 
 CROSS_TABLE_CHECK = "cross_table_consistency"
-
-
-def has_cross_table_checks(spec: FeatureSpec) -> bool:
-    return bool(spec.key_coverage or spec.input_rules)
 
 
 def _day_keys(frame: DataFrame, spec: FeatureSpec, date_expression: str, dates: DateRange) -> DataFrame:
@@ -120,3 +117,14 @@ def cross_table_outcome(
             "key_coverage": [{"upstream": c["upstream"], "relation": c["relation"]} for c in coverage],
         },
     )
+
+
+class CrossTableConsistency(Check):
+    name = CROSS_TABLE_CHECK
+    description = "keys agree with the same-day keys of the inputs, and the inputs meet the spec's rules"
+
+    def applies(self, spec: FeatureSpec) -> bool:
+        return bool(spec.key_coverage or spec.input_rules)
+
+    def judge(self, spec: FeatureSpec, gate: GateInputs) -> CheckOutcome:
+        return cross_table_outcome(spec, gate.staged, gate.inputs, gate.dates)

@@ -134,8 +134,9 @@ def diff_against_production(
     Rows are matched on `keys` (which include `date_column`, null-safe) and assumed unique on each side (the
     duplicates check guarantees it); a matched row is changed when any other column differs, null-safe.
     Pass both sides restricted to the same partitions: every row is compared as given. Spark work: one full
-    outer join with one aggregation (per-partition counts and the sample), one aggregation over the staged
-    rows (means, quantiles, PSI bin counts) and two over production (quantiles first: they cut the bins).
+    outer join of keys and one row hash per side with one aggregation (per-partition counts and the keys of
+    the sample), a lookup of the sampled keys' values, one aggregation over the staged rows (means,
+    quantiles, PSI bin counts) and two over production (quantiles first: they cut the bins).
     """
     keys = list(keys)
     numeric_columns = list(numeric_columns)
@@ -244,27 +245,30 @@ def _compare_rows(
     value_columns: list[str],
     sample_size: int,
 ) -> tuple[list[PartitionDiff], list[dict[str, object]]]:
-    """One full outer join, one aggregation by partition: the counts and a sample of changed rows."""
-    # Positional aliases keep the two sides apart whatever the column names are.
-    staged_side = staged.select(
-        *[F.col(k).alias(f"_sk{i}") for i, k in enumerate(keys)],
-        *[F.col(c).alias(f"_sv{j}") for j, c in enumerate(value_columns)],
-        F.lit(True).alias("_in_staged"),
-    )
-    production_side = production.select(
-        *[F.col(k).alias(f"_pk{i}") for i, k in enumerate(keys)],
-        *[F.col(c).alias(f"_pv{j}") for j, c in enumerate(value_columns)],
-        F.lit(True).alias("_in_production"),
-    )
-    joined = staged_side.join(
-        production_side,
+    """One full outer join on the keys with one hash of the other columns per side, one aggregation by
+    partition: the counts and the keys of a sample of changed rows, whose values are then looked up by key.
+
+    The shuffle carries the keys and one 64-bit hash per row instead of every column. Production's columns
+    are cast to the staged types first, so numbers of another type compare by value. Two rows whose values
+    differ share a hash with probability about 2^-64 per row.
+    """
+    staged_types = {field.name: field.dataType for field in staged.schema.fields}
+
+    def hashed(frame: DataFrame, prefix: str) -> DataFrame:
+        values = [F.col(c).cast(staged_types[c]) for c in value_columns]
+        return frame.select(
+            *[F.col(k).alias(f"_{prefix}k{i}") for i, k in enumerate(keys)],
+            F.xxhash64(F.lit(0), *values, *[F.isnull(v) for v in values]).alias(f"_{prefix}h"),
+        )
+
+    joined = hashed(staged, "s").join(
+        hashed(production, "p"),
         on=[F.col(f"_sk{i}").eqNullSafe(F.col(f"_pk{i}")) for i in range(len(keys))],
         how="full_outer",
     )
-    in_staged = F.col("_in_staged").isNotNull()
-    in_production = F.col("_in_production").isNotNull()
-    differs = [~F.col(f"_sv{j}").eqNullSafe(F.col(f"_pv{j}")) for j in range(len(value_columns))]
-    changed = in_staged & in_production & reduce(or_, differs, F.lit(False))
+    in_staged = F.col("_sh").isNotNull()
+    in_production = F.col("_ph").isNotNull()
+    changed = in_staged & in_production & (F.col("_sh") != F.col("_ph"))
     date_index = keys.index(date_column)
     aggregates = [
         F.count_if(in_production).alias("production_rows"),
@@ -274,21 +278,13 @@ def _compare_rows(
         F.count_if(changed).alias("changed"),
         F.count_if(in_staged & in_production & ~changed).alias("unchanged"),
     ]
+    staged_keys = [F.col(f"_sk{i}") for i in range(len(keys))]
     if sample_size:
-        staged_keys = [F.col(f"_sk{i}") for i in range(len(keys))]
-        payload = F.struct(
-            *[key.alias(f"k{i}") for i, key in enumerate(staged_keys)],
-            *[
-                F.when(
-                    differ, F.struct(F.col(f"_pv{j}").alias("production"), F.col(f"_sv{j}").alias("staged"))
-                ).alias(f"v{j}")
-                for j, differ in enumerate(differs)
-            ],
-        )
         # Ordering by a hash of the keys spreads the sample over entities instead of the smallest IDs, and
         # stays deterministic; min_by ignores the rows whose ordering is null (those not changed).
         order = F.when(changed, F.struct(F.xxhash64(*staged_keys), *staged_keys))
-        aggregates.append(F.min_by(payload, order, sample_size).alias("sample"))
+        key = F.struct(*[k.alias(f"k{i}") for i, k in enumerate(staged_keys)])
+        aggregates.append(F.min_by(key, order, sample_size).alias("sample"))
     partition = F.coalesce(F.col(f"_sk{date_index}"), F.col(f"_pk{date_index}"))
     rows = joined.groupBy(partition.alias("partition")).agg(*aggregates).collect()
 
@@ -314,20 +310,57 @@ def _compare_rows(
         for rank, entry in enumerate(row["sample"] or [])
     ]
     candidates.sort(key=lambda candidate: candidate[:2])
-    sample = [_sample_row(entry, keys, value_columns) for _, _, entry in candidates[:sample_size]]
-    return partitions, sample
+    picked = [tuple(entry[f"k{i}"] for i in range(len(keys))) for _, _, entry in candidates[:sample_size]]
+    return partitions, _changed_values(staged, production, keys, value_columns, picked)
 
 
-def _sample_row(entry: Row, keys: list[str], value_columns: list[str]) -> dict[str, object]:
-    row: dict[str, object] = {key: _jsonable(entry[f"k{i}"]) for i, key in enumerate(keys)}
-    for j, column in enumerate(value_columns):
-        change = entry[f"v{j}"]
-        if change is not None:
-            row[column] = {
-                "production": _jsonable(change["production"]),
-                "staged": _jsonable(change["staged"]),
-            }
-    return row
+def _changed_values(
+    staged: DataFrame,
+    production: DataFrame,
+    keys: list[str],
+    value_columns: list[str],
+    picked: list[tuple[object, ...]],
+) -> list[dict[str, object]]:
+    """The keys of each picked row and, for each column that differs, its production and staged value."""
+    if not picked:
+        return []
+    wanted = reduce(
+        or_,
+        [
+            reduce(
+                lambda a, b: a & b, [F.col(k).eqNullSafe(F.lit(v)) for k, v in zip(keys, row, strict=True)]
+            )
+            for row in picked
+        ],
+    )
+    both = (
+        staged.where(wanted)
+        .select(*keys, *value_columns, F.lit("staged").alias("_side"))
+        .unionByName(
+            production.where(wanted).select(*keys, *value_columns, F.lit("production").alias("_side"))
+        )
+        .collect()
+    )
+    found = {(tuple(row[k] for k in keys), row["_side"]): row for row in both}
+    sample = []
+    for key in picked:
+        staged_row, production_row = found[(key, "staged")], found[(key, "production")]
+        entry: dict[str, object] = {k: _jsonable(v) for k, v in zip(keys, key, strict=True)}
+        for column in value_columns:
+            before, after = production_row[column], staged_row[column]
+            if not _same(before, after):
+                entry[column] = {"production": _jsonable(before), "staged": _jsonable(after)}
+        sample.append(entry)
+    return sample
+
+
+def _same(left: object, right: object) -> bool:
+    """Spark's null-safe equality: both null, or equal values (NaN equals NaN)."""
+    if left is None or right is None:
+        return left is None and right is None
+    if isinstance(left, float) and isinstance(right, float) and math.isnan(left) and math.isnan(right):
+        return True
+    return left == right
 
 
 def _column_shifts(

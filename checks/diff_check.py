@@ -8,6 +8,7 @@ from collections.abc import Sequence
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from backfills.checks.check import Check, GateInputs
 from backfills.checks.diff import diff_against_production, judge
 from backfills.checks.outcome import CheckOutcome
 from backfills.specs import FeatureSpec
@@ -73,3 +74,18 @@ def diff_outcome(
             **figures,
         },
     )
+
+
+class DiffVsProduction(Check):
+    name = DIFF_CHECK
+    description = "what the run changes against the current release: rows and each column's distribution"
+
+    def judge(self, spec: FeatureSpec, gate: GateInputs) -> CheckOutcome:
+        return diff_outcome(
+            spec,
+            gate.staged,
+            gate.production.rows,
+            release_id=gate.production.release_id,
+            released_days=gate.production.days,
+            staged_days=[record.partition for record in gate.records],
+        )

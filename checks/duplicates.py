@@ -16,9 +16,18 @@ from typing import Any
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
+from backfills.checks.check import Check, GateInputs
 from backfills.checks.outcome import CheckOutcome
 from backfills.checks.samples import SAMPLE_SIZE, plain_rows
-from backfills.specs import EVENT_FIELDS, EVENT_ID, LANDED_DATE, PREVIOUS_DELIVERY, REDELIVERED
+from backfills.specs import (
+    EVENT_FIELDS,
+    EVENT_ID,
+    LANDED_DATE,
+    PREVIOUS_DELIVERY,
+    RAW_TRANSACTIONS,
+    REDELIVERED,
+    FeatureSpec,
+)
 
 DUPLICATE_EVENTS_CHECK = "duplicate_events"
 
@@ -117,3 +126,16 @@ def duplicate_events_outcome(deliveries: DataFrame, *, warn_rate: float) -> Chec
             "sample": plain_rows([item for row in per_day for item in row["copies"] or []]),
         },
     )
+
+
+class DuplicateEvents(Check):
+    name = DUPLICATE_EVENTS_CHECK
+    description = "re-delivered raw events: how many copies did not count, and every copy that differs"
+
+    def applies(self, spec: FeatureSpec) -> bool:
+        return any(item.table == RAW_TRANSACTIONS for item in spec.inputs)
+
+    def judge(self, spec: FeatureSpec, gate: GateInputs) -> CheckOutcome:
+        if gate.deliveries is None:
+            raise ValueError(f"{spec.name} reads raw events but its run passed no deliveries to the gate")
+        return duplicate_events_outcome(gate.deliveries, warn_rate=spec.duplicate_events_warn_rate)

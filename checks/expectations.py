@@ -1,43 +1,51 @@
-"""Great Expectations checks on the staged partitions of one run, generated from the feature spec.
+"""The declared expectations of a staged table, in Great Expectations: the layer users see.
 
-Every check comes back as a CheckOutcome with its evidence (observed value, threshold, unexpected count
-and percent, a sample of offending rows with their keys). An expectation that raised is a failed check
-with the exception in its evidence, never a silent pass.
+The suite is generated from the spec (GX expectation types and arguments), and every result is in GX's own
+result format (SUMMARY, built by GX's formatter), so the evidence reads as GX reads. The figures behind the
+results come from the one pass over the run's rows (checks/staged_pass.py): each expectation adds the counts
+it needs to the pass instead of costing one Spark job per metric. tests/test_checks.py validates
+the same suites with GX itself on planted defects and requires the same verdicts and counts.
 """
 
 from __future__ import annotations
 
 import os
-from functools import cache
+import re
+from datetime import date
 from typing import Any
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
 
+from backfills.checks.check import Check, GateInputs, ProductionRows
 from backfills.checks.outcome import CheckOutcome
-from backfills.checks.samples import SAMPLE_SIZE, plain_rows
-from backfills.specs import FeatureSpec
+from backfills.checks.staged_pass import Measure, PassFigures, merge_measures, run_pass
+from backfills.specs import DateRange, FeatureSpec
 
 os.environ.setdefault("GX_ANALYTICS_ENABLED", "false")
 
 import great_expectations as gx  # noqa: E402  (analytics must be off before the import)
 import great_expectations.expectations as gxe  # noqa: E402
+from great_expectations.core import (  # noqa: E402
+    ExpectationSuiteValidationResult,
+    ExpectationValidationResult,
+)
+from great_expectations.expectations.expectation import (  # noqa: E402
+    _format_map_output,
+    _mostly_success,
+    parse_result_format,
+)
 
 RANGE_CHECK = "value_ranges"
 UNIQUE_KEYS_CHECK = "unique_keys"
 NULL_RATES_CHECK = "null_rates"
 ROW_CONSISTENCY_CHECK = "row_consistency"
-SAMPLE_VIEW = "backfills_offending_rows"
+RESULT_FORMAT = parse_result_format("SUMMARY")
 
 
-@cache
-def _batch_definition() -> Any:
-    # One ephemeral context per process; persist=False because GX never unpersists what it caches.
-    context = gx.get_context(mode="ephemeral")
-    context.variables.progress_bars = {"globally": False}
-    source = context.data_sources.add_spark(name="staged_partitions", persist=False)
-    asset = source.add_dataframe_asset(name="run")
-    return asset.add_batch_definition_whole_dataframe("whole_run")
+def null_measure(column: str) -> str:
+    """The pass's measure of a column's nulls (shared by null rates, ranges and the manifest)."""
+    return f"null:{column}"
 
 
 def _null_threshold(spec: FeatureSpec, column: str) -> float:
@@ -99,47 +107,134 @@ def expectations_for(spec: FeatureSpec) -> list[tuple[str, gxe.Expectation]]:
     return found
 
 
-def check_names(spec: FeatureSpec) -> list[str]:
-    return sorted({name for name, _ in expectations_for(spec)})
+def suite(spec: FeatureSpec) -> gx.ExpectationSuite:
+    """The table's declared expectations as one GX suite (what `backfills` shows and GX can run itself)."""
+    return gx.ExpectationSuite(
+        name=f"{spec.name}_staged", expectations=[e for _, e in expectations_for(spec)]
+    )
 
 
-def _offending(staged: DataFrame, spec: FeatureSpec, column: str, condition: Any) -> list[dict[str, Any]]:
-    # An aggregation, not a filtered read: Parquet pushdown would skip NaN rows (statistics ignore NaN).
-    keys = [F.col(key) for key in (*spec.entity_keys, spec.date_column)]
-    order = F.struct(*keys)
-    [sample] = staged.agg(
-        F.min_by(F.struct(*keys, F.col(column)), F.when(condition, order), SAMPLE_SIZE)
-    ).first()
-    return plain_rows(sample or [])
+def _outside(expectation: gxe.ExpectColumnValuesToBeBetween) -> Any:
+    value = F.col(expectation.column)
+    outside = F.lit(False)
+    if expectation.min_value is not None:
+        outside = outside | (value < F.lit(expectation.min_value))
+    if expectation.max_value is not None:
+        outside = outside | (value > F.lit(expectation.max_value))
+    return value.isNotNull() & outside
+
+
+def _referenced(spec: FeatureSpec, condition: str) -> tuple[str, ...]:
+    return tuple(c for c in spec.column_names if re.search(rf"\b{re.escape(c)}\b", condition))
+
+
+def _rule_condition(expectation: gxe.UnexpectedRowsExpectation) -> str:
+    return expectation.description.split(": ", 1)[1]
+
+
+class ExpectationCheck(Check):
+    """The expectations of the suite that belong to one check, judged from the pass's figures."""
+
+    def __init__(self, name: str, description: str) -> None:
+        self.name = name
+        self.description = description
+
+    def _expectations(self, spec: FeatureSpec) -> list[tuple[int, gxe.Expectation]]:
+        return [(i, e) for i, (check, e) in enumerate(expectations_for(spec)) if check == self.name]
+
+    def applies(self, spec: FeatureSpec) -> bool:
+        return bool(self._expectations(spec))
+
+    def measures(self, spec: FeatureSpec) -> list[Measure]:
+        measures = []
+        for index, expectation in self._expectations(spec):
+            if isinstance(expectation, gxe.ExpectColumnValuesToBeBetween):
+                shown = (expectation.column,)
+                measures.append(Measure(f"{self.name}:{index}", _outside(expectation), shown))
+                measures.append(Measure(null_measure(expectation.column), F.col(expectation.column).isNull()))
+            elif isinstance(expectation, gxe.ExpectColumnValuesToNotBeNull):
+                column = expectation.column
+                measures.append(Measure(null_measure(column), F.col(column).isNull(), (column,)))
+            elif self.name == ROW_CONSISTENCY_CHECK:
+                condition = _rule_condition(expectation)
+                broken = ~F.expr(condition)
+                measures.append(Measure(f"{self.name}:{index}", broken, _referenced(spec, condition)))
+        return measures
+
+    def judge(self, spec: FeatureSpec, gate: GateInputs) -> CheckOutcome:
+        results = [
+            (expectation, _result(self.name, index, expectation, gate.figures))
+            for index, expectation in self._expectations(spec)
+        ]
+        return _outcome(self.name, results)
+
+
+def validate_on_pass(spec: FeatureSpec, figures: PassFigures) -> ExpectationSuiteValidationResult:
+    """The spec's whole suite validated from a pass that counted every expectation check's measures: GX's
+    result of each expectation, in suite order, as `Validator.validate` would give it."""
+    results = [
+        _result(check, index, expectation, figures)
+        for index, (check, expectation) in enumerate(expectations_for(spec))
+    ]
+    return ExpectationSuiteValidationResult(
+        success=all(result.success for result in results), results=results, suite_name=f"{spec.name}_staged"
+    )
+
+
+def _result(
+    check: str, index: int, expectation: gxe.Expectation, figures: PassFigures
+) -> ExpectationValidationResult:
+    """GX's result of one expectation, built from the pass's figures by GX's own formatter."""
+    rows = figures.rows
+    config = expectation.configuration
+    if isinstance(expectation, gxe.ExpectColumnValuesToBeBetween | gxe.ExpectColumnValuesToNotBeNull):
+        nulls = figures.total(null_measure(expectation.column))
+        if isinstance(expectation, gxe.ExpectColumnValuesToNotBeNull):
+            unexpected, nonnull, considered = nulls, None, rows
+            sample = figures.sample(null_measure(expectation.column))
+        else:
+            unexpected, nonnull, considered = figures.total(f"{check}:{index}"), rows - nulls, rows - nulls
+            sample = figures.sample(f"{check}:{index}")
+        success = considered == 0 or _mostly_success(considered, unexpected, expectation.mostly)
+        formatted = _format_map_output(
+            result_format=RESULT_FORMAT,
+            success=success,
+            element_count=rows,
+            nonnull_count=nonnull,
+            unexpected_count=unexpected,
+            unexpected_list=[row.get(expectation.column) for row in sample],
+        )
+        result = formatted["result"] | {"sample": sample}
+        return ExpectationValidationResult(success=success, expectation_config=config, result=result)
+    if check == UNIQUE_KEYS_CHECK:
+        unexpected = sum(day.duplicate_keys for day in figures.days.values())
+        sample = [
+            {**{k: v for k, v in row.items() if k != "rows"}, "copies": row["rows"]}
+            for row in figures.duplicate_sample()
+        ]
+    else:
+        unexpected = figures.total(f"{check}:{index}")
+        sample = figures.sample(f"{check}:{index}")
+    result = {"observed_value": unexpected, "details": {"unexpected_rows": sample}, "sample": sample}
+    return ExpectationValidationResult(success=unexpected == 0, expectation_config=config, result=result)
 
 
 def _evidence(
-    check: str, expectation: gxe.Expectation, result: Any, spec: FeatureSpec, staged: DataFrame
+    check: str, expectation: gxe.Expectation, result: ExpectationValidationResult
 ) -> dict[str, Any]:
-    """What an approver needs to see for one expectation: figures, threshold and offending rows."""
-    info = result.exception_info or {}
-    raised = [value for value in info.values() if isinstance(value, dict) and value.get("raised_exception")]
-    if info.get("raised_exception"):
-        raised.append(info)
-    if raised:
-        return {"error": raised[0].get("exception_message") or "expectation raised"}
-    outcome = result.result or {}
-    if check == UNIQUE_KEYS_CHECK or check == ROW_CONSISTENCY_CHECK:
-        figures: dict[str, Any] = {"unexpected_count": outcome.get("observed_value", 0)}
-        if not result.success:
-            # GX lists the rows only in its COMPLETE format, which would also collect every unexpected value.
-            staged.createOrReplaceTempView(SAMPLE_VIEW)
-            query = expectation.unexpected_rows_query.replace("{batch}", SAMPLE_VIEW)
-            figures["sample"] = plain_rows(staged.sparkSession.sql(query).limit(SAMPLE_SIZE).collect())
+    """What an approver reads of one failed expectation: figures, threshold, offending rows with keys."""
+    found = result.result
+    if check in (UNIQUE_KEYS_CHECK, ROW_CONSISTENCY_CHECK):
+        figures: dict[str, Any] = {"unexpected_count": found["observed_value"], "sample": found["sample"]}
         if check == ROW_CONSISTENCY_CHECK:
             figures["rule"] = expectation.description
-        return figures
-    column = expectation.column
+        return figures | {"gx_result": result.to_json_dict()["result"] | {"sample": None}}
     figures = {
-        "column": column,
-        "unexpected_count": outcome.get("unexpected_count", 0),
-        "unexpected_percent": round(float(outcome.get("unexpected_percent") or 0.0), 4),
-        "element_count": outcome.get("element_count"),
+        "column": expectation.column,
+        "unexpected_count": found["unexpected_count"],
+        "unexpected_percent": round(float(found["unexpected_percent"] or 0.0), 4),
+        "element_count": found["element_count"],
+        "sample": found["sample"],
     }
     if check == RANGE_CHECK:
         figures["threshold"] = {
@@ -147,71 +242,33 @@ def _evidence(
             "max": expectation.max_value,
             "mostly": expectation.mostly,
         }
-        if not result.success:
-            outside = (
-                F.col(column) < expectation.min_value if expectation.min_value is not None else F.lit(False)
-            )
-            if expectation.max_value is not None:
-                outside = outside | (F.col(column) > expectation.max_value)
-            figures["sample"] = _offending(staged, spec, column, outside)
     else:
         figures["threshold"] = {"max_null_rate": round(1.0 - expectation.mostly, 6)}
-        if not result.success:
-            figures["sample"] = _offending(staged, spec, column, F.col(column).isNull())
     return figures
 
 
-def _suite(spec: FeatureSpec, expectations: list[gxe.Expectation]) -> gx.ExpectationSuite:
-    return gx.ExpectationSuite(name=f"{spec.name}_staged", expectations=expectations)
-
-
-def run_expectations(spec: FeatureSpec, staged: DataFrame) -> list[CheckOutcome]:
-    """Validate the run's staged rows against the spec's expectations, one outcome per check."""
-    tagged = expectations_for(spec)
-    batch = _batch_definition().get_batch(batch_parameters={"dataframe": staged})
-    # Verdicts first, in BOOLEAN_ONLY (one Spark job per expectation, about half the time of SUMMARY);
-    # only the expectations that failed or raised are validated again for their evidence.
-    verdicts = batch.validate(_suite(spec, [e for _, e in tagged]), result_format="BOOLEAN_ONLY")
-    failed = [r.expectation_config.to_domain_obj() for r in verdicts.results if not r.success]
-    evidence_of = {}
-    if failed:
-        detailed = batch.validate(_suite(spec, failed), result_format="SUMMARY")
-        evidence_of = {id(config): r for config, r in zip(failed, detailed.results, strict=True)}
-    grouped: dict[str, list[tuple[bool, dict[str, Any]]]] = {}
-    failed_results = iter(failed)
-    for result in verdicts.results:
-        check = result.expectation_config.meta["check"]
-        if result.success:
-            grouped.setdefault(check, []).append((True, {}))
-            continue
-        expectation = next(failed_results)
-        evidence = _evidence(check, expectation, evidence_of[id(expectation)], spec, staged)
-        passed = bool(evidence_of[id(expectation)].success) and "error" not in evidence
-        grouped.setdefault(check, []).append((passed, evidence))
-    outcomes = []
-    for check, results in sorted(grouped.items()):
-        failures = [evidence for passed, evidence in results if not passed]
-        summary = (
-            f"{len(results)} expectations passed"
-            if not failures
-            else f"{len(failures)} of {len(results)} expectations failed: "
-            + "; ".join(_describe(check, evidence) for evidence in failures[:3])
-        )
-        outcomes.append(
-            CheckOutcome(
-                name=check,
-                passed=not failures,
-                blocking=True,
-                summary=summary,
-                figures={"failures": failures} if failures else {"expectations": len(results)},
-            )
-        )
-    return outcomes
+def _outcome(check: str, results: list[tuple[gxe.Expectation, ExpectationValidationResult]]) -> CheckOutcome:
+    failures = [_evidence(check, e, r) for e, r in results if not r.success]
+    summary = (
+        f"{len(results)} expectations passed"
+        if not failures
+        else f"{len(failures)} of {len(results)} expectations failed: "
+        + "; ".join(_describe(check, evidence) for evidence in failures[:3])
+    )
+    validation = ExpectationSuiteValidationResult(
+        success=not failures, results=[r for _, r in results], suite_name=check
+    )
+    return CheckOutcome(
+        name=check,
+        passed=not failures,
+        blocking=True,
+        summary=summary,
+        figures=({"failures": failures} if failures else {"expectations": len(results)})
+        | {"gx_statistics": validation.to_json_dict()["statistics"]},
+    )
 
 
 def _describe(check: str, evidence: dict[str, Any]) -> str:
-    if "error" in evidence:
-        return f"expectation raised: {evidence['error']}"
     if check in (UNIQUE_KEYS_CHECK, ROW_CONSISTENCY_CHECK):
         what = evidence.get("rule", "duplicate keys")
         return f"{what} ({evidence['unexpected_count']} rows)"
@@ -219,3 +276,36 @@ def _describe(check: str, evidence: dict[str, Any]) -> str:
         f"{evidence['column']} {evidence['unexpected_count']} rows ({evidence['unexpected_percent']}%) "
         f"outside {evidence['threshold']}"
     )
+
+
+EXPECTATION_CHECKS = (
+    ExpectationCheck(RANGE_CHECK, "each column within its bounds (GX expect_column_values_to_be_between)"),
+    ExpectationCheck(
+        NULL_RATES_CHECK,
+        "each column's null rate under its threshold (GX expect_column_values_to_not_be_null)",
+    ),
+    ExpectationCheck(UNIQUE_KEYS_CHECK, "entity keys and date identify one row"),
+    ExpectationCheck(ROW_CONSISTENCY_CHECK, "every row meets the spec's row rules"),
+)
+
+
+def run_expectations(spec: FeatureSpec, staged: DataFrame) -> list[CheckOutcome]:
+    """The expectation checks of `spec` over `staged` on their own: one pass, then every verdict."""
+    checks = [check for check in EXPECTATION_CHECKS if check.applies(spec)]
+    figures = run_pass(
+        staged,
+        keys=[*spec.entity_keys, spec.date_column],
+        date_column=spec.date_column,
+        schema_ddl=spec.schema_ddl,
+        measures=merge_measures(m for check in checks for m in check.measures(spec)),
+    )
+    days = sorted(date.fromisoformat(day) for day in figures.days) or [date.today()]
+    gate = GateInputs(
+        dates=DateRange(days[0], days[-1]),
+        staged=staged,
+        figures=figures,
+        records=(),
+        inputs={},
+        production=ProductionRows(release_id=None, days=[], rows=None),
+    )
+    return sorted((check.judge(spec, gate) for check in checks), key=lambda outcome: outcome.name)

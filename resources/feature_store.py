@@ -12,7 +12,7 @@ from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from functools import reduce
 
-from pyspark.sql import DataFrame, SparkSession
+from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
 from backfills.resources.storage import ObjectStore
@@ -85,18 +85,26 @@ def read_partitions(
     return reduce(DataFrame.unionByName, frames)
 
 
-def partition_facts(
-    df: DataFrame, *, date_column: str, schema_ddl: str, null_columns: Sequence[str] = ()
-) -> dict[str, PartitionFacts]:
-    """Row count, an order-independent content hash and null counts per date, in one Spark aggregation.
-
-    Each row is hashed twice (columns forward and reversed, with null markers so a shifted null cannot
-    collide); the sums of those hashes and the row count identify the multiset of rows.
-    """
+def row_hashes(df: DataFrame) -> tuple[Column, Column]:
+    """Each row hashed twice (columns forward and reversed, with null markers so a shifted null cannot
+    collide): the sums of those hashes and the row count identify the multiset of rows, in any order."""
     columns = [F.col(name) for name in df.columns]
     nulls = [F.isnull(column) for column in columns]
     forward = F.xxhash64(*columns, *nulls).cast("decimal(38,0)")
     backward = F.xxhash64(*reversed(columns), *nulls).cast("decimal(38,0)")
+    return forward, backward
+
+
+def content_hash(schema_ddl: str, rows: int, forward: str, backward: str) -> str:
+    """The content hash of a partition: from its row count and the sums of its rows' two hashes."""
+    return hashlib.sha256(f"{schema_ddl}|{rows}|{forward}|{backward}".encode()).hexdigest()
+
+
+def partition_facts(
+    df: DataFrame, *, date_column: str, schema_ddl: str, null_columns: Sequence[str] = ()
+) -> dict[str, PartitionFacts]:
+    """Row count, an order-independent content hash and null counts per date, in one Spark aggregation."""
+    forward, backward = row_hashes(df)
     rows = (
         df.groupBy(F.col(date_column).cast("string").alias("day"))
         .agg(
@@ -109,12 +117,12 @@ def partition_facts(
     )
     facts = {}
     for row in rows:
-        digest = hashlib.sha256(f"{schema_ddl}|{row.row_count}|{row.forward}|{row.backward}".encode())
+        digest = content_hash(schema_ddl, row.row_count, row.forward, row.backward)
         nulls = {name: int(row[f"nulls{i}"]) for i, name in enumerate(null_columns)}
-        facts[row.day] = PartitionFacts(int(row.row_count), digest.hexdigest(), nulls)
+        facts[row.day] = PartitionFacts(int(row.row_count), digest, nulls)
     return facts
 
 
 def empty_partition_hash(schema_ddl: str) -> str:
     """Content hash of a partition with no rows (so empty days are recorded, not missing)."""
-    return hashlib.sha256(f"{schema_ddl}|0|0|0".encode()).hexdigest()
+    return content_hash(schema_ddl, 0, "0", "0")

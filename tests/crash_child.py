@@ -105,7 +105,7 @@ def ask_for_approval(root: str, slack_url: str, token: str) -> None:
 
 def main(point: str, root: str, *slack: str) -> None:
     from backfills.assets import staging
-    from backfills.checks import gate
+    from backfills.checks.diff_check import DiffVsProduction
     from backfills.resources.catalog import ReleaseCatalog
 
     if point == "mid_partition_write":
@@ -118,7 +118,7 @@ def main(point: str, root: str, *slack: str) -> None:
         die_when_called(staging, "run_gate")
         stage(root)
     elif point == "mid_checks":
-        die_when_called(gate, "diff_outcome")  # the expectations have run, the diff has not
+        die_when_called(DiffVsProduction, "judge")  # the pass and cross-table check are done, not the diff
         stage(root)
     elif point == "after_release_before_swap":
         die_when_called(ReleaseCatalog, "commit")

@@ -36,7 +36,7 @@ from backfills.checks.expectations import (
     ROW_CONSISTENCY_CHECK,
     run_expectations,
 )
-from backfills.checks.gate import gate_check_names
+from backfills.checks.registry import check_names
 from backfills.orchestration.definitions import defs
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.resources.spark import SparkResource
@@ -57,7 +57,7 @@ def test_every_gate_check_of_every_staged_asset_is_a_blocking_asset_check() -> N
     assets = {key: asset for asset in defs.resolve_asset_graph().assets_defs for key in asset.keys}
     for spec in FEATURES:
         declared = {check.name: check for check in assets[staging_key(spec.name)].check_specs}
-        assert sorted(declared) == gate_check_names(spec)
+        assert sorted(declared) == check_names(spec)
         assert [name for name, check in declared.items() if not check.blocking] == [], spec.name
 
 

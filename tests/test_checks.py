@@ -3,20 +3,31 @@
 from __future__ import annotations
 
 from datetime import date
+from functools import reduce
 
+import great_expectations as gx
 import pytest
 from conftest import Lake
+from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
 
 from backfills.assets.reader import FeatureReader
 from backfills.assets.registry import dependency_order, feature_spec
+from backfills.checks.check import GateInputs, ProductionRows
+from backfills.checks.cross_table import CROSS_TABLE_CHECK
 from backfills.checks.expectations import (
+    EXPECTATION_CHECKS,
     NULL_RATES_CHECK,
     RANGE_CHECK,
     ROW_CONSISTENCY_CHECK,
     UNIQUE_KEYS_CHECK,
     run_expectations,
+    suite,
+    validate_on_pass,
 )
+from backfills.checks.gate import gate_measures, run_gate
+from backfills.checks.staged_pass import merge_measures, run_pass
+from backfills.specs import DateRange, FeatureSpec
 
 
 @pytest.fixture(scope="module")
@@ -90,10 +101,107 @@ def test_duplicate_keys_fail_with_the_duplicated_key(clean_batch, spark) -> None
     assert evidence["unexpected_count"] == 1 and evidence["sample"][0]["copies"] == 2
 
 
-def test_an_expectation_that_raises_is_a_failed_check_with_the_exception(clean_batch, spark) -> None:
+def test_expectations_over_a_frame_without_a_column_raise_naming_it(clean_batch, spark) -> None:
+    # Staging never gets here (the output contract refuses missing columns first); on its own, the pass
+    # cannot count a column that is not there and says which.
     staged = _staged(spark, clean_batch, "customer_txn_30d").drop("decline_rate_30d")
-    outcomes = {o.name: o for o in run_expectations(feature_spec("customer_txn_30d"), staged)}
-    failed = outcomes[RANGE_CHECK]
-    assert not failed.passed
-    errors = [e["error"] for e in failed.figures["failures"] if "error" in e]
-    assert errors and "decline_rate_30d" in errors[0]
+    with pytest.raises(Exception, match="decline_rate_30d"):
+        run_expectations(feature_spec("customer_txn_30d"), staged)
+
+
+def test_a_check_that_raises_is_a_failed_blocking_check_with_the_exception(clean_batch, spark) -> None:
+    spec = feature_spec("customer_txn_7d")
+    staged = _staged(spark, clean_batch, "customer_txn_7d")
+    figures = run_pass(
+        staged,
+        keys=[*spec.entity_keys, spec.date_column],
+        date_column=spec.date_column,
+        schema_ddl=spec.schema_ddl,
+        measures=gate_measures(spec),
+    )
+    gate = GateInputs(
+        dates=DateRange(date(2025, 1, 1), date(2025, 1, 10)),
+        staged=staged,
+        figures=figures,
+        records=(),
+        inputs={},  # the cross-table check needs customer_daily_txn, which this run did not pass
+        production=ProductionRows(release_id=None, days=[], rows=None),
+    )
+    outcomes = {outcome.name: outcome for outcome in run_gate(spec, gate)}
+    raised = outcomes[CROSS_TABLE_CHECK]
+    assert not raised.passed and raised.blocking
+    assert "customer_daily_txn" in raised.figures["error"] and raised.summary.startswith("the check raised")
+    assert outcomes[RANGE_CHECK].passed  # the other checks still judge
+
+
+def _planted_defects(staged: DataFrame, spec: FeatureSpec) -> DataFrame:
+    """A few rows out of range on every bounded column, nulls in every column, a duplicated key and rows
+    that break every row rule: each expectation of the suite sees some unexpected rows."""
+    ordered = staged.orderBy(*spec.entity_keys, spec.date_column)
+    first = ordered.limit(40).collect()
+    keys = [*spec.entity_keys, spec.date_column]
+
+    def picked(index: int) -> Column:
+        row = first[index]
+        return reduce(lambda a, b: a & b, [F.col(key) == F.lit(row[key]) for key in keys])
+
+    bad = staged
+    for n, column in enumerate(spec.columns):
+        if column.name in keys:
+            continue
+        if column.max_value is not None:
+            bad = bad.withColumn(
+                column.name,
+                F.when(picked(n % 40), F.lit(column.max_value * 10 + 1).cast(column.type)).otherwise(
+                    F.col(column.name)
+                ),
+            )
+        bad = bad.withColumn(
+            column.name,
+            F.when(picked((n + 7) % 40) | picked((n + 8) % 40), F.lit(None).cast(column.type)).otherwise(
+                F.col(column.name)
+            ),
+        )
+    return bad.unionByName(ordered.limit(3))
+
+
+@pytest.mark.parametrize(
+    "table", ["customer_daily_txn", "customer_txn_7d", "customer_txn_30d", "customer_risk_profile"]
+)
+def test_the_one_pass_reaches_the_verdicts_and_counts_of_great_expectations_itself(
+    clean_batch, spark, table
+) -> None:
+    spec = feature_spec(table)
+    bad = _planted_defects(_staged(spark, clean_batch, table), spec).cache()
+    checks = [check for check in EXPECTATION_CHECKS if check.applies(spec)]
+    figures = run_pass(
+        bad,
+        keys=[*spec.entity_keys, spec.date_column],
+        date_column=spec.date_column,
+        schema_ddl=spec.schema_ddl,
+        measures=merge_measures(m for check in checks for m in check.measures(spec)),
+    )
+    ours = validate_on_pass(spec, figures)
+    context = gx.get_context(mode="ephemeral")
+    source = context.data_sources.add_spark(name="parity", persist=False)
+    batch = (
+        source.add_dataframe_asset(name="staged")
+        .add_batch_definition_whole_dataframe("all")
+        .get_batch(batch_parameters={"dataframe": bad})
+    )
+    theirs = batch.validate(suite(spec), result_format="SUMMARY")
+    bad.unpersist()
+    assert len(ours.results) == len(theirs.results)
+    compared = ("element_count", "unexpected_count", "unexpected_percent", "observed_value")
+    for mine, gx_result in zip(ours.results, theirs.results, strict=True):
+        assert mine.expectation_config.type == gx_result.expectation_config.type
+        assert not gx_result.exception_info.get("raised_exception"), gx_result.exception_info
+        what = f"{gx_result.expectation_config.type} {gx_result.expectation_config.kwargs.get('column', '')}"
+        assert mine.success == gx_result.success, what
+        for name in compared:
+            if name in gx_result.result:
+                assert mine.result.get(name) == pytest.approx(gx_result.result[name]), (what, name)
+    assert not ours.success and not theirs.success
+    # Every kind of expectation saw unexpected rows, so the comparison covered failures, not only passes.
+    failed = {result.expectation_config.type for result in theirs.results if not result.success}
+    assert {"expect_column_values_to_not_be_null", "unexpected_rows_expectation"} <= failed

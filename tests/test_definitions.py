@@ -12,7 +12,7 @@ from dagster import AssetKey, DailyPartitionsDefinition, TimeWindowPartitionMapp
 from backfills.assets import transformations
 from backfills.assets.factory import production_key, staging_key
 from backfills.assets.registry import FEATURES, dependency_order, feature_spec
-from backfills.checks.gate import gate_check_names
+from backfills.checks.registry import CHECKS, check_names, checks_of
 from backfills.errors import ConfigurationError, UnknownTableError
 from backfills.orchestration.definitions import STAGE_FEATURES_JOB, build_definitions, defs
 from backfills.orchestration.jobs import PROMOTE_JOB, ROLLBACK_JOB
@@ -42,7 +42,7 @@ def test_production_assets_jobs_sensor_and_checks_are_in_the_code_location() -> 
         assert staging_key(spec.name) in production.parent_keys
         assert isinstance(production.partitions_def, DailyPartitionsDefinition)
         checks = {key.name for key in graph.get(staging_key(spec.name)).check_keys}
-        assert checks == set(gate_check_names(spec))
+        assert checks == set(check_names(spec))
         assert {"diff_vs_production", "cross_table_consistency", "value_ranges", "unique_keys"} <= checks
     assert {job.name for job in (defs.resolve_job_def(PROMOTE_JOB), defs.resolve_job_def(ROLLBACK_JOB))} == {
         "promote_batch",
@@ -161,3 +161,24 @@ def test_code_version_changes_when_a_transformation_helper_changes(monkeypatch: 
 def test_an_unknown_table_is_named_with_the_known_ones() -> None:
     with pytest.raises(UnknownTableError, match="customer_txn_9d.*customer_daily_txn"):
         feature_spec("customer_txn_9d")
+
+
+def test_the_check_registry_names_each_check_once_and_decides_which_a_table_carries(spark) -> None:
+    names = [check.name for check in CHECKS]
+    assert len(names) == len(set(names)), names
+    assert all(check.description for check in CHECKS)
+    daily, weekly = feature_spec("customer_daily_txn"), feature_spec("customer_txn_7d")
+    assert "duplicate_events" in check_names(daily) and "duplicate_events" not in check_names(weekly)
+    # A table without row rules or cross-table rules carries neither check, in Dagster and in the run alike.
+    bare = dataclasses.replace(weekly, row_rules=(), key_coverage=(), input_rules=())
+    assert "row_consistency" not in check_names(bare) and "cross_table_consistency" not in check_names(bare)
+    assert {"value_ranges", "null_rates", "unique_keys", "non_empty_partitions", "diff_vs_production"} <= set(
+        check_names(bare)
+    )
+    # The pass keeps one measure per name: two checks may share a name only for the same condition.
+    for spec in FEATURES:
+        conditions: dict[str, set[str]] = {}
+        for check in checks_of(spec):
+            for measure in check.measures(spec):
+                conditions.setdefault(measure.name, set()).add(str(measure.condition))
+        assert {name: found for name, found in conditions.items() if len(found) > 1} == {}, spec.name

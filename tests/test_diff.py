@@ -211,6 +211,22 @@ def test_nulls_compare_equal_to_nulls_and_unequal_to_values(spark: SparkSession)
     assert amount.psi == 0.0
 
 
+def test_numbers_of_another_type_in_production_compare_by_value(spark: SparkSession) -> None:
+    # Production written when amount_usd was a double; the staged rows carry decimal(18,2). Equal values are
+    # unchanged whatever their type (the rows are matched on hashes of values cast to the staged types).
+    wider = SCHEMA.replace("amount_usd decimal(18,2)", "amount_usd double")
+    production = [("c1", DAY_1, 1, 10.0, "silver"), ("c2", DAY_1, 2, 20.5, "silver")]
+    staged = [row("c1", DAY_1, 1, "10.00"), row("c2", DAY_1, 2, "20.25")]
+
+    report = diff(table(spark, staged), table(spark, production, wider))
+
+    assert (report.changed, report.unchanged) == (1, 1)
+    changed_amount = {"production": 20.5, "staged": 20.25}
+    assert report.changed_sample == [
+        {"customer_id": "c2", "feature_date": "2025-01-01", "amount_usd": changed_amount}
+    ]
+
+
 def test_empty_production_reports_every_staged_row_as_added(spark: SparkSession) -> None:
     staged = [row(f"c{i}", day, i, f"{i}.00") for day in (DAY_1, DAY_2) for i in range(1, 4)]
 

@@ -37,7 +37,7 @@ from slack_api import FakeSlack
 from backfills.assets.factory import BATCH_TAG, REQUESTER_TAG, production_key, staging_key
 from backfills.assets.generator import Fault, write_landing_zone
 from backfills.assets.registry import FEATURES, feature_spec
-from backfills.checks.gate import gate_check_names
+from backfills.checks.registry import check_names
 from backfills.orchestration.jobs import PROMOTE_JOB, ROLLBACK_JOB
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.connect_server import running_server
@@ -321,7 +321,7 @@ def test_blocking_checks_of_every_staged_table_ran_and_passed(operator_backfill:
         ]
         for table in _staged_tables(run):
             mine = [item for item in evaluations if item.asset_key == staging_key(table)]
-            expected = set(gate_check_names(feature_spec(table)))
+            expected = set(check_names(feature_spec(table)))
             assert {item.check_name for item in mine} == expected, f"{table} in {run.describe()}"
             failed = [f"{item.check_name}: {item.description}" for item in mine if not item.passed]
             assert not failed, f"{table} in {run.describe()}: {failed}"
@@ -332,7 +332,7 @@ def test_blocking_checks_of_every_staged_table_ran_and_passed(operator_backfill:
     # so those planned per-partition executions end SKIPPED. None may have failed.
     for table in TABLES:
         table_runs = {run.run_id for run in outcome.runs if table in _staged_tables(run)}
-        for check in gate_check_names(feature_spec(table)):
+        for check in check_names(feature_spec(table)):
             executions = outcome.services.client.asset_check_executions(staging_key(table).path, check)
             ours = [item for item in executions if item.run_id in run_ids]
             evaluated = [item for item in ours if item.passed is not None]
@@ -358,7 +358,7 @@ def test_the_instance_keeps_runs_check_results_and_sensor_ticks_in_postgres(
         (run.run_id, staging_key(table).to_string(), check)
         for run in outcome.runs
         for table in _staged_tables(run)
-        for check in gate_check_names(feature_spec(table))
+        for check in check_names(feature_spec(table))
     }
     with closing(postgres_server.connect(DAGSTER_DB)) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT status FROM bulk_actions WHERE key = %s", (outcome.backfill_id,))

@@ -16,7 +16,7 @@ from backfills.assets.registry import feature_spec
 from backfills.assets.staging import CONTRACT_CHECK, RAW_INPUT_CHECK
 from backfills.checks.diff_check import DIFF_CHECK
 from backfills.checks.duplicates import DUPLICATE_EVENTS_CHECK
-from backfills.checks.gate import NON_EMPTY_CHECK
+from backfills.checks.non_empty import NON_EMPTY_CHECK
 from backfills.errors import ContractViolationError, SchemaDriftError
 from backfills.orchestration.cli import main
 from backfills.orchestration.definitions import build_definitions
