@@ -289,16 +289,22 @@ EXPECTATION_CHECKS = (
 )
 
 
-def run_expectations(spec: FeatureSpec, staged: DataFrame) -> list[CheckOutcome]:
-    """The expectation checks of `spec` over `staged` on their own: one pass, then every verdict."""
+def expectation_figures(spec: FeatureSpec, staged: DataFrame) -> PassFigures:
+    """One pass over `staged` counting what every expectation check of `spec` needs."""
     checks = [check for check in EXPECTATION_CHECKS if check.applies(spec)]
-    figures = run_pass(
+    return run_pass(
         staged,
         keys=[*spec.entity_keys, spec.date_column],
         date_column=spec.date_column,
         schema_ddl=spec.schema_ddl,
         measures=merge_measures(m for check in checks for m in check.measures(spec)),
     )
+
+
+def run_expectations(spec: FeatureSpec, staged: DataFrame) -> list[CheckOutcome]:
+    """The expectation checks of `spec` over `staged` on their own: one pass, then every verdict."""
+    checks = [check for check in EXPECTATION_CHECKS if check.applies(spec)]
+    figures = expectation_figures(spec, staged)
     days = sorted(date.fromisoformat(day) for day in figures.days) or [date.today()]
     gate = GateInputs(
         dates=DateRange(days[0], days[-1]),

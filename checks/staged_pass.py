@@ -11,7 +11,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
-from typing import Any
 
 from pyspark.sql import Column, DataFrame
 from pyspark.sql import functions as F
@@ -189,8 +188,3 @@ def merge_measures(measures: Iterable[Measure]) -> list[Measure]:
         if measure.name not in merged or (merged[measure.name].shown is None and measure.shown is not None):
             merged[measure.name] = measure
     return list(merged.values())
-
-
-def plain_figures(figures: PassFigures) -> dict[str, Any]:
-    """Per day: rows and every count, JSON-friendly (for evidence)."""
-    return {day: {"rows": found.rows, **found.counts} for day, found in figures.days.items()}

@@ -16,17 +16,17 @@ from backfills.assets.registry import dependency_order, feature_spec
 from backfills.checks.check import GateInputs, ProductionRows
 from backfills.checks.cross_table import CROSS_TABLE_CHECK
 from backfills.checks.expectations import (
-    EXPECTATION_CHECKS,
     NULL_RATES_CHECK,
     RANGE_CHECK,
     ROW_CONSISTENCY_CHECK,
     UNIQUE_KEYS_CHECK,
+    expectation_figures,
     run_expectations,
     suite,
     validate_on_pass,
 )
 from backfills.checks.gate import gate_measures, run_gate
-from backfills.checks.staged_pass import merge_measures, run_pass
+from backfills.checks.staged_pass import run_pass
 from backfills.specs import DateRange, FeatureSpec
 
 
@@ -173,15 +173,7 @@ def test_the_one_pass_reaches_the_verdicts_and_counts_of_great_expectations_itse
 ) -> None:
     spec = feature_spec(table)
     bad = _planted_defects(_staged(spark, clean_batch, table), spec).cache()
-    checks = [check for check in EXPECTATION_CHECKS if check.applies(spec)]
-    figures = run_pass(
-        bad,
-        keys=[*spec.entity_keys, spec.date_column],
-        date_column=spec.date_column,
-        schema_ddl=spec.schema_ddl,
-        measures=merge_measures(m for check in checks for m in check.measures(spec)),
-    )
-    ours = validate_on_pass(spec, figures)
+    ours = validate_on_pass(spec, expectation_figures(spec, bad))
     context = gx.get_context(mode="ephemeral")
     source = context.data_sources.add_spark(name="parity", persist=False)
     batch = (

@@ -671,7 +671,7 @@ def test_an_approved_batch_with_untouched_files_is_promoted_with_its_approval(
     assert (release.batch_id, release.requester, release.actor) == ("jan", ALICE, "ops")
     assert [a.user_id for a in release.approvers] == [BOB] and release.request_id == request.request_id
     assert release.reason == request.decision_summary and not release.forced
-    assert {day: part.content_hash for day, part in release.tables[TABLE].items()} == {
+    assert {day: part.content_hash for day, part in lake.catalog.served(release, TABLE).items()} == {
         day: record.content_hash for day, record in lake.catalog.get_batch("jan").tables[TABLE].items()
     }
     assert lake.catalog.get_batch("jan").state == "promoted"
@@ -749,7 +749,8 @@ def test_an_older_batch_is_refused_over_newer_production_data_unless_forced(
     forced = promote(lake.catalog, RULES, spark, "jan", requested_by="ops", force=True)
     assert forced.release.forced and forced.release.parent_id == newer.release_id
     assert forced.changed == {TABLE: JAN}
-    assert lake.catalog.current_release().tables[TABLE]["2025-01-04"].batch_id == "fix"
+    current = lake.catalog.current_release()
+    assert current is not None and lake.catalog.served(current, TABLE)["2025-01-04"].batch_id == "fix"
     # Production moved on: promoting `fix` again would put it back over `jan`, which takes a rollback.
     with pytest.raises(InvalidRequestError, match="promoted already and production has moved on"):
         promote(lake.catalog, RULES, spark, "fix", requested_by="ops")
