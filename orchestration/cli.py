@@ -252,7 +252,7 @@ def cmd_releases(args: argparse.Namespace, settings: Settings) -> None:
     for release in releases:
         marker = "*" if release.release_id == current else " "
         status = "" if release.release_id in published else "  (never made current)"
-        counts = release.partition_counts or {t: len(parts) for t, parts in release.tables.items()}
+        counts = release.partition_counts or {t: len(p) for t, p in release.snapshot_tables.items()}
         tables = ", ".join(f"{table}:{count}" for table, count in sorted(counts.items()))
         print(
             f"{marker} {release.release_id}  {release.kind:<9} parent={release.parent_id or '-'}  "

@@ -413,7 +413,7 @@ class ReleaseCatalog:
         """The table's partitions in the release: all, those of `days`, or start <= day <= end (each bound
         optional). Reads only the months asked for."""
         if release.is_snapshot:
-            entries = release.tables.get(table, {})
+            entries = release.snapshot_tables.get(table, {})
             if days is not None:
                 return {day: entries[day] for day in days if day in entries}
             return {
@@ -434,7 +434,7 @@ class ReleaseCatalog:
     def last_served_day(self, release: Release, table: str) -> str | None:
         """The newest partition of the table the release serves, or None."""
         if release.is_snapshot:
-            return max(release.tables.get(table, {}), default=None)
+            return max(release.snapshot_tables.get(table, {}), default=None)
         return self.tree.last_day(release.table_indexes.get(table))
 
     def _indexes(self, release: Release | None) -> dict[str, str]:
@@ -444,7 +444,9 @@ class ReleaseCatalog:
             return {}
         if not release.is_snapshot:
             return dict(release.table_indexes)
-        converted = {table: self.tree.write_snapshot(parts) for table, parts in release.tables.items()}
+        converted = {
+            table: self.tree.write_snapshot(parts) for table, parts in release.snapshot_tables.items()
+        }
         return {table: key for table, key in converted.items() if key is not None}
 
     def _release(self, indexes: dict[str, str], changed: dict[str, list[str]], **fields: Any) -> Release:

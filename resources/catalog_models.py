@@ -9,7 +9,7 @@ import hashlib
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
 
 def _as_utc(value: datetime) -> datetime:
@@ -228,9 +228,12 @@ class Release(CatalogModel):
     """An immutable release of production: per table, the index of the partitions it serves (a tree of
     shared objects, resources/release_tree.py), its parent, and the partitions it changed against it.
 
-    Releases of the first catalog format hold the whole snapshot in `tables` instead; they are still read
-    (and the first release published over one converts it).
+    Releases of the first catalog format hold the whole snapshot instead (`snapshot_tables`, stored as
+    `tables`); they are still read (and the first release published over one converts it). Code that wants
+    a release's partitions asks the catalog (`ReleaseCatalog.snapshot`), which reads either format.
     """
+
+    model_config = ConfigDict(extra="forbid", validate_by_name=True, serialize_by_alias=True)
 
     release_id: str
     parent_id: str | None
@@ -240,7 +243,7 @@ class Release(CatalogModel):
     rolled_back_to: str | None = None
     actor: str | None = None
     reason: str | None = None
-    tables: dict[str, dict[str, ReleasedPartition]] = {}  # the first format's full snapshot
+    snapshot_tables: dict[str, dict[str, ReleasedPartition]] = Field(default={}, alias="tables")
     table_indexes: dict[str, str] = {}  # table -> TableIndex object key
     partition_counts: dict[str, int] = {}  # table -> partitions served
     changed: dict[str, list[str]] = {}  # table -> days added, replaced or removed against the parent
@@ -255,15 +258,15 @@ class Release(CatalogModel):
     @property
     def is_snapshot(self) -> bool:
         """Whether this release is of the first catalog format (a full snapshot in `tables`)."""
-        return not self.table_indexes and bool(self.tables)
+        return not self.table_indexes and bool(self.snapshot_tables)
 
     def served_tables(self) -> list[str]:
-        return sorted(self.tables if self.is_snapshot else self.table_indexes)
+        return sorted(self.snapshot_tables if self.is_snapshot else self.table_indexes)
 
     def partition_count(self) -> int:
         """How many partitions production serves in this release, over all tables."""
         if self.is_snapshot:
-            return sum(len(partitions) for partitions in self.tables.values())
+            return sum(len(partitions) for partitions in self.snapshot_tables.values())
         return sum(self.partition_counts.values())
 
 
