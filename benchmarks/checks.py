@@ -1,14 +1,20 @@
 """Quality-gate benchmark: every check of one feature table over a month of staged days, compared with a
 hand-written Spark floor that computes the same verdicts, and with the cost of computing the features.
-Writes benchmarks/CHECKS_REPORT.md.
+Writes benchmarks/CHECKS_REPORT.md and the checks' figures in benchmarks/results.json.
 
-It measures and reports; the one thing it verifies is that the floor's verdicts equal the gate's (a floor
-that computes less is no floor). `.venv/bin/python benchmarks/checks.py --help` lists the options.
+The gate is fused: the checks add their counts to the one pass over the written rows that the manifest
+needs anyway (row counts, content hashes, null counts), then judge from those figures, with one join of
+their own for key coverage and one for the diff. What the checks cost is therefore their share of that
+pass (the pass with every measure against the pass with the manifest's alone, both over the cached rows)
+plus the judging. It measures and reports; the one thing it verifies is that the floor's verdicts equal
+the gate's (a floor that computes less is no floor). `.venv/bin/python benchmarks/checks.py --help` lists
+the options.
 """
 
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import os
 import shutil
@@ -21,7 +27,7 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from typing import Any, cast
+from typing import Any
 from unittest import mock
 
 from pyspark.sql import Column, DataFrame, SparkSession
@@ -30,11 +36,10 @@ from run import Samples, machine, peak_memory, source_version
 from spark_setup import SparkSettings, add_spark_options
 
 import backfills.assets.staging as staging_module
-import backfills.checks.gate as gate_module
 from backfills.assets.registry import DAILY, MONTHLY, WEEKLY, feature_spec
 from backfills.assets.staging import stage_partitions
 from backfills.assets.transformations import MONEY
-from backfills.checks import expectations as gx_checks
+from backfills.checks.check import GateInputs
 from backfills.checks.contracts import enforce_contract, feature_contract
 from backfills.checks.cross_table import CROSS_TABLE_CHECK, cross_table_outcome
 from backfills.checks.diff import PERCENTILE_ACCURACY, PSI_EPSILON
@@ -44,11 +49,13 @@ from backfills.checks.expectations import (
     RANGE_CHECK,
     ROW_CONSISTENCY_CHECK,
     UNIQUE_KEYS_CHECK,
-    expectations_for,
     run_expectations,
 )
-from backfills.checks.gate import NON_EMPTY_CHECK, GateInputs, run_gate
+from backfills.checks.gate import run_gate
+from backfills.checks.non_empty import NON_EMPTY_CHECK
 from backfills.checks.outcome import CheckOutcome
+from backfills.checks.registry import checks_of
+from backfills.checks.staged_pass import run_pass
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import ColumnSchema, PartitionRecord
 from backfills.resources.feature_store import partition_facts, read_partitions, write_partitions
@@ -61,26 +68,30 @@ START = date(2025, 1, 1)  # the first feature day checked; the upstream starts `
 TABLES = (WEEKLY, MONTHLY)
 CASES = ("no production yet", "with production")
 FIRST_BATCH, SECOND_BATCH = "bench-first", "bench-second"
+GOAL_OVER_FLOOR = 1.5
+GOAL_SHARE_OF_FEATURES = 0.25
 
 # Names of the figures: what each repetition records.
-STAGE = "stage_partitions (all)"
-STAGE_CONTRACT = "output contract inside staging (computes the cached rows)"
-FEATURES = "feature computation (stage_partitions without the gate)"
-GATE = "gate (run_gate)"
-GATE_PARTS = {
-    "run_expectations": "gate: expectations (GX)",
-    "non_empty": "gate: non-empty",
-    "diff_outcome": "gate: diff vs production",
-    "cross_table_outcome": "gate: cross-table",
-}
-CONTRACT = "output contract alone, on the written rows"
+STAGE = "stage_partitions (all, the probe's own measurements taken out)"
+PASS = "the pass in staging (first action on the cached rows: computes the features)"
+PASS_FULL = "the pass again, every measure, over the cached rows"
+PASS_MANIFEST = "the pass with the manifest's measures alone (rows, hashes, nulls), over the cached rows"
+CHECKS_IN_PASS = "checks' share of the pass (every measure - the manifest's alone)"
+GATE = "judging (run_gate: GX over the figures, the coverage join, the diff join)"
+CHECKS = "checks (share of the pass + judging)"
+FEATURES = "feature computation (stage_partitions without the checks)"
+PROBE = "the probe's own measurements (taken out of stage_partitions)"
 FLOOR = "floor (all)"
 FLOOR_AGGREGATE = "floor: one aggregation (ranges, nulls, row rules)"
 FLOOR_DUPLICATES = "floor: one group-by (duplicate keys)"
-FLOOR_CROSS = "floor: key coverage (one anti join)"
+FLOOR_CROSS = "floor: key coverage (one anti join per direction)"
 FLOOR_DIFF_QUANTILES = "floor: diff, production deciles (one aggregation)"
 FLOOR_DIFF_JOIN = "floor: diff, one full outer join + aggregation"
 FLOOR_PARTS = (FLOOR_AGGREGATE, FLOOR_DUPLICATES, FLOOR_CROSS, FLOOR_DIFF_QUANTILES, FLOOR_DIFF_JOIN)
+
+
+def judged(check: str) -> str:
+    return f"judging: {check}"
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
@@ -103,16 +114,16 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         help="share of upstream rows the second batch changes, for the diff (0.001)",
     )
     parser.add_argument("--repetitions", type=int, default=3, help="repetitions of each measurement (3)")
-    parser.add_argument(
-        "--experiment-repetitions",
-        type=int,
-        default=1,
-        help="repetitions of each experiment (1); 0 skips the experiments",
-    )
     parser.add_argument("--seed", type=int, default=7, help="seed of the synthetic upstream (7)")
     add_spark_options(parser, driver_memory="6g")
     parser.add_argument(
         "--report", type=Path, default=BENCHMARKS_DIR / "CHECKS_REPORT.md", help="where to write the report"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=BENCHMARKS_DIR / "results.json",
+        help="machine-readable figures, merged into this file (benchmarks/results.json)",
     )
     parser.add_argument(
         "--work-dir",
@@ -139,7 +150,6 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
 class Phase:
     seconds: float = 0.0
     jobs: int = 0
-    agrees: bool | None = None  # for an experiment: same verdicts (and diff counts) as the gate
 
 
 class SparkJobs:
@@ -313,18 +323,23 @@ def stage_upstream(
     return sum(record.row_count for record in records)
 
 
-# Instrumenting stage_partitions: the gate, its parts and the output contract, timed where they run
+# Instrumenting stage_partitions: the pass, the judging of each check, and the checks' share of the pass
 
 
 class StagingProbe:
-    """Times the gate (and each of its parts) and the output contract inside stage_partitions, counts their
-    Spark jobs and keeps the GateInputs the staging built, by wrapping the functions the callers look up."""
+    """Times the pass and the judging inside stage_partitions, counts their Spark jobs and, while the run's
+    rows are still cached (inside the gate), measures the checks' share of the pass, runs the floor over
+    the same cached rows and (once) the verification with defects. Wraps the functions staging looks up."""
 
-    def __init__(self, jobs: SparkJobs) -> None:
+    def __init__(self, jobs: SparkJobs, spec: FeatureSpec) -> None:
         self.jobs = jobs
+        self.spec = spec
         self.sink = Measurements()
-        self.gate_inputs: GateInputs | None = None
         self.outcomes: list[CheckOutcome] = []
+        self.floor_result: FloorResult | None = None
+        self.verification: Verification | None = None
+        self.verify_next = False
+        self._pass_arguments: dict[str, Any] = {}
 
     def _timed(self, name: str, function: Callable[..., Any]) -> Callable[..., Any]:
         def timed(*args: Any, **kwargs: Any) -> Any:
@@ -335,24 +350,42 @@ class StagingProbe:
 
         return timed
 
+    def _pass(self, df: DataFrame, **arguments: Any) -> Any:
+        self._pass_arguments = arguments
+        return self._timed(PASS, run_pass)(df, **arguments)
+
+    def _gate(self, spec: FeatureSpec, inputs: GateInputs) -> list[CheckOutcome]:
+        self.outcomes = self._timed(GATE, run_gate)(spec, inputs)
+        self.sink.jobs[GATE][-1] += sum(self.sink.jobs[judged(check.name)][-1] for check in checks_of(spec))
+        began = time.perf_counter()
+        self._while_cached(spec, inputs)
+        self.sink.add(PROBE, time.perf_counter() - began)
+        return self.outcomes
+
+    def _while_cached(self, spec: FeatureSpec, inputs: GateInputs) -> None:
+        rows, arguments = inputs.staged, self._pass_arguments
+        manifest_only = {
+            **arguments,
+            "measures": staging_module._null_measures(spec),
+            "unique_keys": False,
+        }
+        self._timed(PASS_MANIFEST, run_pass)(rows, **manifest_only)
+        self._timed(PASS_FULL, run_pass)(rows, **arguments)
+        share = self.sink.seconds[PASS_FULL][-1] - self.sink.seconds[PASS_MANIFEST][-1]
+        self.sink.add(CHECKS_IN_PASS, max(0.0, share))
+        self.floor_result = floor(spec, inputs, self.jobs, self.sink)
+        if self.verify_next:
+            self.verification = verify_with_defects(spec, inputs, self.jobs)
+            self.verify_next = False
+
     @contextmanager
     def installed(self) -> Iterator[StagingProbe]:
-        timed_gate = self._timed(GATE, run_gate)
-
-        def gate(spec: FeatureSpec, inputs: GateInputs) -> list[CheckOutcome]:
-            self.gate_inputs = inputs
-            self.outcomes = timed_gate(spec, inputs)
-            return self.outcomes
-
-        def contract(df: DataFrame, contract: Any, **kwargs: Any) -> Any:
-            return self._timed(STAGE_CONTRACT, enforce_contract)(df, contract, **kwargs)
-
         with ExitStack() as stack:
-            stack.enter_context(mock.patch.object(staging_module, "run_gate", gate))
-            stack.enter_context(mock.patch.object(staging_module, "enforce_contract", contract))
-            for function, name in GATE_PARTS.items():
-                original = getattr(gate_module, function)
-                stack.enter_context(mock.patch.object(gate_module, function, self._timed(name, original)))
+            stack.enter_context(mock.patch.object(staging_module, "run_pass", self._pass))
+            stack.enter_context(mock.patch.object(staging_module, "run_gate", self._gate))
+            for check in checks_of(self.spec):
+                timed = self._timed(judged(check.name), check.judge)
+                stack.enter_context(mock.patch.object(check, "judge", timed))
             yield self
 
 
@@ -737,216 +770,7 @@ def verify_with_defects(spec: FeatureSpec, inputs: GateInputs, jobs: SparkJobs) 
     return Verification(day.isoformat(), injected, rows)
 
 
-# Experiments: what would bring the gate closer to the floor (the checks code itself is unchanged)
-
-
-def gx_verdicts(
-    spec: FeatureSpec, staged: DataFrame, result_format: str, *, merge_rules: bool = False
-) -> list[CheckOutcome]:
-    """The spec's GX suite validated with another result format; with `merge_rules`, the row rules as one
-    expectation (one query) instead of one each. Verdicts only: on a failure the real check would validate
-    the failing expectations again with SUMMARY to collect its evidence, which costs nothing on a pass."""
-    tagged = expectations_for(spec)
-    if merge_rules and spec.row_rules:
-        tagged = [(check, expectation) for check, expectation in tagged if check != ROW_CONSISTENCY_CHECK]
-        broken = " OR ".join(f"NOT ({rule.condition})" for rule in spec.row_rules)
-        merged = gx_checks.gxe.UnexpectedRowsExpectation(
-            unexpected_rows_query=f"SELECT * FROM {{batch}} WHERE {broken}", description="all row rules"
-        )
-        merged.meta = {"check": ROW_CONSISTENCY_CHECK}
-        tagged.append((ROW_CONSISTENCY_CHECK, merged))
-    suite = gx_checks.gx.ExpectationSuite(
-        name=f"{spec.name}_{result_format}_{time.monotonic_ns()}", expectations=[e for _, e in tagged]
-    )
-    batch = gx_checks._batch_definition().get_batch(batch_parameters={"dataframe": staged})
-    validation = batch.validate(suite, result_format=result_format)
-    passed: dict[str, bool] = {}
-    for result in validation.results:
-        check = result.expectation_config.meta["check"]
-        passed[check] = (
-            passed.get(check, True)
-            and bool(result.success)
-            and not (result.exception_info or {}).get("raised_exception")
-        )
-    return [CheckOutcome(check, ok, True, "experiment: verdict only") for check, ok in sorted(passed.items())]
-
-
-@contextmanager
-def cached(*frames: DataFrame | None) -> Iterator[list[DataFrame | None]]:
-    """The frames cached and filled (one scan each), unpersisted afterwards."""
-    held = [frame.cache() if frame is not None else None for frame in frames]
-    try:
-        for frame in held:
-            if frame is not None:
-                frame.count()
-        yield held
-    finally:
-        for frame in held:
-            if frame is not None:
-                frame.unpersist(blocking=True)
-
-
-@dataclass(frozen=True)
-class Experiment:
-    name: str
-    replaces: str  # GATE or the part it stands in for
-    run: Callable[[FeatureSpec, GateInputs, SparkJobs], object]
-    needs_production: bool = False  # nothing to measure before a release covers the days
-
-
-def _cached_gate(spec: FeatureSpec, inputs: GateInputs, jobs: SparkJobs) -> object:
-    with cached(inputs.staged, inputs.production.rows) as (staged, production):
-        return run_gate(
-            spec, replace(inputs, staged=staged, production=replace(inputs.production, rows=production))
-        )
-
-
-def _verdicts_only(spec: FeatureSpec, staged: DataFrame) -> list[CheckOutcome]:
-    return gx_verdicts(spec, staged, "BOOLEAN_ONLY", merge_rules=True)
-
-
-def _leaner_gx_gate(spec: FeatureSpec, inputs: GateInputs, jobs: SparkJobs) -> object:
-    with mock.patch.object(gate_module, "run_expectations", _verdicts_only):
-        return _cached_gate(spec, inputs, jobs)
-
-
-def _as_outcome(result: FloorResult) -> CheckOutcome:
-    ((name, verdict),) = result.verdicts.items()
-    return CheckOutcome(name, verdict == "passed", verdict != "warned", "experiment: verdict only")
-
-
-def _leaner_gate(spec: FeatureSpec, inputs: GateInputs, jobs: SparkJobs) -> object:
-    def coverage(spec: FeatureSpec, staged: DataFrame, _inputs: Any, dates: DateRange) -> CheckOutcome:
-        return _as_outcome(floor_coverage(spec, replace(inputs, staged=staged, dates=dates), jobs, None))
-
-    def diff(spec: FeatureSpec, staged: DataFrame, production: DataFrame | None, **_: Any) -> CheckOutcome:
-        rows = replace(inputs.production, rows=production)
-        return _as_outcome(hashed_diff(spec, replace(inputs, staged=staged, production=rows), jobs))
-
-    with ExitStack() as stack:
-        stack.enter_context(mock.patch.object(gate_module, "run_expectations", _verdicts_only))
-        stack.enter_context(mock.patch.object(gate_module, "cross_table_outcome", coverage))
-        stack.enter_context(mock.patch.object(gate_module, "diff_outcome", diff))
-        return _cached_gate(spec, inputs, jobs)
-
-
-def _cached_diff(spec: FeatureSpec, inputs: GateInputs, jobs: SparkJobs) -> object:
-    with cached(inputs.staged, inputs.production.rows) as (staged, production):
-        return gate_module.diff_outcome(
-            spec,
-            staged,
-            production,
-            release_id=inputs.production.release_id,
-            released_days=inputs.production.days,
-            staged_days=[record.partition for record in inputs.records],
-        )
-
-
-def hashed_diff(spec: FeatureSpec, inputs: GateInputs, jobs: SparkJobs) -> FloorResult:
-    """The diff's verdict with a lighter join: each side shuffles its keys and one 64-bit hash of the other
-    columns (with null markers, as the content hashes do) instead of every value; PSI from one bin-count
-    aggregation per side. A change hides only if the hashes collide (about n / 2**64)."""
-    production = inputs.production.rows
-    if production is None or not inputs.production.days:
-        return FloorResult({DIFF_CHECK: "passed"}, {})
-    keys = [*spec.entity_keys, spec.date_column]
-    values = [F.col(name) for name in spec.column_names if name not in keys]
-
-    def side(frame: DataFrame, flag: str) -> DataFrame:
-        row_hash = F.xxhash64(*values, *[F.isnull(value) for value in values])
-        return frame.select(*keys, row_hash.alias(f"{flag}_hash"), F.lit(True).alias(flag))
-
-    staged = _compared(spec, inputs)
-    joined = side(staged, "in_staged").join(side(production, "in_production"), keys, "full_outer")
-    totals = joined.agg(*_row_counts(F.col("in_staged_hash") != F.col("in_production_hash"))).first().asDict()
-    deciles, edges = _production_deciles(spec, production)
-    totals |= production.agg(*_bin_counts("p", edges, F.col)).first().asDict()
-    totals |= staged.agg(*_bin_counts("s", edges, F.col)).first().asDict()
-    return _diff_verdict(spec, totals, deciles, edges)
-
-
-def _cached_gx(spec: FeatureSpec, inputs: GateInputs, jobs: SparkJobs) -> object:
-    with cached(inputs.staged) as (staged,):
-        return run_expectations(spec, staged)
-
-
-EXPERIMENTS = (
-    Experiment(
-        "GX with result_format BASIC",
-        GATE_PARTS["run_expectations"],
-        lambda s, i, _: gx_verdicts(s, i.staged, "BASIC"),
-    ),
-    Experiment(
-        "GX with result_format BOOLEAN_ONLY",
-        GATE_PARTS["run_expectations"],
-        lambda s, i, _: gx_verdicts(s, i.staged, "BOOLEAN_ONLY"),
-    ),
-    Experiment(
-        "GX BOOLEAN_ONLY, row rules merged into one expectation (fewer queries)",
-        GATE_PARTS["run_expectations"],
-        lambda s, i, _: gx_verdicts(s, i.staged, "BOOLEAN_ONLY", merge_rules=True),
-    ),
-    Experiment(
-        "GX as the gate runs it, on the staged rows cached, fill included",
-        GATE_PARTS["run_expectations"],
-        _cached_gx,
-    ),
-    Experiment(
-        "diff on the staged and production rows cached, fill included",
-        GATE_PARTS["diff_outcome"],
-        _cached_diff,
-        needs_production=True,
-    ),
-    Experiment(
-        "diff as a join of keys + one row hash, PSI from per-side aggregations (no caching)",
-        GATE_PARTS["diff_outcome"],
-        hashed_diff,
-        needs_production=True,
-    ),
-    Experiment("whole gate on the staged and production rows cached, fill included", GATE, _cached_gate),
-    Experiment("whole gate: cached rows + GX BOOLEAN_ONLY + merged row rules", GATE, _leaner_gx_gate),
-    Experiment(
-        "whole gate: the above + key coverage as anti joins + diff as key-and-hash join",
-        GATE,
-        _leaner_gate,
-    ),
-)
-
-
-def run_experiments(
-    spec: FeatureSpec, inputs: GateInputs, jobs: SparkJobs, gate: list[CheckOutcome]
-) -> dict[str, Phase]:
-    found = {}
-    for experiment in EXPERIMENTS:
-        if experiment.needs_production and inputs.production.rows is None:
-            continue
-        with jobs.phase() as phase:
-            result = experiment.run(spec, inputs, jobs)
-        phase.agrees = _agrees(result, gate)
-        found[experiment.name] = phase
-        print(
-            f"    experiment: {experiment.name}: {phase.seconds:.1f} s, {phase.jobs} jobs, "
-            f"{'same verdicts' if phase.agrees else 'OTHER VERDICTS'}",
-            flush=True,
-        )
-    return found
-
-
-def _agrees(result: object, gate: list[CheckOutcome]) -> bool:
-    """Whether an experiment reached the gate's verdicts (and, for a diff, its row counts)."""
-    expected = {outcome.name: outcome for outcome in gate}
-    if isinstance(result, FloorResult):
-        diff = expected[DIFF_CHECK].figures
-        counts = ("changed", "added", "removed")
-        same_counts = all(result.figures.get(name, diff.get(name)) == diff.get(name) for name in counts)
-        return same_counts and all(
-            expected[name].verdict == verdict for name, verdict in result.verdicts.items()
-        )
-    outcomes = [result] if isinstance(result, CheckOutcome) else list(cast(list[CheckOutcome], result))
-    return bool(outcomes) and all(expected[outcome.name].verdict == outcome.verdict for outcome in outcomes)
-
-
-# The harness
+# One case: the table staged `repetitions` times into one batch
 
 
 @dataclass
@@ -959,12 +783,20 @@ class Case:
     rows: int
     staged_days: int
     upstream_rows: int
-    experiments: dict[str, list[Phase]] = field(default_factory=dict)
+    checks: list[str]
     verification: Verification | None = None
     loads: list[float] = field(default_factory=list)  # 1-minute load average as each repetition started
 
-    def gate_jobs(self) -> int:
-        return sum(self.measurements.jobs[part][-1] for part in GATE_PARTS.values())
+    def median(self, name: str) -> float:
+        return self.measurements.median(name)
+
+    @property
+    def over_floor(self) -> float:
+        return self.median(CHECKS) / self.median(FLOOR)
+
+    @property
+    def share_of_features(self) -> float:
+        return self.median(CHECKS) / self.median(FEATURES)
 
 
 def run_case(
@@ -979,17 +811,16 @@ def run_case(
     upstream_rows: int,
     verify: bool,
 ) -> Case:
-    """Stage the table's days into `batch_id` `repetitions` times; after each, the floor and the contract
-    on the rows the gate saw (and, in the first repetitions, the experiments)."""
+    """Stage the table's days into `batch_id` `repetitions` times, each timed as described in the module."""
     spec = feature_spec(args.table)
     dates = DateRange(START, START + timedelta(days=args.days - 1))
     earliest = START - timedelta(days=spec.feature_inputs[0].lookback_days)
-    probe = StagingProbe(jobs)
-    measurements = probe.sink
-    experiments: dict[str, list[Phase]] = {}
+    probe = StagingProbe(jobs, spec)
+    m = probe.sink
     loads = []
     for repetition in range(args.repetitions):
         loads.append(os.getloadavg()[0])
+        probe.verify_next = verify and repetition == args.repetitions - 1
         with probe.installed(), jobs.phase() as phase:
             staged = stage_partitions(
                 spec,
@@ -1002,46 +833,29 @@ def run_case(
                 store=store,
                 catalog=catalog,
             )
-        gate_jobs = sum(measurements.jobs[part][-1] for part in GATE_PARTS.values())
-        measurements.jobs[GATE][-1] += gate_jobs
-        measurements.add(STAGE, phase.seconds, phase.jobs + gate_jobs + measurements.jobs[STAGE_CONTRACT][-1])
-        measurements.add(
-            FEATURES,
-            phase.seconds - measurements.seconds[GATE][-1],
-            phase.jobs + measurements.jobs[STAGE_CONTRACT][-1],
-        )
-        inputs = probe.gate_inputs
-        assert inputs is not None, "stage_partitions did not run the gate"
-        floor_result = floor(spec, inputs, jobs, measurements)
-        with jobs.phase() as contract:
-            enforce_contract(
-                inputs.staged,
-                feature_contract(spec),
-                table=spec.name,
-                partitions=f"{dates.start}..{dates.end}",
-                key_columns=[*spec.entity_keys, spec.date_column],
-            )
-        measurements.add(CONTRACT, contract.seconds, contract.jobs)
+        stage = phase.seconds - m.seconds[PROBE][-1]
+        m.add(STAGE, stage)
+        checks = m.seconds[CHECKS_IN_PASS][-1] + m.seconds[GATE][-1]
+        m.add(CHECKS, checks)
+        m.add(FEATURES, stage - checks)
         print(
-            f"  {name}, repetition {repetition + 1}: stage_partitions {phase.seconds:.1f} s, of which gate "
-            f"{measurements.seconds[GATE][-1]:.1f} s; floor {measurements.seconds[FLOOR][-1]:.1f} s",
+            f"  {name}, repetition {repetition + 1}: stage_partitions {stage:.1f} s, checks {checks:.1f} s "
+            f"(pass share {m.seconds[CHECKS_IN_PASS][-1]:.1f}, judging {m.seconds[GATE][-1]:.1f}); floor "
+            f"{m.seconds[FLOOR][-1]:.1f} s",
             flush=True,
         )
-        if repetition < args.experiment_repetitions:
-            for experiment, result in run_experiments(spec, inputs, jobs, probe.outcomes).items():
-                experiments.setdefault(experiment, []).append(result)
-    verification = verify_with_defects(spec, inputs, jobs) if verify else None
+    assert probe.floor_result is not None, "stage_partitions did not run the gate"
     return Case(
         name=name,
-        measurements=measurements,
+        measurements=m,
         gate_verdicts={outcome.name: outcome.verdict for outcome in probe.outcomes},
         gate_figures={outcome.name: outcome.figures for outcome in probe.outcomes},
-        floor_result=floor_result,
+        floor_result=probe.floor_result,
         rows=staged.row_count,
         staged_days=len(staged.records),
         upstream_rows=upstream_rows,
-        experiments=experiments,
-        verification=verification,
+        checks=[check.name for check in checks_of(spec)],
+        verification=probe.verification,
         loads=loads,
     )
 
@@ -1065,16 +879,6 @@ def _goal(met: bool) -> str:
     return "**met**" if met else "**missed**"
 
 
-def _floor_counterpart(case: Case, part: str) -> float | None:
-    names = {
-        GATE_PARTS["run_expectations"]: (FLOOR_AGGREGATE, FLOOR_DUPLICATES),
-        GATE_PARTS["diff_outcome"]: (FLOOR_DIFF_QUANTILES, FLOOR_DIFF_JOIN),
-        GATE_PARTS["cross_table_outcome"]: (FLOOR_CROSS,),
-    }.get(part, ())
-    found = [case.measurements.median(name) for name in names if name in case.measurements.seconds]
-    return sum(found) if found else None
-
-
 def render(
     args: argparse.Namespace,
     *,
@@ -1093,37 +897,44 @@ def render(
         "",
         f"Written by `{command}` on {started:%Y-%m-%d %H:%M} UTC from commit {source_version()}, in "
         f"{total_seconds / 60:.1f} minutes. Figures are medians of {_times(args.repetitions, 'repetition')}, "
-        f"with the smallest and largest in brackets; experiments ran {_times(args.experiment_repetitions)} "
-        "each. How to read them: benchmarks/README.md.",
+        "with the smallest and largest in brackets. How to read them: benchmarks/README.md.",
         "",
-        f"Every check of `{args.table}` over {first.staged_days} staged days ({first.rows:,} rows) against "
-        "the floor: hand-written Spark passes that compute the same verdicts. Goals: checks within 1.5x of "
-        "the floor, and under 25% of the cost of computing the features.",
+        f"Every check of `{args.table}` ({', '.join(first.checks)}, and the output contract) over "
+        f"{first.staged_days} staged days ({first.rows:,} rows) against the floor: hand-written Spark passes "
+        f"that compute the same verdicts. Goals: checks within {GOAL_OVER_FLOOR}x of the floor, and under "
+        f"{GOAL_SHARE_OF_FEATURES:.0%} of the cost of computing the features, with and without a release "
+        "to diff against.",
         "",
         "## Goals",
         "",
-        "| case | checks: run_gate (s) | floor (s) | checks / floor | feature computation (s) "
-        "| checks / features | within 1.5x | under 25% |",
+        "| case | checks (s) | floor (s) | checks / floor | feature computation (s) "
+        f"| checks / features | within {GOAL_OVER_FLOOR}x | under {GOAL_SHARE_OF_FEATURES:.0%} |",
         "|---|---|---|---|---|---|---|---|",
     ]
     for case in cases:
         m = case.measurements
-        gate, floor_, features = m.median(GATE), m.median(FLOOR), m.median(FEATURES)
         lines.append(
-            f"| {case.name} | {_cell(m.samples(GATE))} | {_cell(m.samples(FLOOR))} | {gate / floor_:.1f}x | "
-            f"{_cell(m.samples(FEATURES))} | {_percent(gate, features)} | {_goal(gate <= 1.5 * floor_)} | "
-            f"{_goal(gate < 0.25 * features)} |"
+            f"| {case.name} | {_cell(m.samples(CHECKS))} | {_cell(m.samples(FLOOR))} | "
+            f"{case.over_floor:.2f}x | {_cell(m.samples(FEATURES))} | {case.share_of_features:.0%} | "
+            f"{_goal(case.over_floor <= GOAL_OVER_FLOOR)} | "
+            f"{_goal(case.share_of_features <= GOAL_SHARE_OF_FEATURES)} |"
         )
     lines += [
         "",
-        "Checks: `run_gate` as `stage_partitions` runs it (GX expectations, non-empty, diff against "
-        "production, cross-table), timed inside the staging. Feature computation: the rest of "
-        "`stage_partitions` (reading the upstream, the transformation, the output contract, writing, "
-        "reading back, content hashes, the manifest). Floor: one aggregation (ranges, null counts, row "
-        "rules) + one group-by (duplicate keys) + one anti join (key coverage); with production also one "
-        "aggregation over production (deciles that cut the PSI bins) + one full outer join with one "
-        "aggregation (changed, added, removed rows and PSI bin counts). Non-empty needs no Spark work on "
-        "either side: the row counts are in the staged records.",
+        "**Checks** are what the gate adds to staging. The gate is fused: every check contributes counts to "
+        "the one aggregation over the run's cached rows that the manifest needs anyway (row counts, content "
+        "hashes, null counts), so its cost there is the difference between that pass with every measure "
+        "(the output contract's, the expectations', the unique-key grouping) and the same pass with the "
+        "manifest's measures alone, both timed again over the cached rows while staging holds them. To that "
+        "is added the judging: `run_gate` as staging runs it (GX validating its suite over the pass's "
+        "figures, non-empty days from the figures, one full outer join for key coverage, and with "
+        "production the diff's hashed join and its distribution statistics). **Feature computation** is "
+        "the rest of `stage_partitions`: reading the upstream, the transformation, the manifest's pass, "
+        "writing, file checksums, the manifest. **Floor**: one aggregation (ranges, null counts, row rules) "
+        "+ one group-by (duplicate keys) + an anti join per coverage direction, over the same cached rows; "
+        "with production also one aggregation over production (deciles that cut the PSI bins) + one full "
+        "outer join with one aggregation (changed, added, removed rows and PSI bin counts). The floor does "
+        "not compute the output contract, nor evidence samples: the checks do both.",
         "",
         "## Machine",
         "",
@@ -1159,41 +970,30 @@ def render(
     ]
     for case in cases:
         m = case.measurements
-        gate = m.median(GATE)
+        figures = [STAGE, PASS, PASS_MANIFEST, PASS_FULL, CHECKS_IN_PASS, GATE]
+        figures += [judged(check) for check in case.checks]
+        figures += [CHECKS, FEATURES, FLOOR, *[part for part in FLOOR_PARTS if part in m.seconds], PROBE]
         lines += [
             f"### {case.name}",
             "",
-            "| figure | seconds | share of the gate | Spark jobs | floor counterpart (s) | part / floor |",
-            "|---|---|---|---|---|---|",
+            "| figure | seconds | share of the checks | Spark jobs |",
+            "|---|---|---|---|",
         ]
-        for name in (STAGE, STAGE_CONTRACT, FEATURES, GATE, *GATE_PARTS.values()):
-            share = _percent(m.median(name), gate) if name in GATE_PARTS.values() else ""
-            counterpart = _floor_counterpart(case, name)
-            lines.append(
-                f"| {name} | {_cell(m.samples(name))} | {share} | {m.jobs_cell(name)} | "
-                f"{f'{counterpart:.1f}' if counterpart is not None else ''} | "
-                f"{f'{m.median(name) / counterpart:.1f}x' if counterpart else ''} |"
-            )
-        for name in (FLOOR, *[part for part in FLOOR_PARTS if part in m.seconds], CONTRACT):
-            lines.append(f"| {name} | {_cell(m.samples(name))} | | {m.jobs_cell(name)} | | |")
+        for name in figures:
+            share = _percent(m.median(name), m.median(CHECKS)) if name.startswith("judging") else ""
+            lines.append(f"| {name} | {_cell(m.samples(name))} | {share} | {m.jobs_cell(name)} |")
         lines.append("")
     lines += [
         "Spark jobs are counted through a job group set around each part "
         "(`statusTracker().getJobIdsForGroup`); with adaptive query execution a query with a shuffle runs as "
-        "two or more jobs. The output contract inside staging is the first action on the cached "
-        "transformation output, so its time includes computing the features; the contract alone, on the "
-        "written rows, is what the contract itself costs.",
+        "two or more jobs. The pass in staging is the first action on the cached transformation output, so "
+        "its time includes computing the features.",
         "",
         "## The floor reaches the gate's verdicts",
         "",
     ]
     for case in cases:
-        lines += [
-            f"### {case.name}",
-            "",
-            "| check | gate | floor | equal |",
-            "|---|---|---|---|",
-        ]
+        lines += [f"### {case.name}", "", "| check | gate | floor | equal |", "|---|---|---|---|"]
         for check, verdict in sorted(case.gate_verdicts.items()):
             other = case.floor_result.verdicts.get(check, "(not computed)")
             lines.append(f"| {check} | {verdict} | {other} | {'yes' if verdict == other else '**no**'} |")
@@ -1219,9 +1019,9 @@ def render(
         lines += [
             "### With defects",
             "",
-            f"Every check passes on the benchmark's data, so equal verdicts alone prove little. Here the GX "
-            f"suite and the cross-table check (as the gate runs them) and the floor's passes ran over day "
-            f"{verification.day} with rows that break each kind of check: "
+            "Every check passes on the benchmark's data, so equal verdicts alone prove little. Here the "
+            "expectation checks and the cross-table check (as the gate runs them) and the floor's passes "
+            f"ran over day {verification.day} with rows that break each kind of check: "
             + "; ".join(f"{name}: {rows}" for name, rows in verification.injected.items())
             + f". Verdicts and counts {'agree' if verification.agrees else '**differ**'}.",
             "",
@@ -1230,32 +1030,6 @@ def render(
             *[f"| {' | '.join(row)} |" for row in verification.rows],
             "",
         ]
-    if any(case.experiments for case in cases):
-        lines += [
-            "## Experiments (benchmark code only; the checks code is unchanged)",
-            "",
-            "Each experiment stands in for one part of the gate (or the whole gate); the gate / floor ratio "
-            "is the gate's median with that part replaced by the experiment.",
-            "",
-            "| case | experiment | replaces | seconds | Spark jobs | instead of (s) | gate / floor "
-            "| same verdicts as the gate |",
-            "|---|---|---|---|---|---|---|---|",
-        ]
-        for case in cases:
-            m = case.measurements
-            for experiment in EXPERIMENTS:
-                phases = case.experiments.get(experiment.name)
-                if not phases:
-                    continue
-                seconds = statistics.median(phase.seconds for phase in phases)
-                instead = m.median(experiment.replaces)
-                gate = m.median(GATE) - instead + seconds
-                lines.append(
-                    f"| {case.name} | {experiment.name} | {experiment.replaces} | {seconds:.1f} | "
-                    f"{phases[-1].jobs} | {instead:.1f} | {gate / m.median(FLOOR):.1f}x | "
-                    f"{'yes' if all(phase.agrees for phase in phases) else '**no**'} |"
-                )
-        lines.append("")
     lines += [
         "## Peak resident memory",
         "",
@@ -1269,6 +1043,32 @@ def render(
         "",
     ]
     return "\n".join(lines)
+
+
+def write_results(args: argparse.Namespace, cases: list[Case]) -> None:
+    """The checks' figures in results.json: the worse case as the headline, every case beside it."""
+    path: Path = args.results
+    results = json.loads(path.read_text()) if path.exists() else {}
+    results["checks_over_floor"] = round(max(case.over_floor for case in cases), 3)
+    results["checks_share_of_features"] = round(max(case.share_of_features for case in cases), 3)
+    results["checks_scale"] = {
+        "table": args.table,
+        "days": args.days,
+        "rows_per_day": args.rows_per_day,
+        "repetitions": args.repetitions,
+        "commit": source_version(),
+    }
+    results["checks_by_case"] = {
+        case.name: {
+            "checks_seconds": round(case.median(CHECKS), 2),
+            "floor_seconds": round(case.median(FLOOR), 2),
+            "features_seconds": round(case.median(FEATURES), 2),
+            "checks_over_floor": round(case.over_floor, 3),
+            "checks_share_of_features": round(case.share_of_features, 3),
+        }
+        for case in cases
+    }
+    path.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -1343,7 +1143,8 @@ def main(argv: list[str] | None = None) -> int:
         peaks=peaks,
     )
     args.report.write_text(report)
-    print(f"\n{report}\nwrote {args.report}")
+    write_results(args, cases)
+    print(f"\n{report}\nwrote {args.report} and {args.results}")
     return 0
 
 

@@ -1,5 +1,6 @@
 """Promotion and rollback time for a batch of N partitions and one of 10N: the atomic publish (catalog JSON
-only), rollback, the content re-verification (reads every staged file) and the full governed promotion.
+only), rollback, the verification of the staged files (size and checksum, no Spark), the deep verification
+(`--deep-verify`: every staged file re-read to recompute its content hash) and the full governed promotion.
 
 Both batches are copies of part of a batch a governed backfill staged: real files, real hashes, checks and
 an approval through the local channel, each in a fresh catalog whose production already serves as many
@@ -32,7 +33,7 @@ from backfills.resources.storage import LocalObjectStore
 APPROVER = "U0BOB"
 OPERATOR = "benchmark"
 COPY_RUN = "benchmark-copy"
-PHASES = ("publish", "rollback", "verify", "promote")
+PHASES = ("publish", "rollback", "verify", "deep_verify", "promote")
 
 
 @dataclass
@@ -110,8 +111,8 @@ def _roll_back(catalog: ReleaseCatalog) -> None:
     roll_back(catalog, to="previous", reason="benchmark rollback", requested_by=OPERATOR)
 
 
-def _verify(spark: SparkSession, catalog: ReleaseCatalog, batch_id: str) -> None:
-    verify_content(spark, catalog.store, catalog.get_batch(batch_id))
+def _verify(spark: SparkSession, catalog: ReleaseCatalog, batch_id: str, *, deep: bool = False) -> None:
+    verify_content(spark, catalog.store, catalog.get_batch(batch_id), deep=deep)
 
 
 def _kib(path: Path) -> float:
@@ -126,7 +127,7 @@ def bench_promotion(
     repetitions: int,
     spark: SparkSession,
 ) -> list[PromotionScale]:
-    """Time publish, rollback, verify and the full promotion at 1x and 10x partitions, interleaved."""
+    """Time publish, rollback, both verifications and the full promotion at 1x and 10x, interleaved."""
     source = ReleaseCatalog(LocalObjectStore(source_root)).get_batch(batch_id)
     all_days = sorted({day for partitions in source.tables.values() for day in partitions})
     small = max(1, len(all_days) // 10)
@@ -146,7 +147,7 @@ def bench_promotion(
             _copy_batch(source, catalog, f"candidate-{repetition}", set(days))
             _approve(catalog, rules, f"candidate-{repetition}")
         # Spark's first reads pay class loading and JIT: keep them out of the figures.
-        verify_content(spark, catalog.store, catalog.get_batch("baseline"))
+        verify_content(spark, catalog.store, catalog.get_batch("baseline"), deep=True)
         catalogs[name] = catalog
         baseline = catalog.get_release(catalog.current_release_id() or "")
         scales[name] = PromotionScale(
@@ -166,6 +167,7 @@ def bench_promotion(
             _timed(seconds["publish"], partial(_publish, catalog, candidate))
             _timed(seconds["rollback"], partial(_roll_back, catalog))
             _timed(seconds["verify"], partial(_verify, spark, catalog, candidate))
+            _timed(seconds["deep_verify"], partial(_verify, spark, catalog, candidate, deep=True))
             _timed(
                 seconds["promote"], partial(promote, catalog, rules, spark, candidate, requested_by=OPERATOR)
             )

@@ -15,9 +15,9 @@ from governed import GovernedRun
 from memory import MemorySample
 from promotion import PHASES, PromotionScale
 
-RATIO_GOAL = 1.3
-PUBLISH_GOAL_SECONDS = 1.0
-FLAT_GOAL = 1.1
+RATIO_GOAL = 1.5
+PROMOTION_RUN_GOAL_SECONDS = 5.0
+APPROVAL_MARGIN_SECONDS = 10.0  # approval to production: at most one sensor tick plus this
 MEMORY_GOAL_GB = 8.0
 DAEMON_TICK_SECONDS = 30
 
@@ -143,7 +143,7 @@ def _goals(args: argparse.Namespace, results: Results) -> list[str]:
         )
     for scale_rows in _promotion_goals(results):
         rows.append(scale_rows)
-    rows.extend(_approval_goals(results))
+    rows.extend(_approval_goals(args, results))
     rows.extend(_memory_goals(args, results))
     return [
         "## Goals",
@@ -174,60 +174,80 @@ def _limits_of(results: Results, key: str, floor: Samples) -> str:
         )
     if key == "a":
         parts.append("a Spark JVM start in every run")
-    parts.append("checks the floor does not run")
+    parts.append("checks, manifests and file checksums the floor does not compute")
     return "; ".join(parts)
 
 
 def _promotion_goals(results: Results) -> list[str]:
     if not results.promotion or len(results.promotion) < 2:
-        return ["| 3. publish and rollback under 1 s and flat | not measured | - | - |"]
+        return ["| 3. publish, rollback and verification of real batches | not measured | - | - |"]
     small, large = results.promotion[0], results.promotion[-1]
     rows = []
-    for phase, what in (("publish", "publish (release + CAS of CURRENT)"), ("rollback", "rollback")):
+    for phase, what in (
+        ("publish", "publish (release + CAS of CURRENT)"),
+        ("rollback", "rollback"),
+        ("verify", "verification of the staged files (size + checksum)"),
+    ):
         low, high = small.seconds[phase], large.seconds[phase]
-        growth = high.median / low.median
-        under = max(low.median, high.median) < PUBLISH_GOAL_SECONDS
         rows.append(
             f"| 3. {what} at {small.partitions} and {large.partitions} partitions | "
-            f"{low.median:.3f} s and {high.median:.3f} s; {growth:.2f}x | "
-            f"under {PUBLISH_GOAL_SECONDS:.0f} s: {_verdict(under)}; "
-            f"flat (<= {FLAT_GOAL}x): {_verdict(growth <= FLAT_GOAL)} | a release is a full snapshot and a "
-            "manifest is read whole: the JSON grows with partitions "
-            f"({small.release_kib:.0f} -> {large.release_kib:.0f} KiB per release), never with rows |"
+            f"{low.median:.3f} s and {high.median:.3f} s; {high.median / low.median:.2f}x | no goal here: "
+            "the catalog's goals are measured at 100 tables x 3,650 days by catalog_scale.py "
+            "(results.json) | "
+            + (
+                "one checksum read per staged file: grows with files, never with rows |"
+                if phase == "verify"
+                else "a release writes its changed table indexes and reads every table's index once |"
+            )
         )
-    low, high = small.seconds["promote"], large.seconds["promote"]
+    low, high = small.seconds["deep_verify"], large.seconds["deep_verify"]
     rows.append(
-        f"| 3. full governed promotion (approval re-judged, hashes re-verified) | {low.median:.1f} s and "
-        f"{high.median:.1f} s; {high.median / low.median:.1f}x | grows with data by design | re-reading "
-        f"every staged file: verification alone {small.seconds['verify'].median:.1f} s and "
-        f"{large.seconds['verify'].median:.1f} s |"
+        f"| 3. `--deep-verify` (every staged file re-read with Spark) | {low.median:.1f} s and "
+        f"{high.median:.1f} s; {high.median / low.median:.1f}x | off by default; grows with data by design "
+        "| reading and hashing every row |"
     )
     return rows
 
 
-def _approval_goals(results: Results) -> list[str]:
+def _promotion_run(run: GovernedRun) -> float | None:
+    promotion = run.approval.promotion if run.approval else None
+    if promotion is None or promotion.started is None or promotion.ended is None:
+        return None
+    return promotion.ended - promotion.started
+
+
+def _approval_to_production(run: GovernedRun) -> float | None:
+    if run.approval is None or run.approval.promotion.ended is None:
+        return None
+    return run.approval.promotion.ended - run.approval.approved
+
+
+def _approval_goals(args: argparse.Namespace, results: Results) -> list[str]:
     rows = []
     for key in ("a", "b", "c"):
         runs = [run for run in results.succeeded(key) if run.approval is not None]
         if not runs:
             continue
         interval = runs[0].setup.sensor_interval
-        request = _samples(runs, lambda run: run.approval.requested - run.backfill_ended)
-        promoted = _samples(
-            runs,
-            lambda run: (
-                None
-                if run.approval.promotion.ended is None
-                else run.approval.promotion.ended - run.approval.approved
-            ),
-        )
-        rows.append(
-            f"| 4. backfill finished -> request; approval -> promotion finished ({key}, sensor every "
-            f"{interval} s) | {_cell(request)} s; {_cell(promoted)} s | no numeric goal | a sensor tick "
-            f"(<= {interval} s) each; the promotion run's worker start"
-            + (", Spark JVM" if not runs[0].setup.shared_server else "")
-            + " and its re-reading of every staged file |"
-        )
+        partitions = sum(len(days) for days in runs[0].hashes.values())
+        promotion = _samples(runs, _promotion_run)
+        if promotion is not None:
+            rows.append(
+                f"| 4. promotion run, start to end ({key}, {partitions} partitions) | {_cell(promotion)} s | "
+                f"<= {PROMOTION_RUN_GOAL_SECONDS:.0f} s: "
+                f"{_verdict(promotion.median <= PROMOTION_RUN_GOAL_SECONDS)} | the run's Spark session"
+                + (" (a JVM of its own)" if not runs[0].setup.shared_server else " (Connect client)")
+                + ", the approval re-judged, one checksum per staged file, the release written |"
+            )
+        promoted = _samples(runs, _approval_to_production)
+        if promoted is not None:
+            bound = interval + APPROVAL_MARGIN_SECONDS
+            rows.append(
+                f"| 4. approval -> production ({key}, sensor every {interval} s) | {_cell(promoted)} s | "
+                f"<= one tick + {APPROVAL_MARGIN_SECONDS:.0f} s ({bound:.0f} s): "
+                f"{_verdict(promoted.median <= bound)} | waiting for the sensor's tick (<= {interval} s), "
+                "the run queue, the promotion run's worker start and the run itself |"
+            )
     return rows
 
 
@@ -432,13 +452,14 @@ def _promotion_section(results: Results) -> list[str]:
         "in a fresh catalog whose production already serves a baseline of the same partitions. **publish**: "
         "`ReleaseCatalog.stage_promotion` + `commit` (write the release, compare-and-swap CURRENT, audit "
         "event). **rollback**: `orchestration.promotion.roll_back` to the previous release. **verify**: "
-        "`verify_content`, which re-reads every staged file to recompute its content hash (local Spark "
-        "session in the harness, warmed up). **full promotion**: `orchestration.promotion.promote`: approval "
-        "re-judged, verify, publish, batch sealed. Seconds:",
+        "`verify_content`, each staged file's size and checksum against the manifest (no Spark). **deep "
+        "verify**: `verify_content(deep=True)` (`--deep-verify`), which re-reads every staged file to "
+        "recompute its content hash (local Spark session in the harness, warmed up). **full promotion**: "
+        "`orchestration.promotion.promote`: approval re-judged, verify, publish, batch sealed. Seconds:",
         "",
-        "| batch | partitions | manifest / release JSON | publish | rollback | verify | full promotion "
-        "| load |",
-        "|---|---|---|---|---|---|---|---|",
+        "| batch | partitions | manifest / release JSON | publish | rollback | verify | deep verify "
+        "| full promotion | load |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for scale in results.promotion:
         cells = " | ".join(scale.seconds[phase].cell(3) for phase in PHASES)
@@ -460,7 +481,7 @@ def _promotion_section(results: Results) -> list[str]:
         "",
         "Rows do not enter the publish or the rollback at all: they read and write catalog JSON only (the "
         "batch manifest, the current and the new release, CURRENT, one audit event), whose size depends on "
-        "the number of partitions and never on the rows in them. Only verification reads data.",
+        "the number of partitions and never on the rows in them. Only the deep verification reads data.",
         "",
     ]
     return lines
@@ -525,9 +546,8 @@ def _approval_section(results: Results) -> list[str]:
         "",
         "Both waits are bounded by the sensor's interval: the request comes at the first tick after the "
         "daemon marks the backfill finished, and the reaction is read at the next tick. The promotion run "
-        "then starts a run worker, "
-        "a Spark session (a JVM of its own without a Connect server), and re-reads every staged file of "
-        "the batch to re-verify its content hashes (section 3), which grows with the data by design.",
+        "then starts a run worker and a Spark session (a JVM of its own without a Connect server), "
+        "re-judges the approval, checks every staged file's size and checksum (section 3) and publishes.",
         "",
     ]
 
@@ -662,3 +682,40 @@ def render(
         _failures(results),
     ]
     return "\n".join(line for section in sections for line in section)
+
+
+def _median(samples: Samples | None, digits: int = 2) -> float | None:
+    return None if samples is None else round(samples.median, digits)
+
+
+def _ratio(results: Results, key: str) -> float | None:
+    floor = _floor_samples(results)
+    wall = _samples(results.succeeded(key), lambda run: run.seconds)
+    return None if floor is None or wall is None else round(wall.median / floor.median, 3)
+
+
+def results_figures(args: argparse.Namespace, results: Results, commit: str) -> dict[str, object]:
+    """The machine-readable figures of this run (medians; ratios of medians), for benchmarks/results.json."""
+    shared = results.succeeded("b")
+    promoted = [run for run in shared if run.approval is not None]
+    runs = [run for key in ("a", "b") for run in results.succeeded(key)]
+    peaks = [gb for run in runs if (gb := _gb(run.backfill_peak)) is not None]
+    return {
+        "scale": {
+            "days": args.days,
+            "rows_per_day": args.rows_per_day,
+            "customers": args.customers,
+            "repetitions": args.repetitions,
+        },
+        "floor_seconds": _median(_floor_samples(results), 1),
+        "governed_connect_seconds": _median(_samples(shared, lambda run: run.seconds), 1),
+        "governed_jvm_seconds": _median(_samples(results.succeeded("a"), lambda run: run.seconds), 1),
+        "governed_connect_over_floor": _ratio(results, "b"),
+        "governed_jvm_over_floor": _ratio(results, "a"),
+        "promotion_run_seconds": _median(_samples(promoted, _promotion_run)),
+        "approval_to_production_seconds": _median(_samples(promoted, _approval_to_production)),
+        "sensor_interval_seconds": args.sensor_interval,
+        "peak_memory_gb": round(max(peaks), 2) if peaks else None,
+        "failures": list(results.errors),
+        "commit": commit,
+    }

@@ -9,6 +9,7 @@ It measures and reports; it asserts nothing (the test suite does that). `--help`
 from __future__ import annotations
 
 import argparse
+import json
 import os
 import pickle
 import platform
@@ -30,7 +31,7 @@ from floor import measure_floor
 from governed import GovernedSetup, measure_governed
 from memory import peak_resident_sets, proc_field
 from promotion import bench_promotion
-from report import Results, render
+from report import Results, render, results_figures
 from spark_setup import SparkSettings, add_spark_options
 
 from backfills.assets.generator import write_landing_zone
@@ -82,6 +83,18 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     )
     parser.add_argument(
         "--report", type=Path, default=BENCHMARKS_DIR / "REPORT.md", help="where to write the report"
+    )
+    parser.add_argument(
+        "--results",
+        type=Path,
+        default=BENCHMARKS_DIR / "results.json",
+        help="machine-readable figures, merged into this file (benchmarks/results.json)",
+    )
+    parser.add_argument(
+        "--results-key",
+        default=None,
+        help="write the figures under this key of --results instead of at its top level (say, a spread "
+        "run at another scale)",
     )
     parser.add_argument(
         "--work-dir",
@@ -142,8 +155,13 @@ def machine() -> dict[str, str]:
 
 def source_version() -> str:
     commit = _first_line(["git", "-C", str(PROJECT_DIR), "rev-parse", "--short", "HEAD"])
+    # The reports and results.json the benchmarks write are not source: they do not make the code dirty.
+    reports = [":!benchmarks/*.md", ":!benchmarks/results.json"]
     dirty = subprocess.run(
-        ["git", "-C", str(PROJECT_DIR), "status", "--porcelain"], capture_output=True, text=True, check=False
+        ["git", "-C", str(PROJECT_DIR), "status", "--porcelain", "--", ".", *reports],
+        capture_output=True,
+        text=True,
+        check=False,
     ).stdout.strip()
     return f"{commit}{' with uncommitted changes' if dirty else ''}"
 
@@ -286,6 +304,15 @@ def write_report(saved: SavedRun, path: Path) -> None:
     )
     path.write_text(report)
     print(f"\n{report}\nwrote {path}")
+    figures = results_figures(saved.args, saved.results, saved.commit)
+    results_path: Path = saved.args.results
+    merged = json.loads(results_path.read_text()) if results_path.exists() else {}
+    if saved.args.results_key:
+        merged[saved.args.results_key] = figures
+    else:
+        merged.update(figures)
+    results_path.write_text(json.dumps(merged, indent=2, sort_keys=True) + "\n")
+    print(f"wrote {results_path}")
 
 
 def main(argv: list[str] | None = None) -> int:
