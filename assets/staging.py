@@ -156,6 +156,11 @@ class _Inputs:
     deliveries: DataFrame | None = None  # every landed copy of the run's event days, marked
     empty_landing_days: list[str] = field(default_factory=list)
 
+    def release(self) -> None:
+        """Drop what the inputs hold cached."""
+        if self.deliveries is not None:
+            self.deliveries.unpersist()
+
     def lineage(self, spec: FeatureSpec, day: date) -> list[UpstreamSource]:
         """Where one partition's inputs came from (landing files, batch or release partitions)."""
         upstream: list[UpstreamSource] = []
@@ -206,6 +211,8 @@ def _raw_input(run: _RunContext, spark: SparkSession, store: ObjectStore, item: 
                 f"{RAW_TRANSACTIONS} landing files for {', '.join(empty)} have no rows: an empty day blocks "
                 "the batch (set empty_partition_blocks=False in the spec if empty days are expected)"
             )
+    # Cached: the transformation, key coverage and the duplicate-events check all read it, and marking
+    # re-deliveries sorts every landed copy by txn_id (released by `_Inputs.release`).
     deliveries = landed_deliveries(
         spark,
         store,
@@ -213,7 +220,7 @@ def _raw_input(run: _RunContext, spark: SparkSession, store: ObjectStore, item: 
         run.dates,
         lateness_days=item.lateness_days,
         redelivery_days=item.redelivery_days,
-    )
+    ).cache()
     return _Inputs(
         frames={item.table: counted_events(deliveries)},
         resolved={},
@@ -446,13 +453,18 @@ def stage_partitions(
     run = _RunContext(spec, dates, batch_id, run_id, requester, catalog)
     release = catalog.current_release()
     inputs = _read_inputs(run, spark, store, batch=batch, release=release, earliest=earliest)
-    written = _write(run, store, inputs)
     try:
-        records = _records(run, written, inputs)
-        _, replaced = catalog.record_partitions(batch_id, records, run_id=run_id, requester=requester)
-        outcomes = _gate(run, spark, store, written=written, records=records, inputs=inputs, release=release)
+        written = _write(run, store, inputs)
+        try:
+            records = _records(run, written, inputs)
+            _, replaced = catalog.record_partitions(batch_id, records, run_id=run_id, requester=requester)
+            outcomes = _gate(
+                run, spark, store, written=written, records=records, inputs=inputs, release=release
+            )
+        finally:
+            written.rows.unpersist()
     finally:
-        written.rows.unpersist()
+        inputs.release()
     # Superseded attempts of this open batch are referenced by nothing any more: keep one copy on disk.
     for old in replaced:
         if old.attempt_id != written.attempt_id:
