@@ -233,7 +233,7 @@ class Release(CatalogModel):
     a release's partitions asks the catalog (`ReleaseCatalog.snapshot`), which reads either format.
     """
 
-    model_config = ConfigDict(extra="forbid", validate_by_name=True, serialize_by_alias=True)
+    model_config = ConfigDict(validate_by_name=True, serialize_by_alias=True)  # merged with CatalogModel's
 
     release_id: str
     parent_id: str | None
