@@ -43,7 +43,10 @@ def referenced_attempts(catalog: ReleaseCatalog) -> set[str]:
     }
     releases = catalog.list_releases()
     bases |= {
-        part.base for release in releases for parts in release.tables.values() for part in parts.values()
+        part.base
+        for release in releases
+        for parts in release.snapshot_tables.values()
+        for part in parts.values()
     }
     indexes = {key for release in releases for key in release.table_indexes.values()}
     bases |= {part.base for part in catalog.tree.entries(indexes)}
