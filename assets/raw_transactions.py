@@ -93,6 +93,13 @@ def read_landed(spark: SparkSession, store: ObjectStore, keys: list[str]) -> Dat
     )
 
 
+def marked_landing(
+    spark: SparkSession, store: ObjectStore, landing: LandingRead, *, redelivery_days: int
+) -> DataFrame:
+    """Every row of the run's landing files, marked re-delivered or not (see assets/deliveries.py)."""
+    return mark_redeliveries(read_landed(spark, store, landing.keys), redelivery_days=redelivery_days)
+
+
 def landed_deliveries(
     spark: SparkSession,
     store: ObjectStore,
@@ -103,5 +110,5 @@ def landed_deliveries(
     redelivery_days: int,
 ) -> DataFrame:
     """Every landed copy of the events of `dates`, marked re-delivered or not (see assets/deliveries.py)."""
-    marked = mark_redeliveries(read_landed(spark, store, landing.keys), redelivery_days=redelivery_days)
+    marked = marked_landing(spark, store, landing, redelivery_days=redelivery_days)
     return deliveries_of(marked, dates, lateness_days=lateness_days)

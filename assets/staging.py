@@ -16,8 +16,8 @@ from datetime import UTC, date, datetime, timedelta
 from pyspark.sql import DataFrame, SparkSession
 from pyspark.sql import functions as F
 
-from backfills.assets.deliveries import counted_events
-from backfills.assets.raw_transactions import LandingRead, landed_deliveries, landing_read, read_landed
+from backfills.assets.deliveries import counted_events, deliveries_of
+from backfills.assets.raw_transactions import LandingRead, landing_read, marked_landing
 from backfills.assets.registry import feature_spec
 from backfills.assets.upstream import ResolvedUpstream, resolve_upstream
 from backfills.checks.check import GateInputs, ProductionRows
@@ -57,7 +57,15 @@ from backfills.resources.feature_store import (
     write_partitions,
 )
 from backfills.resources.storage import ObjectStore
-from backfills.specs import LANDED_DATE, RAW_TRANSACTIONS, DateRange, FeatureInput, FeatureSpec
+from backfills.specs import (
+    LANDED_DATE,
+    PREVIOUS_DELIVERY,
+    RAW_TRANSACTIONS,
+    REDELIVERED,
+    DateRange,
+    FeatureInput,
+    FeatureSpec,
+)
 
 
 @dataclass(frozen=True)
@@ -155,11 +163,12 @@ class _Inputs:
     landing: LandingRead | None = None
     deliveries: DataFrame | None = None  # every landed copy of the run's event days, marked
     empty_landing_days: list[str] = field(default_factory=list)
+    cached: DataFrame | None = None  # what `deliveries` reads from, held in the Spark cache
 
     def release(self) -> None:
         """Drop what the inputs hold cached."""
-        if self.deliveries is not None:
-            self.deliveries.unpersist()
+        if self.cached is not None:
+            self.cached.unpersist()
 
     def lineage(self, spec: FeatureSpec, day: date) -> list[UpstreamSource]:
         """Where one partition's inputs came from (landing files, batch or release partitions)."""
@@ -178,8 +187,10 @@ def _raw_input(run: _RunContext, spark: SparkSession, store: ObjectStore, item: 
     """Landing files checked for schema drift (from footers) and against the raw contract, before use; then
     each transaction once, as its first delivery (assets/deliveries.py).
 
-    A violation (or an empty day, where the spec says it blocks) blocks the batch with its evidence in the
-    manifest and fails the run; nothing is staged.
+    The landing rows are read once: marked and cached, they feed the contract's pass, the transformation,
+    key coverage and the duplicate-events check (released by `_Inputs.release`). A violation (or an empty
+    day, where the spec says it blocks) blocks the batch with its evidence in the manifest and fails the
+    run; nothing is staged.
     """
     landing = landing_read(
         store, run.dates, lateness_days=item.lateness_days, redelivery_days=item.redelivery_days
@@ -187,46 +198,48 @@ def _raw_input(run: _RunContext, spark: SparkSession, store: ObjectStore, item: 
     with _blocks_batch(run, RAW_INPUT_CHECK):
         # The earlier files only tell which events were delivered already, but they must be readable.
         check_landing_schema(spark, store, landing.keys)
-        checked = read_landed(spark, store, landing.checked_keys)
-        contract = raw_contract(item.lateness_days)
-        partitions = f"{run.dates.start}..{run.dates.end}"
-        check_columns(checked, contract, table=RAW_TRANSACTIONS, partitions=partitions)
-        # One aggregation over the landing rows: every contract rule with its sample, and rows per file day.
-        figures = run_pass(
-            checked,
-            keys=["txn_id", LANDED_DATE],
-            date_column=LANDED_DATE,
-            schema_ddl=None,
-            measures=contract_measures(contract),
-            unique_keys=False,
-        )
-        enforce_on_pass(contract, figures, table=RAW_TRANSACTIONS, partitions=partitions)
-        empty = [
-            day.isoformat()
-            for day in run.dates.days()
-            if day.isoformat() not in figures.days or figures.days[day.isoformat()].rows == 0
-        ]
-        if empty and run.spec.empty_partition_blocks:
-            raise EmptyInputError(
-                f"{RAW_TRANSACTIONS} landing files for {', '.join(empty)} have no rows: an empty day blocks "
-                "the batch (set empty_partition_blocks=False in the spec if empty days are expected)"
+    marked = marked_landing(spark, store, landing, redelivery_days=item.redelivery_days).cache()
+    try:
+        with _blocks_batch(run, RAW_INPUT_CHECK):
+            # The contract covers the files of the run's days and the late ones after them.
+            checked = marked.where(F.col(LANDED_DATE) >= F.lit(run.dates.start)).drop(
+                REDELIVERED, PREVIOUS_DELIVERY
             )
-    # Cached: the transformation, key coverage and the duplicate-events check all read it, and marking
-    # re-deliveries sorts every landed copy by txn_id (released by `_Inputs.release`).
-    deliveries = landed_deliveries(
-        spark,
-        store,
-        landing,
-        run.dates,
-        lateness_days=item.lateness_days,
-        redelivery_days=item.redelivery_days,
-    ).cache()
+            contract = raw_contract(item.lateness_days)
+            partitions = f"{run.dates.start}..{run.dates.end}"
+            check_columns(checked, contract, table=RAW_TRANSACTIONS, partitions=partitions)
+            # One aggregation over the landing rows: every contract rule, and rows per file day.
+            figures = run_pass(
+                checked,
+                keys=["txn_id", LANDED_DATE],
+                date_column=LANDED_DATE,
+                schema_ddl=None,
+                measures=contract_measures(contract),
+                unique_keys=False,
+            )
+            enforce_on_pass(contract, figures, table=RAW_TRANSACTIONS, partitions=partitions)
+            empty = [
+                day.isoformat()
+                for day in run.dates.days()
+                if day.isoformat() not in figures.days or figures.days[day.isoformat()].rows == 0
+            ]
+            if empty and run.spec.empty_partition_blocks:
+                raise EmptyInputError(
+                    f"{RAW_TRANSACTIONS} landing files for {', '.join(empty)} have no rows: an empty day "
+                    "blocks the batch (set empty_partition_blocks=False in the spec if empty days are "
+                    "expected)"
+                )
+    except BaseException:
+        marked.unpersist()
+        raise
+    deliveries = deliveries_of(marked, run.dates, lateness_days=item.lateness_days)
     return _Inputs(
         frames={item.table: counted_events(deliveries)},
         resolved={},
         landing=landing,
         deliveries=deliveries,
         empty_landing_days=empty,
+        cached=marked,
     )
 
 

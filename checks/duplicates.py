@@ -74,26 +74,33 @@ def duplicate_events_outcome(deliveries: DataFrame, *, warn_rate: float) -> Chec
         _version(f"{PREVIOUS_DELIVERY}.").alias("counted"),
         _version("").alias("dropped"),
     )
-    per_day = (
-        deliveries.groupBy(F.to_date("event_ts").alias("day"))
+    day = F.to_date("event_ts").alias("day")
+    # Events are counted over every copy; the copies that did not count (few) are aggregated on their own,
+    # so that sampling them does not put every row through an object aggregate.
+    events_per_day = {row["day"]: row["count"] for row in deliveries.groupBy(day).count().collect()}
+    copies = (
+        deliveries.where(redelivered)
+        .groupBy(day)
         .agg(
-            F.count(F.lit(1)).alias("events"),
-            F.count_if(redelivered).alias("dropped"),
+            F.count(F.lit(1)).alias("dropped"),
             F.count_if(conflicting).alias("conflicting"),
-            F.min_by(exact_copy, F.when(redelivered & ~conflicting, F.col(EVENT_ID)), SAMPLE_SIZE).alias(
-                "copies"
-            ),
+            F.min_by(exact_copy, F.when(~conflicting, F.col(EVENT_ID)), SAMPLE_SIZE).alias("copies"),
             F.min_by(conflict, F.when(conflicting, F.col(EVENT_ID)), SAMPLE_SIZE).alias("conflicts"),
         )
         .orderBy("day")
         .collect()
     )
-    events = sum(row["events"] for row in per_day)
-    dropped = sum(row["dropped"] for row in per_day)
-    conflicting_count = sum(row["conflicting"] for row in per_day)
-    rates = {row["day"].isoformat(): row["dropped"] / row["events"] for row in per_day if row["events"]}
+    dropped_per_day = {row["day"]: row["dropped"] for row in copies}
+    events = sum(events_per_day.values())
+    dropped = sum(dropped_per_day.values())
+    conflicting_count = sum(row["conflicting"] for row in copies)
+    rates = {
+        key.isoformat(): dropped_per_day.get(key, 0) / count
+        for key, count in sorted(events_per_day.items())
+        if count
+    }
     above = {day: rate for day, rate in rates.items() if rate > warn_rate}
-    conflicts = plain_rows([item for row in per_day for item in row["conflicts"] or []], size=SAMPLE_SIZE)
+    conflicts = plain_rows([item for row in copies for item in row["conflicts"] or []], size=SAMPLE_SIZE)
     problems = []
     if above:
         worst = max(above, key=lambda day: above[day])
@@ -123,7 +130,7 @@ def duplicate_events_outcome(deliveries: DataFrame, *, warn_rate: float) -> Chec
             "days_above_rate": sorted(above),
             "conflicting": conflicting_count,
             "conflicts": conflicts,
-            "sample": plain_rows([item for row in per_day for item in row["copies"] or []]),
+            "sample": plain_rows([item for row in copies for item in row["copies"] or []]),
         },
     )
 
