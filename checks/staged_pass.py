@@ -1,12 +1,12 @@
 """One aggregation over a run's rows that yields, per day, everything the gate and the manifest need: row
-count, content hash, and every figure a contract rule or a check asks for (rows breaking a condition, with
-up to a few of them as evidence), plus the keys that appear more than once.
+count, content hash, and every figure a contract rule or a check asks for (rows breaking a condition),
+plus the keys that appear more than once; and, for conditions some rows break, a few of them as evidence.
 
 The rows are aggregated once per day, and their keys (entity keys and date) grouped once to find the keys
 held by more than one row: two scans of the cached rows, the second shuffling only the keys. Only when a
-condition is broken does a third scan sample the offending rows. Every check
-contributes `Measure`s instead of a query of its own, so the cost of the checks is one aggregation over the
-rows whatever their number.
+condition is broken does a third scan, of the offending rows, take the samples. Every check contributes
+`Measure`s instead of a query of its own, so the cost of the checks is one aggregation over the rows
+whatever their number.
 """
 
 from __future__ import annotations
