@@ -16,8 +16,11 @@ DEMO_ROOT := $(CURDIR)/.data/demo
 DEMO_DAGSTER_HOME := $(CURDIR)/.dagster/demo
 DEMO_ENV := BACKFILLS_STORAGE_ROOT=$(DEMO_ROOT) DAGSTER_HOME=$(DEMO_DAGSTER_HOME) BACKFILLS_APPROVERS=demo-approver
 
-# Synthetic landing zone for the demo and for `make dev` on an empty storage root.
-SAMPLE_DATA := --start 2025-01-01 --days 60 --customers 2000 --rows-per-day 10000
+# Synthetic landing zone for the demo (fixed dates) and for `make dev` on an empty storage root (60 days
+# ending yesterday, so that the Materialize dialog's default ranges have data).
+SAMPLE_SIZE := --customers 2000 --rows-per-day 10000
+SAMPLE_DATA := --start 2025-01-01 --days 60 $(SAMPLE_SIZE)
+DEV_SAMPLE_DATA = --start $(shell date -u -d '60 days ago' +%F) --days 60 $(SAMPLE_SIZE)
 # The demo's landing files for Jan 21..30 first arrive a fifth short; the complete files come later.
 DEMO_OUTAGE := $(foreach day,21 22 23 24 25 26 27 28 29 30,--fault partial_delivery:2025-01-$(day))
 DEMO_REDELIVERY := --start 2025-01-21 --days 10 --customers 2000 --rows-per-day 10000
@@ -97,9 +100,16 @@ demo: install java
 dev: install java dagster-home
 	@case "$(BACKFILLS_STORAGE_ROOT)" in \
 	    s3://*|s3a://*) ;; \
-	    *) test -d "$(BACKFILLS_STORAGE_ROOT)/raw/transactions" || $(BIN)/backfills generate $(SAMPLE_DATA) ;; \
+	    *) test -d "$(BACKFILLS_STORAGE_ROOT)/raw/transactions" || $(BIN)/backfills generate $(DEV_SAMPLE_DATA) ;; \
 	esac
-	@if [ -n "$${BACKFILLS_SPARK_REMOTE:-}" ]; then \
+	@# Partitions span the landed days of a local root (unless set): the dialog offers only days with data.
+	@landed=$$(ls "$(BACKFILLS_STORAGE_ROOT)/raw/transactions" 2>/dev/null | sed -n 's/^date=//p' | sort); \
+	if [ -n "$$landed" ]; then \
+	    export BACKFILLS_PARTITIONS_START=$${BACKFILLS_PARTITIONS_START:-$$(echo "$$landed" | head -1)}; \
+	    export BACKFILLS_PARTITIONS_END=$${BACKFILLS_PARTITIONS_END:-$$(echo "$$landed" | tail -1)}; \
+	    echo "partitions $$BACKFILLS_PARTITIONS_START..$$BACKFILLS_PARTITIONS_END (the landed days)"; \
+	fi; \
+	if [ -n "$${BACKFILLS_SPARK_REMOTE:-}" ]; then \
 	    echo "runs use the Spark Connect server at $$BACKFILLS_SPARK_REMOTE"; \
 	    exec $(DAGSTER_DEV); \
 	fi; \

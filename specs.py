@@ -59,6 +59,18 @@ class DateRange:
         return [self.start + timedelta(days=n) for n in range((self.end - self.start).days + 1)]
 
 
+def day_ranges(days: list[str]) -> str:
+    """'2025-01-01..2025-01-03, 2025-01-07' for a sorted list of ISO days."""
+    spans: list[list[date]] = []
+    for text in days:
+        day = date.fromisoformat(text)
+        if spans and (day - spans[-1][1]).days == 1:
+            spans[-1][1] = day
+        else:
+            spans.append([day, day])
+    return ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in spans)
+
+
 Inputs = Mapping[str, "DataFrame"]
 
 

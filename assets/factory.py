@@ -4,12 +4,11 @@ The asset body is thin: resolve the batch from the run's tags, stage the partiti
 """
 
 import warnings
-from collections.abc import Mapping, Sequence
-from datetime import date
+from collections.abc import Iterator, Mapping, Sequence
+from datetime import date, timedelta
 
 from dagster import (
-    AssetCheckResult,
-    AssetCheckSeverity,
+    AssetCheckEvaluation,
     AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
@@ -22,6 +21,8 @@ from dagster import (
     DailyPartitionsDefinition,
     MaterializeResult,
     MetadataValue,
+    Output,
+    PreviewWarning,
     TableColumn,
     TableColumnConstraints,
     TableColumnDep,
@@ -31,24 +32,26 @@ from dagster import (
     asset,
 )
 
+from backfills.assets.check_results import not_checked, partition_check_results
+from backfills.assets.launch import BACKFILL_TAG, STAGING_PREFIX, launch_plan, refuse
 from backfills.assets.raw_transactions import LANDING_PREFIX
 from backfills.assets.staging import StagedRun, stage_partitions
 from backfills.checks.diff_check import DIFF_CHECK
 from backfills.checks.outcome import CheckOutcome
-from backfills.checks.registry import checks_of
-from backfills.resources.catalog_models import PartitionRecord
+from backfills.checks.registry import check_names, checks_of
+from backfills.resources.catalog_models import BatchManifest, LaunchPlan, PartitionRecord
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.resources.spark import SparkResource
 from backfills.specs import RAW_SCHEMA_DDL, RAW_TRANSACTIONS, DateRange, FeatureSpec
 
 # Multi-run backfill policies and nonexistent-upstream mappings are the designed path, though marked beta.
 warnings.filterwarnings("ignore", category=BetaWarning)
+# Partitioned asset checks (one result per partition) are the designed path too, though marked preview.
+warnings.filterwarnings("ignore", category=PreviewWarning)
 
-STAGING_PREFIX = "staging"
 PRODUCTION_PREFIX = "production"
 # Runs outside a Dagster backfill that should join one batch (scripted ranges) carry this tag.
 BATCH_TAG = "backfills/batch_id"
-BACKFILL_TAG = "dagster/backfill"
 REQUESTER_TAG = "backfills/requester"
 
 
@@ -69,8 +72,13 @@ def batch_id_for(tags: Mapping[str, str], run_id: str) -> str:
     return tags.get(BATCH_TAG) or tags.get(BACKFILL_TAG) or run_id
 
 
-def daily_partitions(start: str) -> DailyPartitionsDefinition:
-    return DailyPartitionsDefinition(start_date=start, timezone="UTC")
+def daily_partitions(start: str, end: str | None = None) -> DailyPartitionsDefinition:
+    """Daily partitions from `start` to `end` (the last day, inclusive), or to yesterday when `end` is None:
+    ending them at the last landed day keeps the Materialize dialog from offering days without data."""
+    if end is None:
+        return DailyPartitionsDefinition(start_date=start, timezone="UTC")
+    after = (date.fromisoformat(end) + timedelta(days=1)).isoformat()
+    return DailyPartitionsDefinition(start_date=start, end_date=after, timezone="UTC")
 
 
 def raw_transactions_spec(partitions_def: DailyPartitionsDefinition) -> AssetSpec:
@@ -125,24 +133,72 @@ def _span(days: Sequence[str]) -> str:
     return days[0] if len(days) == 1 else f"{days[0]}..{days[-1]}"
 
 
-def _run_metadata(spec: FeatureSpec, staged: StagedRun) -> dict[str, object]:
-    days = [record.partition for record in staged.records]
+def _run_metadata(spec: FeatureSpec, runs: Sequence[StagedRun]) -> dict[str, object]:
+    records = [record for staged in runs for record in staged.records]
+    days = [record.partition for record in records]
+    upstream = [source.model_dump() for staged in runs for source in staged.upstream]
     return {
-        "batch_id": staged.batch_id,
+        "batch_id": runs[0].batch_id,
         "partitions": _span(days),
         "partition_count": len(days),
-        "dagster/row_count": staged.row_count,
-        "rows_per_partition": MetadataValue.json({r.partition: r.row_count for r in staged.records}),
-        "content_hash_per_partition": MetadataValue.json(
-            {r.partition: r.content_hash for r in staged.records}
-        ),
-        "upstream": MetadataValue.json([source.model_dump() for source in staged.upstream]),
-        "storage_location": MetadataValue.path(staged.location),
+        "dagster/row_count": sum(record.row_count for record in records),
+        "rows_per_partition": MetadataValue.json({r.partition: r.row_count for r in records}),
+        "content_hash_per_partition": MetadataValue.json({r.partition: r.content_hash for r in records}),
+        "upstream": MetadataValue.json(upstream),
+        "storage_location": MetadataValue.path(runs[0].location),
         "code_version": spec.code_version,
-        "replaced_partitions": staged.replaced,
+        "replaced_partitions": sum(staged.replaced for staged in runs),
         "dagster/column_schema": column_schema(spec),
         "dagster/column_lineage": column_lineage(spec),
     }
+
+
+def _note_planned_out(
+    context: AssetExecutionContext, batch_id: str, days: Sequence[str], planned_out: Mapping[str, str]
+) -> list[str]:
+    """Say which of the run's days are planned out, and why: a warning in the log and an observation on
+    each such partition. Returns those days."""
+    left_out = [day for day in days if day in planned_out]
+    for day in left_out:
+        context.log_event(
+            AssetObservation(
+                context.asset_key,
+                partition=day,
+                metadata={"batch_id": batch_id, "planned_out": True, "reason": planned_out[day]},
+            )
+        )
+    if left_out:
+        context.log.warning(
+            f"{len(left_out)} partitions of {context.asset_key.path[-1]} ({_span(left_out)}) are planned out "
+            f"of batch {batch_id}: blast radius that cannot be computed; the approval request lists them"
+        )
+    return left_out
+
+
+def _done_of_targeted(table: str, batch: BatchManifest, plan: LaunchPlan | None) -> str:
+    """Where the table stands in its batch: partitions staged of those the backfill targets."""
+    staged = batch.tables.get(table, {})
+    rows = sum(record.row_count for record in staged.values())
+    if plan is None:
+        return f"{table}: {len(staged)} partitions ({rows:,} rows) staged in batch {batch.batch_id} so far"
+    targeted = plan.targets.get(table, [])
+    planned_out = len(plan.planned_out.get(table, {}))
+    done = len(staged.keys() & set(targeted))
+    return (
+        f"{table}: {done} of {len(targeted)} targeted partitions staged in batch {batch.batch_id} "
+        f"({rows:,} rows)" + (f", {planned_out} planned out" if planned_out else "")
+    )
+
+
+def _spans(days: Sequence[str]) -> list[list[str]]:
+    """Consecutive runs of days: a run stages each span of its computable days in one go."""
+    spans: list[list[str]] = []
+    for day in days:
+        if spans and date.fromisoformat(day) - date.fromisoformat(spans[-1][-1]) == timedelta(days=1):
+            spans[-1].append(day)
+        else:
+            spans.append([day])
+    return spans
 
 
 def _partition_metadata(
@@ -164,22 +220,11 @@ def _partition_metadata(
 
 
 def _diff_by_partition(checks: Sequence[CheckOutcome]) -> dict[str, dict[str, object]]:
-    diff = next((outcome for outcome in checks if outcome.name == DIFF_CHECK), None)
-    return {entry["partition"]: entry for entry in diff.figures.get("partitions", [])} if diff else {}
-
-
-def _check_metadata(batch_id: str, days: Sequence[str], outcome: CheckOutcome) -> dict[str, object]:
-    # Top-level numbers of the evidence also go in as plain entries, so the UI can plot them over runs.
-    numbers = {
-        name: value
-        for name, value in outcome.figures.items()
-        if isinstance(value, int | float) and not isinstance(value, bool)
-    }
     return {
-        "batch_id": batch_id,
-        "partitions": _span(days),
-        **numbers,
-        "evidence": MetadataValue.json(outcome.figures),
+        entry["partition"]: entry
+        for outcome in checks
+        if outcome.name == DIFF_CHECK
+        for entry in outcome.figures.get("partitions", [])
     }
 
 
@@ -208,7 +253,13 @@ def build_feature_asset(
         backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=max_partitions_per_run),
         # Blocking: a failed check fails the step, so Dagster runs nothing downstream of it.
         check_specs=[
-            AssetCheckSpec(check.name, asset=key, blocking=True, description=check.description)
+            AssetCheckSpec(
+                check.name,
+                asset=key,
+                blocking=True,
+                description=check.description,
+                partitions_def=partitions_def,
+            )
             for check in checks_of(spec)
         ],
         code_version=spec.code_version,
@@ -229,46 +280,70 @@ def build_feature_asset(
     )
     def feature_asset(
         context: AssetExecutionContext, spark: SparkResource, catalog: CatalogResource
-    ) -> MaterializeResult:
+    ) -> Iterator[MaterializeResult | AssetCheckEvaluation | Output]:
         days = context.partition_keys
         tags = context.run.tags
         batch_id = batch_id_for(tags, context.run.run_id)
-        context.log.info(f"staging {spec.name} {_span(days)} into batch {batch_id}")
-        staged = stage_partitions(
-            spec,
-            DateRange(date.fromisoformat(days[0]), date.fromisoformat(days[-1])),
-            batch_id=batch_id,
-            run_id=context.run.run_id,
-            requester=tags.get(REQUESTER_TAG),
-            earliest=earliest,
-            spark=spark.session(),
-            store=catalog.store(),
-            catalog=catalog.catalog(),
+        requester = tags.get(REQUESTER_TAG)
+        release_catalog = catalog.catalog()
+        # Scripted runs sharing a batch (`backfills backfill`) stage exactly the ranges their script planned.
+        plan = (
+            None
+            if BATCH_TAG in tags
+            else launch_plan(
+                context, release_catalog, batch_id=batch_id, earliest=earliest, requester=requester
+            )
         )
+        if plan is not None and plan.refusal is not None:
+            raise refuse(context, release_catalog, plan, table=spec.name, batch_id=batch_id)
+        planned_out = plan.planned_out.get(spec.name, {}) if plan else {}
+        left_out = _note_planned_out(context, batch_id, days, planned_out)
+        spans = _spans([day for day in days if day not in planned_out])
+        if spans:
+            context.log.info(f"staging {spec.name} {_span(days)} into batch {batch_id}")
+        runs = [
+            stage_partitions(
+                spec,
+                DateRange(date.fromisoformat(span[0]), date.fromisoformat(span[-1])),
+                batch_id=batch_id,
+                run_id=context.run.run_id,
+                requester=requester,
+                earliest=earliest,
+                spark=spark.session(),
+                store=catalog.store(),
+                catalog=release_catalog,
+                progress=context.log.info,
+            )
+            for span in spans
+        ]
+        by_day = {day: list(outcomes) for staged in runs for day, outcomes in staged.checks_by_day.items()}
+        for day in left_out:
+            by_day[day] = not_checked(check_names(spec), batch_id=batch_id, reason=planned_out[day])
         # Dagster gives every partition of a range run the same materialization metadata; the per-partition
         # facts go out as observations (and are in the batch manifest).
-        diff = _diff_by_partition(staged.checks)
-        for record in staged.records:
-            context.log_event(
-                AssetObservation(
-                    key,
-                    partition=record.partition,
-                    metadata=_partition_metadata(batch_id, record, diff.get(record.partition)),
+        diff = _diff_by_partition([outcome for staged in runs for outcome in staged.checks])
+        for staged in runs:
+            for record in staged.records:
+                context.log_event(
+                    AssetObservation(
+                        key,
+                        partition=record.partition,
+                        metadata=_partition_metadata(batch_id, record, diff.get(record.partition)),
+                    )
                 )
-            )
-        context.log.info(f"staged {staged.row_count} rows in {len(days)} partitions of batch {batch_id}")
-        return MaterializeResult(
-            metadata=_run_metadata(spec, staged),
-            check_results=[
-                AssetCheckResult(
-                    check_name=outcome.name,
-                    passed=outcome.passed,
-                    severity=AssetCheckSeverity.ERROR if outcome.blocking else AssetCheckSeverity.WARN,
-                    description=outcome.summary,
-                    metadata=_check_metadata(batch_id, days, outcome),
-                )
-                for outcome in staged.checks
-            ],
+        if runs:
+            context.log.info(_done_of_targeted(spec.name, release_catalog.get_batch(batch_id), plan))
+        yield MaterializeResult(
+            metadata={
+                **(_run_metadata(spec, runs) if runs else {"batch_id": batch_id, "partitions": _span(days)}),
+                "planned_out_partitions": len(left_out),
+            }
+        )
+        yield from partition_check_results(
+            context,
+            batch_id=batch_id,
+            by_day=dict(sorted(by_day.items())),
+            keys=[*spec.entity_keys, spec.date_column],
         )
 
     return feature_asset

@@ -7,8 +7,9 @@ the checks of the spec then run over what was written and their verdicts go into
 
 from __future__ import annotations
 
+import time
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, replace
 from datetime import UTC, date, datetime, timedelta
@@ -30,7 +31,7 @@ from backfills.checks.contracts import (
     raw_contract,
 )
 from backfills.checks.expectations import null_measure
-from backfills.checks.gate import check_records, gate_measures, run_gate
+from backfills.checks.gate import check_records, day_outcomes, gate_measures, run_gate
 from backfills.checks.outcome import CheckOutcome
 from backfills.checks.staged_pass import Measure, PassFigures, merge_measures, run_pass
 from backfills.errors import (
@@ -78,6 +79,7 @@ class StagedRun:
     replaced: int
     location: str
     checks: list[CheckOutcome]
+    checks_by_day: dict[str, list[CheckOutcome]]  # what each partition shows, per check (Dagster UI)
 
     @property
     def row_count(self) -> int:
@@ -421,21 +423,21 @@ def _gate(
     records: list[PartitionRecord],
     inputs: _Inputs,
     release: Release | None,
-) -> list[CheckOutcome]:
-    """Every check of the spec over what the run wrote; the verdicts go into the manifest."""
-    outcomes = run_gate(
-        run.spec,
-        GateInputs(
-            dates=run.dates,
-            staged=written.rows,
-            figures=written.figures,
-            records=records,
-            inputs=inputs.frames,
-            production=_production_rows(run, spark, store, release),
-            empty_landing_days=inputs.empty_landing_days,
-            deliveries=inputs.deliveries,
-        ),
+    progress: Callable[[str], None],
+) -> tuple[list[CheckOutcome], dict[str, list[CheckOutcome]]]:
+    """Every check of the spec over what the run wrote; the verdicts go into the manifest. Returns them,
+    and what each partition shows per check."""
+    gate = GateInputs(
+        dates=run.dates,
+        staged=written.rows,
+        figures=written.figures,
+        records=records,
+        inputs=inputs.frames,
+        production=_production_rows(run, spark, store, release),
+        empty_landing_days=inputs.empty_landing_days,
+        deliveries=inputs.deliveries,
     )
+    outcomes = run_gate(run.spec, gate, progress)
     days = [record.partition for record in records]
     run.catalog.record_checks(
         run.batch_id,
@@ -445,7 +447,7 @@ def _gate(
         run_id=run.run_id,
         requester=run.requester,
     )
-    return outcomes
+    return outcomes, day_outcomes(run.spec, gate, outcomes)
 
 
 def stage_partitions(
@@ -459,20 +461,35 @@ def stage_partitions(
     spark: SparkSession,
     store: ObjectStore,
     catalog: ReleaseCatalog,
+    progress: Callable[[str], None] = lambda _: None,
 ) -> StagedRun:
     """Compute `dates` of `spec` and record them in batch `batch_id`, replacing earlier attempts:
-    inputs, then write, then record (the partitions become part of the batch), then gate."""
+    inputs, then write, then record (the partitions become part of the batch), then gate. `progress`
+    hears what the run is doing (rows written and their rate, each check), for the run's log."""
     batch = _open_batch(catalog, batch_id)
     run = _RunContext(spec, dates, batch_id, run_id, requester, catalog)
     release = catalog.current_release()
+    started = time.monotonic()
     inputs = _read_inputs(run, spark, store, batch=batch, release=release, earliest=earliest)
     try:
         written = _write(run, store, inputs)
         try:
             records = _records(run, written, inputs)
+            rows, seconds = sum(record.row_count for record in records), time.monotonic() - started
+            progress(
+                f"{spec.name}: wrote {rows:,} rows in {len(records)} partitions ({dates.start}..{dates.end}) "
+                f"in {seconds:.1f}s, {rows / max(seconds, 1e-3):,.0f} rows/s"
+            )
             _, replaced = catalog.record_partitions(batch_id, records, run_id=run_id, requester=requester)
-            outcomes = _gate(
-                run, spark, store, written=written, records=records, inputs=inputs, release=release
+            outcomes, by_day = _gate(
+                run,
+                spark,
+                store,
+                written=written,
+                records=records,
+                inputs=inputs,
+                release=release,
+                progress=progress,
             )
         finally:
             written.rows.unpersist()
@@ -490,4 +507,5 @@ def stage_partitions(
         replaced=len(replaced),
         location=store.data_uri(f"staging/{spec.name}/{batch_id}"),
         checks=outcomes,
+        checks_by_day=by_day,
     )

@@ -9,7 +9,7 @@ from datetime import date
 from backfills.errors import BlockedUpstreamError, MissingUpstreamPartitionError
 from backfills.resources.catalog_models import BatchManifest, ReleasedPartition, UpstreamSource
 from backfills.resources.feature_store import PartitionFiles
-from backfills.specs import DateRange
+from backfills.specs import DateRange, day_ranges
 
 
 @dataclass(frozen=True)
@@ -31,18 +31,6 @@ class ResolvedUpstream:
             UpstreamSource(table=self.table, source=kind, source_id=source_id, partitions=partitions)
             for (kind, source_id), partitions in sorted(grouped.items())
         ]
-
-
-def _ranges(days: list[str]) -> str:
-    """'2025-01-01..2025-01-03, 2025-01-07' for a sorted list of ISO days."""
-    spans: list[list[date]] = []
-    for text in days:
-        day = date.fromisoformat(text)
-        if spans and (day - spans[-1][1]).days == 1:
-            spans[-1][1] = day
-        else:
-            spans.append([day, day])
-    return ", ".join(f"{a}..{b}" if a != b else f"{a}" for a, b in spans)
 
 
 def resolve_upstream(
@@ -90,8 +78,8 @@ def resolve_upstream(
     if missing:
         production = f"current release {release_id}" if release_id else "production (nothing promoted yet)"
         raise MissingUpstreamPartitionError(
-            f"{reader} in batch {batch_id} needs {table} for {_ranges(missing)}, which is neither staged in "
-            f"batch {batch_id} nor in {production}. Add {table} for those days to the backfill, or promote a "
-            f"batch that has them first."
+            f"{reader} in batch {batch_id} needs {table} for {day_ranges(missing)}, which is neither staged "
+            f"in batch {batch_id} nor in {production}. Add {table} for those days to the backfill, or "
+            "promote a batch that has them first."
         )
     return ResolvedUpstream(table=table, parts=parts, origin=origin)

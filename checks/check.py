@@ -58,3 +58,10 @@ class Check(ABC):
     @abstractmethod
     def judge(self, spec: FeatureSpec, gate: GateInputs) -> CheckOutcome:
         """The verdict from the pass's figures (and at most one join of the check's own)."""
+
+    def judge_day(self, spec: FeatureSpec, gate: GateInputs, run: CheckOutcome, day: str) -> CheckOutcome:
+        """The result one partition of the run shows in Dagster, given the run's verdict `run` (which the
+        batch records and which decides whether the run is blocked). By default the day shares it; checks
+        that can tell which days hold the problem override this, from the figures they already have (no
+        Spark work per day). A day never passes a check the run failed unless the problem is elsewhere."""
+        return run

@@ -4,6 +4,7 @@ with the current release's rows, judged by the spec's diff policy."""
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 
 from pyspark.sql import DataFrame
 from pyspark.sql import functions as F
@@ -89,3 +90,13 @@ class DiffVsProduction(Check):
             released_days=gate.production.days,
             staged_days=[record.partition for record in gate.records],
         )
+
+    def judge_day(self, spec: FeatureSpec, gate: GateInputs, run: CheckOutcome, day: str) -> CheckOutcome:
+        # The policy judges the run's change as a whole; each day shows its own rows changed, added and
+        # removed, beside the run's column shifts (PSI, mean shift), which the policy judged.
+        entry = next((item for item in run.figures.get("partitions", []) if item["partition"] == day), None)
+        if entry is None:
+            return run
+        day_figures = {key: value for key, value in entry.items() if key != "partition"}
+        run_level = {name: run.figures.get(name) for name in ("release_id", "columns", "reasons")}
+        return replace(run, figures={**day_figures, **run_level})

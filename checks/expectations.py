@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import replace
 from datetime import date
 from typing import Any
 
@@ -168,6 +169,12 @@ class ExpectationCheck(Check):
         ]
         return _outcome(self.name, results)
 
+    def judge_day(self, spec: FeatureSpec, gate: GateInputs, run: CheckOutcome, day: str) -> CheckOutcome:
+        # The same expectations over the day's figures: its own counts and offending rows. A day of a run
+        # that passed passes (a `mostly` threshold holds over the run's rows, not each day's).
+        judged = self.judge(spec, replace(gate, figures=gate.figures.only(day)))
+        return judged if not run.passed else replace(judged, passed=True)
+
 
 def validate_on_pass(spec: FeatureSpec, figures: PassFigures) -> ExpectationSuiteValidationResult:
     """The spec's whole suite validated from a pass that counted every expectation check's measures: GX's
@@ -247,6 +254,16 @@ def _evidence(
     return figures
 
 
+def _observed(
+    check: str, expectation: gxe.Expectation, result: ExpectationValidationResult
+) -> dict[str, Any]:
+    """Each expectation's observed figures beside its threshold, failed or not (no rows)."""
+    figures = _evidence(check, expectation, result)
+    if "rule" in figures:
+        figures["rule"] = figures["rule"].split(":")[0]
+    return {name: value for name, value in figures.items() if name not in ("sample", "gx_result")}
+
+
 def _outcome(check: str, results: list[tuple[gxe.Expectation, ExpectationValidationResult]]) -> CheckOutcome:
     failures = [_evidence(check, e, r) for e, r in results if not r.success]
     summary = (
@@ -264,6 +281,7 @@ def _outcome(check: str, results: list[tuple[gxe.Expectation, ExpectationValidat
         blocking=True,
         summary=summary,
         figures=({"failures": failures} if failures else {"expectations": len(results)})
+        | {"observed": [_observed(check, e, r) for e, r in results]}
         | {"gx_statistics": validation.to_json_dict()["statistics"]},
     )
 

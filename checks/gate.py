@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from datetime import UTC, datetime
 
 from backfills.checks.check import Check, GateInputs
@@ -18,10 +19,38 @@ def gate_measures(spec: FeatureSpec) -> list[Measure]:
     return merge_measures(measure for check in checks_of(spec) for measure in check.measures(spec))
 
 
-def run_gate(spec: FeatureSpec, gate: GateInputs) -> list[CheckOutcome]:
+def run_gate(
+    spec: FeatureSpec, gate: GateInputs, progress: Callable[[str], None] = lambda _: None
+) -> list[CheckOutcome]:
     """All checks of the spec over the rows a run staged, by name. A check that raises is a failed blocking
-    check carrying the exception, never a silent pass."""
-    return [_judged(check, spec, gate) for check in checks_of(spec)]
+    check carrying the exception, never a silent pass. `progress` hears which check runs, and its verdict."""
+    checks = checks_of(spec)
+    outcomes = []
+    for number, check in enumerate(checks, 1):
+        progress(f"{spec.name}: check {check.name} running ({number} of {len(checks)})")
+        started = time.monotonic()
+        outcome = _judged(check, spec, gate)
+        progress(f"{spec.name}: check {check.name} {outcome.verdict} in {time.monotonic() - started:.1f}s")
+        outcomes.append(outcome)
+    return outcomes
+
+
+def day_outcomes(
+    spec: FeatureSpec, gate: GateInputs, outcomes: Sequence[CheckOutcome]
+) -> dict[str, list[CheckOutcome]]:
+    """What each partition of the run shows per check (see `Check.judge_day`), from the run's outcomes."""
+    checks = {check.name: check for check in checks_of(spec)}
+    result: dict[str, list[CheckOutcome]] = {}
+    for record in gate.records:
+        day = record.partition
+        result[day] = []
+        for outcome in outcomes:
+            try:
+                judged = checks[outcome.name].judge_day(spec, gate, outcome, day)
+            except Exception:  # noqa: BLE001  (the run's verdict stands for the day)
+                judged = outcome
+            result[day].append(judged)
+    return result
 
 
 def _judged(check: Check, spec: FeatureSpec, gate: GateInputs) -> CheckOutcome:

@@ -34,3 +34,15 @@ class NonEmptyDays(Check):
                 "rows_per_partition": rows,
             },
         )
+
+    def judge_day(self, spec: FeatureSpec, gate: GateInputs, run: CheckOutcome, day: str) -> CheckOutcome:
+        rows = run.figures["rows_per_partition"].get(day, 0)
+        empty_landing = day in gate.empty_landing_days
+        problem = "no rows" if rows == 0 else "its landing file has no rows" if empty_landing else None
+        return CheckOutcome(
+            name=self.name,
+            passed=run.passed or problem is None,
+            blocking=run.blocking,
+            summary=f"{day}: {problem or f'{rows} rows'}",
+            figures={"rows": rows, "empty_landing_file": empty_landing},
+        )

@@ -66,6 +66,10 @@ class PassFigures:
         rows = [row for day in self.days.values() for row in day.samples.get(name, [])]
         return sorted(rows, key=lambda row: tuple(str(row.get(key)) for key in self.keys))[:size]
 
+    def only(self, day: str) -> PassFigures:
+        """The figures of one day (none if the day had no rows)."""
+        return PassFigures(days={day: self.days[day]} if day in self.days else {}, keys=self.keys)
+
     def duplicate_sample(self, size: int = SAMPLE_SIZE) -> list[SampleRow]:
         rows = [row for day in self.days.values() for row in day.duplicate_sample]
         return sorted(rows, key=lambda row: tuple(str(row.get(key)) for key in self.keys))[:size]

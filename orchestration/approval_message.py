@@ -10,6 +10,7 @@ from typing import Any
 from backfills.checks.diff_check import DIFF_CHECK
 from backfills.checks.summary import batch_check_summary
 from backfills.resources.catalog_models import ApprovalRequest, BatchManifest
+from backfills.specs import day_ranges
 
 # Slack refuses a section text over 3000 characters; leave room for the markup.
 _MAX_SECTION = 2800
@@ -79,6 +80,18 @@ def _changes(batch: BatchManifest) -> list[str]:
     return lines
 
 
+def not_recomputed(batch: BatchManifest) -> list[str]:
+    """Blast-radius partitions the batch planned out (their window includes a recomputed day, but their
+    inputs are neither in the batch nor in production): production keeps what it serves of them, if any."""
+    if batch.plan is None:
+        return []
+    return [
+        f"{table} {day_ranges(sorted(days))} NOT recomputed ({len(days)} partitions, blast radius): "
+        f"{batch.plan.planned_out_summary.get(table) or next(iter(days.values()))}"
+        for table, days in sorted(batch.plan.planned_out.items())
+    ]
+
+
 def _checks(batch: BatchManifest) -> list[str]:
     lines = []
     for table, entry in batch_check_summary(batch)["tables"].items():
@@ -119,7 +132,7 @@ def request_message(
         "*Code:* "
         + ", ".join(f"{table} `{', '.join(versions)}`" for table, versions in batch.code_versions().items()),
     ]
-    changes = _changes(batch)
+    changes = _changes(batch) + not_recomputed(batch)
     checks = _checks(batch)
     needed = f"{request.required} approval{'s' if request.required != 1 else ''} needed" + (
         "" if batch.requester else " (one more than usual: nobody is named as requester)"

@@ -41,6 +41,12 @@ def _describe(event: AuditEvent) -> str:
         return f"run {d.get('run_id')} staged {d.get('row_count')} rows" + (
             f", replacing {replaced} earlier partitions" if replaced else ""
         )
+    if kind == "planned":
+        if d.get("refusal"):
+            return f"launch refused: {d['refusal']}"
+        return (
+            f"launch planned: {d.get('planned_out', 0)} blast-radius partitions cannot be computed, left out"
+        )
     if kind == "checked":
         verdicts = d.get("verdicts", {})
         flagged = [f"{name} {verdict}" for name, verdict in sorted(verdicts.items()) if verdict != "passed"]

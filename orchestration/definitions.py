@@ -42,7 +42,7 @@ def approvals_resource(settings: Settings, *, in_dagster: bool = True) -> Approv
 
 
 def build_definitions(settings: Settings) -> Definitions:
-    partitions = daily_partitions(settings.partitions_start)
+    partitions = daily_partitions(settings.partitions_start, settings.partitions_end)
     feature_assets = build_feature_assets(FEATURES, partitions, settings.max_partitions_per_run)
     stage_features = define_asset_job(
         STAGE_FEATURES_JOB,

@@ -25,6 +25,7 @@ from dagster._core.execution.backfill import (
 )
 
 from backfills.assets.factory import BACKFILL_TAG, BATCH_TAG, STAGING_PREFIX
+from backfills.assets.launch import backfill_targets
 from backfills.errors import BackfillsError
 from backfills.orchestration.approval_channels import ApprovalsResource
 from backfills.orchestration.approval_flow import ApprovalFlow, Completion, CompletionProbe
@@ -72,15 +73,11 @@ def dagster_completion(instance: DagsterInstance, asset_graph: BaseAssetGraph) -
             if backfill.status not in BULK_ACTION_TERMINAL_STATUSES or not backfill.is_asset_backfill:
                 return None
             data = backfill.get_asset_backfill_data(asset_graph)
-            expected: dict[str, set[str]] = defaultdict(set)
-            for item in data.target_subset.iterate_asset_partitions():
-                if item.asset_key.path[0] == STAGING_PREFIX and item.partition_key:
-                    expected[item.asset_key.path[-1]].add(item.partition_key)
             note = None
             if backfill.status != BulkActionStatus.COMPLETED_SUCCESS:
                 failed = data.failed_and_downstream_subset.num_partitions_and_non_partitioned_assets
                 note = f"backfill {batch.batch_id} ended {backfill.status.value}: {failed} partitions failed"
-            return Completion({table: sorted(days) for table, days in expected.items()}, note)
+            return Completion(backfill_targets(instance, batch.batch_id, asset_graph) or {}, note)
         tagged = list(instance.get_runs(RunsFilter(tags={BATCH_TAG: batch.batch_id})))
         if tagged:
             # A batch shared by several backfills (the batch tag) is complete when none of them is running.

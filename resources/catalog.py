@@ -29,6 +29,7 @@ from backfills.resources.catalog_models import (
     BatchManifest,
     CheckRecord,
     CurrentPointer,
+    LaunchPlan,
     PartitionRecord,
     Release,
     ReleasedPartition,
@@ -302,6 +303,31 @@ class ReleaseCatalog:
                     "pass one record per table and partition"
                 )
             seen.add((record.table, record.partition))
+
+    def record_plan(self, batch_id: str, plan: LaunchPlan, *, requester: str | None = None) -> LaunchPlan:
+        """Keep the first plan made for the batch and return the one kept: every run of a backfill plans
+        the same launch, and the first one decides (production may move while the backfill runs)."""
+        kept: list[bool] = []
+
+        def keep_first(manifest: BatchManifest) -> BatchManifest:
+            kept[:] = [manifest.plan is None]
+            if manifest.plan is None:
+                manifest.plan = plan
+                manifest.requester = manifest.requester or requester
+            return manifest
+
+        manifest = self._update_batch(
+            batch_id, keep_first, create=lambda: self._new_batch(batch_id, requester)
+        )
+        if kept == [True]:
+            self.append_event(
+                "planned",
+                batch_id=batch_id,
+                actor=requester,
+                tables={table: sorted(days) for table, days in plan.planned_out.items()},
+                details={"planned_out": plan.planned_out_count(), "refusal": plan.refusal},
+            )
+        return manifest.plan or plan
 
     def mark_complete(
         self, batch_id: str, expected: dict[str, list[str]], *, note: str | None = None

@@ -98,6 +98,21 @@ class CheckRecord(CatalogModel):
         return self.blocking and self.verdict == "failed"
 
 
+class LaunchPlan(CatalogModel):
+    """What the backfill writing a batch set out to compute, decided before its first partition (see
+    assets/launch_plan.py): the partitions it targets, those planned out with why, or why it was refused."""
+
+    planned_at: UtcDatetime
+    release_id: str | None  # production when the plan was made
+    targets: dict[str, list[PartitionDate]]
+    planned_out: dict[str, dict[PartitionDate, str]] = {}
+    planned_out_summary: dict[str, str] = {}  # per table, why over all its planned-out days
+    refusal: str | None = None
+
+    def planned_out_count(self) -> int:
+        return sum(len(days) for days in self.planned_out.values())
+
+
 class BatchManifest(CatalogModel):
     """Everything staged under one batch ID: table -> partition date -> record.
 
@@ -117,6 +132,7 @@ class BatchManifest(CatalogModel):
     completed_at: UtcDatetime | None = None
     expected: dict[str, list[PartitionDate]] = {}
     completion_note: str | None = None  # why an incomplete batch cannot be approved (failed runs, ...)
+    plan: LaunchPlan | None = None  # set by the first run of a Dagster backfill
 
     def partition(self, table: str, date: str) -> PartitionRecord | None:
         """The record of one staged partition, or None if the batch has not staged it."""
@@ -143,9 +159,10 @@ class BatchManifest(CatalogModel):
         return {table: sorted(partitions) for table, partitions in sorted(self.tables.items())}
 
     def missing_partitions(self) -> dict[str, list[str]]:
-        """Expected partitions the batch has not staged, per table."""
+        """Expected partitions the batch has not staged (and did not plan out), per table."""
+        planned_out = self.plan.planned_out if self.plan else {}
         missing = {
-            table: sorted(set(days) - set(self.tables.get(table, {})))
+            table: sorted(set(days) - set(self.tables.get(table, {})) - set(planned_out.get(table, {})))
             for table, days in self.expected.items()
         }
         return {table: days for table, days in sorted(missing.items()) if days}

@@ -49,6 +49,19 @@ def _date(name: str, default: str) -> str:
     return raw
 
 
+def _partitions_end() -> str | None:
+    if not os.environ.get("BACKFILLS_PARTITIONS_END"):
+        return None
+    end = _date("BACKFILLS_PARTITIONS_END", "")
+    start = _date("BACKFILLS_PARTITIONS_START", "2025-01-01")
+    if end < start:
+        raise ConfigurationError(
+            f"BACKFILLS_PARTITIONS_END={end} is before BACKFILLS_PARTITIONS_START={start}: the last "
+            "partition must be on or after the first"
+        )
+    return end
+
+
 def _flag(name: str) -> bool:
     raw = (os.environ.get(name) or "false").strip().lower()
     if raw not in ("true", "false", "1", "0", "yes", "no"):
@@ -81,6 +94,8 @@ class Settings:
     rollback_requires_approval: bool = False
     dagster_url: str = "http://127.0.0.1:3000"
     sensor_interval_seconds: int = 30
+    # The last daily partition (the last landed day); None: up to yesterday, growing every day.
+    partitions_end: str | None = None
 
     @property
     def uses_slack(self) -> bool:
@@ -122,4 +137,5 @@ def load_settings() -> Settings:
         rollback_requires_approval=_flag("BACKFILLS_ROLLBACK_REQUIRES_APPROVAL"),
         dagster_url=(os.environ.get("BACKFILLS_DAGSTER_URL") or "http://127.0.0.1:3000").rstrip("/"),
         sensor_interval_seconds=_int("BACKFILLS_SENSOR_INTERVAL_SECONDS", 30),
+        partitions_end=_partitions_end(),
     )

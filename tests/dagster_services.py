@@ -521,6 +521,27 @@ class WebserverClient:
         result = self.execute(LAUNCH_BACKFILL_MUTATION, {"params": params})["launchPartitionBackfill"]
         return _expect(result, "LaunchBackfillSuccess", "launching the backfill")["backfillId"]
 
+    def launch_from_dialog(
+        self,
+        asset_keys: Sequence[Sequence[str]],
+        partition_names: Sequence[str] | None = None,
+        tags: Mapping[str, str] | None = None,
+    ) -> str:
+        """Launch a backfill with exactly the payload the UI's Materialize dialog sends: `assetSelection`
+        with `partitionNames` (the chosen range), or `allPartitions` when no names are given. Dagster
+        widens it downstream through the partition mappings. Returns the backfill ID."""
+        params: dict[str, Any] = {
+            "assetSelection": [_asset_key_input(key) for key in asset_keys],
+            "fromFailure": False,
+            "tags": [{"key": key, "value": value} for key, value in (tags or {}).items()],
+        }
+        if partition_names is None:
+            params["allPartitions"] = True
+        else:
+            params["partitionNames"] = list(partition_names)
+        result = self.execute(LAUNCH_BACKFILL_MUTATION, {"params": params})["launchPartitionBackfill"]
+        return _expect(result, "LaunchBackfillSuccess", "launching the backfill")["backfillId"]
+
     def backfill(self, backfill_id: str) -> BackfillSummary:
         result = self.execute(BACKFILL_QUERY, {"backfillId": backfill_id})["partitionBackfillOrError"]
         data = _expect(result, "PartitionBackfill", f"reading backfill {backfill_id}")
@@ -763,6 +784,7 @@ class DagsterServices:
         storage_root: Path,
         *,
         partitions_start: str = "2025-01-01",
+        partitions_end: str | None = None,
         max_partitions_per_run: int = 31,
         env: Mapping[str, str] | None = None,
         instance_config: Mapping[str, Any] | None = None,
@@ -779,6 +801,7 @@ class DagsterServices:
         self.env = {
             "BACKFILLS_STORAGE_ROOT": str(self.storage_root),
             "BACKFILLS_PARTITIONS_START": partitions_start,
+            **({"BACKFILLS_PARTITIONS_END": partitions_end} if partitions_end else {}),
             "BACKFILLS_MAX_PARTITIONS_PER_RUN": str(max_partitions_per_run),
             "BACKFILLS_SPARK_DRIVER_MEMORY": "1g",
             "BACKFILLS_SPARK_SHUFFLE_PARTITIONS": "2",

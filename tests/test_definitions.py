@@ -63,6 +63,11 @@ def test_production_assets_jobs_sensor_and_checks_are_in_the_code_location() -> 
             "BACKFILLS_APPROVAL_EXPIRY_HOURS='soon' is not a number",
         ),
         ({"BACKFILLS_ROLLBACK_REQUIRES_APPROVAL": "maybe"}, "must be true or false"),
+        ({"BACKFILLS_PARTITIONS_END": "2025-02-30"}, "BACKFILLS_PARTITIONS_END='2025-02-30' is not a date"),
+        (
+            {"BACKFILLS_PARTITIONS_START": "2025-03-01", "BACKFILLS_PARTITIONS_END": "2025-02-28"},
+            "BACKFILLS_PARTITIONS_END=2025-02-28 is before BACKFILLS_PARTITIONS_START=2025-03-01",
+        ),
     ],
 )
 def test_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch, environment: dict, problem: str) -> None:
@@ -72,6 +77,18 @@ def test_bad_settings_are_named(monkeypatch: pytest.MonkeyPatch, environment: di
         monkeypatch.setenv(name, value)
     with pytest.raises(ConfigurationError, match=re.escape(problem)):
         load_settings()
+
+
+def test_partitions_end_at_the_last_landed_day_when_it_is_set(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("BACKFILLS_PARTITIONS_START", "2025-01-01")
+    monkeypatch.setenv("BACKFILLS_PARTITIONS_END", "2025-01-24")
+    definitions = build_definitions(load_settings())
+    for spec in FEATURES:
+        keys = _assets_by_key(definitions)[staging_key(spec.name)].partitions_def.get_partition_keys()
+        assert (keys[0], keys[-1], len(keys)) == ("2025-01-01", "2025-01-24", 24)
+    monkeypatch.delenv("BACKFILLS_PARTITIONS_END")
+    unbounded = _assets_by_key(build_definitions(load_settings()))[staging_key("customer_daily_txn")]
+    assert unbounded.partitions_def.get_partition_keys()[-1] > "2025-01-24"  # up to yesterday
 
 
 def test_the_slack_token_is_not_in_the_settings_repr(monkeypatch: pytest.MonkeyPatch) -> None:

@@ -308,7 +308,9 @@ def test_each_table_ran_after_the_upstream_partitions_its_window_reads(operator_
             print(f"\nshortest wait for upstream {kind}: {min(gaps):.1f}s over {len(gaps)} pairs", end="")
 
 
-def test_blocking_checks_of_every_staged_table_ran_and_passed(operator_backfill: OperatorBackfill):
+def test_blocking_checks_of_every_staged_table_ran_and_passed_for_each_partition(
+    operator_backfill: OperatorBackfill,
+):
     outcome = operator_backfill
     instance = outcome.services.instance
     run_ids = {run.run_id for run in outcome.runs}
@@ -321,24 +323,27 @@ def test_blocking_checks_of_every_staged_table_ran_and_passed(operator_backfill:
         ]
         for table in _staged_tables(run):
             mine = [item for item in evaluations if item.asset_key == staging_key(table)]
-            expected = set(check_names(feature_spec(table)))
-            assert {item.check_name for item in mine} == expected, f"{table} in {run.describe()}"
+            expected = {(check, day) for check in check_names(feature_spec(table)) for day in run.partitions}
+            # One result per check and partition of the range run, each tied to that partition's
+            # materialization in this run.
+            assert sorted((item.check_name, item.partition) for item in mine) == sorted(expected), (
+                run.describe()
+            )
+            assert {item.target_materialization_data.run_id for item in mine} == {run.run_id}
             failed = [f"{item.check_name}: {item.description}" for item in mine if not item.passed]
             assert not failed, f"{table} in {run.describe()}: {failed}"
             assert all(item.blocking for item in mine), f"{table}: non-blocking checks in {run.describe()}"
 
-    # The asset's Checks tab (GraphQL) shows the same: one succeeded evaluation per run. Dagster 1.13 also
-    # plans one execution per partition of a range run; the checks report once per run (no partition),
-    # so those planned per-partition executions end SKIPPED. None may have failed.
+    # The asset's Checks tab (GraphQL) shows the same: every partition of every check has a succeeded
+    # execution of its run, and none is left SKIPPED (Dagster plans one execution per partition).
     for table in TABLES:
-        table_runs = {run.run_id for run in outcome.runs if table in _staged_tables(run)}
         for check in check_names(feature_spec(table)):
             executions = outcome.services.client.asset_check_executions(staging_key(table).path, check)
             ours = [item for item in executions if item.run_id in run_ids]
-            evaluated = [item for item in ours if item.passed is not None]
-            assert sorted(item.run_id for item in evaluated) == sorted(table_runs), f"{table}.{check}"
-            assert {item.status for item in evaluated} == {"SUCCEEDED"}, f"{table}.{check}: {evaluated}"
-            assert not [item for item in ours if item.status in ("FAILED", "EXECUTION_FAILED")]
+            assert sorted(item.partition for item in ours) == DAYS, f"{table}.{check}: {ours}"
+            assert {item.status for item in ours} == {"SUCCEEDED"}, f"{table}.{check}: {ours}"
+            assert all(item.passed and item.severity == "ERROR" for item in ours), f"{table}.{check}"
+            assert all(item.metadata["partition"] == item.partition for item in ours)
 
 
 def test_the_instance_keeps_runs_check_results_and_sensor_ticks_in_postgres(
