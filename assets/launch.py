@@ -8,6 +8,7 @@ from datetime import UTC, date, datetime, timedelta
 
 from dagster import AssetExecutionContext, DagsterInstance, Failure
 from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
+from dagster._core.execution.asset_backfill import AssetBackfillData
 from dagster._core.execution.backfill import BulkActionStatus
 
 from backfills.assets.launch_plan import plan_launch
@@ -29,7 +30,11 @@ def backfill_targets(
     backfill = instance.get_backfill(backfill_id)
     if backfill is None or not backfill.is_asset_backfill:
         return None
-    data = backfill.get_asset_backfill_data(asset_graph)
+    return staged_targets(backfill.get_asset_backfill_data(asset_graph))
+
+
+def staged_targets(data: AssetBackfillData) -> dict[str, list[str]]:
+    """The staged partitions in an asset backfill's target, per table."""
     targets: dict[str, set[str]] = defaultdict(set)
     for item in data.target_subset.iterate_asset_partitions():
         if item.asset_key.path[0] == STAGING_PREFIX and item.partition_key:

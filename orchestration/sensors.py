@@ -25,7 +25,7 @@ from dagster._core.execution.backfill import (
 )
 
 from backfills.assets.factory import BACKFILL_TAG, BATCH_TAG, STAGING_PREFIX
-from backfills.assets.launch import backfill_targets
+from backfills.assets.launch import staged_targets
 from backfills.errors import BackfillsError
 from backfills.orchestration.approval_channels import ApprovalsResource
 from backfills.orchestration.approval_flow import ApprovalFlow, Completion, CompletionProbe
@@ -77,7 +77,7 @@ def dagster_completion(instance: DagsterInstance, asset_graph: BaseAssetGraph) -
             if backfill.status != BulkActionStatus.COMPLETED_SUCCESS:
                 failed = data.failed_and_downstream_subset.num_partitions_and_non_partitioned_assets
                 note = f"backfill {batch.batch_id} ended {backfill.status.value}: {failed} partitions failed"
-            return Completion(backfill_targets(instance, batch.batch_id, asset_graph) or {}, note)
+            return Completion(staged_targets(data), note)
         tagged = list(instance.get_runs(RunsFilter(tags={BATCH_TAG: batch.batch_id})))
         if tagged:
             # A batch shared by several backfills (the batch tag) is complete when none of them is running.
