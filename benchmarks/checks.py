@@ -354,8 +354,10 @@ class StagingProbe:
         self._pass_arguments = arguments
         return self._timed(PASS, run_pass)(df, **arguments)
 
-    def _gate(self, spec: FeatureSpec, inputs: GateInputs) -> list[CheckOutcome]:
-        self.outcomes = self._timed(GATE, run_gate)(spec, inputs)
+    def _gate(
+        self, spec: FeatureSpec, inputs: GateInputs, progress: Callable[[str], None] = lambda _: None
+    ) -> list[CheckOutcome]:
+        self.outcomes = self._timed(GATE, run_gate)(spec, inputs, progress)
         self.sink.jobs[GATE][-1] += sum(self.sink.jobs[judged(check.name)][-1] for check in checks_of(spec))
         began = time.perf_counter()
         self._while_cached(spec, inputs)
