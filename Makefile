@@ -36,7 +36,7 @@ SPARK_STATE_DIR ?= $(CURDIR)/.spark
 CONNECT_SERVER := $(BIN)/python -m backfills.resources.connect_server
 DAGSTER_DEV := $(BIN)/dagster dev -w workspace.yaml -h $(DEV_HOST) -p $(DEV_PORT)
 
-.PHONY: help install demo dev test test-fast mutants bench bench-checks clean java dagster-home
+.PHONY: help install demo dev test test-fast screenshots mutants bench bench-checks clean java dagster-home
 
 help:
 	@echo "make demo     the governed flow on sample data: backfill, checks, approval, promotion, fix, rollback, audit"
@@ -44,6 +44,7 @@ help:
 	@echo "make spark-connect-start|stop|status   the local Spark Connect server (port SPARK_CONNECT_PORT)"
 	@echo "make test     ruff, then the whole pytest suite"
 	@echo "make test-fast  ruff, then the suite without the end-to-end, Spark Connect and crash tests"
+	@echo "make screenshots  the browser test, saving the README's pictures of the Dagster UI in docs/images"
 	@echo "make mutants  mutation testing of the approval policy, promotion and publish (tests/mutants.py; MUTANTS_ARGS=...)"
 	@echo "make bench    benchmarks/run.py, writes benchmarks/REPORT.md (extra options: BENCH_ARGS=...)"
 	@echo "make bench-checks  benchmarks/checks.py, the quality gates against their floor (CHECKS_REPORT.md)"
@@ -141,6 +142,9 @@ test: install java
 test-fast: install java
 	$(BIN)/ruff check .
 	$(BIN)/pytest -m "not end_to_end and not spark_connect and not crash"
+
+screenshots: install java
+	BACKFILLS_SCREENSHOTS_DIR=docs/images $(BIN)/pytest tests/test_browser_ui.py
 
 # Small deliberate bugs in a copy of the package, one at a time; lists those no test notices (see the README).
 mutants: install java

@@ -56,6 +56,10 @@ FAULTS: dict[str, str] = {
         "3 of the previous file's on-time events are delivered again with another amount (x1.5) and the "
         "other status"
     ),
+    "oversized_tickets": (
+        "3 rows (a tenth of a smaller file) become tickets of 250,000 USD in their currency: valid raw "
+        "amounts, above the largest ticket the features allow (100,000 USD)"
+    ),
 }
 
 # Each row fault owns a fixed slice of one per-file permutation of row positions, so its rows are the same
@@ -67,7 +71,7 @@ _FAULT_ROWS = {
     "null_customer_ids": 24,
     "out_of_day_timestamps": 24,
 }
-_ROW_FAULTS = {"duplicate_txn_ids", "partial_delivery", *_FAULT_ROWS}
+_ROW_FAULTS = {"duplicate_txn_ids", "partial_delivery", "oversized_tickets", *_FAULT_ROWS}
 # Faults that deliver some of the previous day's events again in this day's file.
 _COPY_FAULTS = {"redelivered_events", "cross_midnight_copies", "conflicting_copies"}
 _REDELIVERED_SHARE = 0.01
@@ -76,6 +80,7 @@ _CONFLICTING_COPIES = 3
 _DUPLICATE_SHARE = 0.01
 _MISSING_SHARE = 0.2
 _ABSURD_AMOUNT = 1e9
+_OVERSIZED_TICKET_USD, _OVERSIZED_ROWS = 250_000.0, 3
 
 _ROWS_JITTER = 0.10
 _LATE_SHARE = 0.02
@@ -340,6 +345,8 @@ def _inject_row_faults(events: dict[str, np.ndarray], day: date, seed: int, faul
         slices[name] = positions[taken : taken + rows]
         taken += rows
     duplicated = positions[taken : taken + max(1, round(count * _DUPLICATE_SHARE))]
+    taken += len(duplicated)
+    oversized = positions[taken : taken + min(_OVERSIZED_ROWS, max(1, count // 10))]
     # Drawn even when out_of_day_timestamps is not chosen, so the stream never depends on the chosen faults.
     shift_days = rng.integers(3, 7, size=len(slices["out_of_day_timestamps"]))
     shift_days[: len(shift_days) // 2] *= -1
@@ -348,6 +355,9 @@ def _inject_row_faults(events: dict[str, np.ndarray], day: date, seed: int, faul
         events["amount"][slices["negative_amounts"]] *= -1
     if "absurd_amounts" in faults:
         events["amount"][slices["absurd_amounts"]] = _ABSURD_AMOUNT
+    if "oversized_tickets" in faults:
+        units = _OVERSIZED_TICKET_USD * _UNITS_PER_USD[events["currency"][oversized]]
+        events["amount"][oversized] = np.round(units, 2)
     if "null_customer_ids" in faults:
         events["customer_missing"][slices["null_customer_ids"]] = True
     if "out_of_day_timestamps" in faults:

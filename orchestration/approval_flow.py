@@ -12,6 +12,8 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 
+from backfills.assets.batch_progress import waiting_summary
+from backfills.assets.registry import FEATURES_BY_NAME
 from backfills.errors import ApprovalNotFoundError, BackfillsError
 from backfills.orchestration.approval_channels import ApprovalChannel
 from backfills.orchestration.approval_message import (
@@ -193,7 +195,10 @@ class ApprovalFlow:
         if batch.completed_at is None:
             done = completion(batch)
             if done is None:
-                report.notes.append(f"batch {batch_id}: its backfill is still running")
+                waits = waiting_summary(batch, FEATURES_BY_NAME)
+                report.notes.append(
+                    f"batch {batch_id}: its backfill is still running" + (f"; {waits}" if waits else "")
+                )
                 return None
             batch = self.catalog.mark_complete(batch_id, done.expected, note=done.note)
         if batch.state == "blocked":

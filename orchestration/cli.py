@@ -29,7 +29,6 @@ if TYPE_CHECKING:
 
     from backfills.orchestration.approval_flow import ApprovalFlow, CompletionProbe
     from backfills.resources.catalog import ReleaseCatalog
-    from backfills.resources.catalog_models import BatchManifest
 
 EXIT_UNEXPECTED = 1
 EXIT_ERROR = 2
@@ -178,25 +177,9 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
     _ask_for_approval(settings, batch_id)
 
 
-def _progress(batch: BatchManifest) -> list[str]:
-    """Per table of a planned backfill: partitions staged of those targeted, planned out, checks pending."""
-    if batch.plan is None or batch.plan.refusal:
-        return []
-    lines = []
-    for table, targeted in batch.plan.targets.items():
-        staged = set(batch.tables.get(table, {}))
-        checked = {day for record in batch.checks if record.table == table for day in record.partitions}
-        planned_out = len(batch.plan.planned_out.get(table, {}))
-        line = f"{table:<24} staged {len(staged & set(targeted))} of {len(targeted)} targeted"
-        if planned_out:
-            line += f", {planned_out} planned out (not computable)"
-        if staged - checked:
-            line += f", checks pending on {len(staged - checked)}"
-        lines.append(line)
-    return lines
-
-
 def _print_batches(catalog: ReleaseCatalog, batch_id: str | None, *, partitions: bool) -> None:
+    from backfills.assets.batch_progress import table_progress
+    from backfills.assets.registry import FEATURES_BY_NAME
     from backfills.checks.summary import batch_check_summary
     from backfills.resources.approvals_store import ApprovalStore
 
@@ -215,8 +198,8 @@ def _print_batches(catalog: ReleaseCatalog, batch_id: str | None, *, partitions:
             print(f"  approval {request.status}: {request.decision_summary or 'no votes yet'}")
         if batch.plan is not None and batch.plan.refusal:
             print(f"  REFUSED  {batch.plan.refusal}")
-        for line in _progress(batch):
-            print(f"  {line}")
+        for progress in table_progress(batch, FEATURES_BY_NAME):
+            print(f"  {progress.describe()}")
         for reason in summary["blocking_failures"]:
             print(f"  BLOCKED  {reason}")
         for warning in summary["warnings"]:

@@ -25,6 +25,11 @@ from backfills.resources.spark import build_session
 from backfills.resources.storage import LocalObjectStore, ObjectStore, S3ObjectStore
 from backfills.specs import DateRange, FeatureSpec
 
+# The operator's flow through the real Dagster services (session fixtures shared by the end-to-end and
+# browser modules).
+pytest_plugins = ["operator_flow"]
+
+
 # Object stores: a local folder and the S3 API (moto in server mode over HTTP)
 
 S3_TEST_PREFIX = "backfills-test"

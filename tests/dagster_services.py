@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import suppress
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -33,6 +33,9 @@ import requests
 import yaml
 from dagster import DagsterEventType, DagsterInstance
 from dagster._utils.error import SerializableErrorInfo
+from slack_api import FakeSlack
+
+from backfills.resources.connect_server import running_server
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 WORKSPACE_FILE = REPO_DIR / "workspace.yaml"
@@ -64,6 +67,12 @@ _LIFECYCLE = (
     DagsterEventType.RUN_FAILURE,
     DagsterEventType.RUN_CANCELED,
 )
+# The approvals channel of the governed services (governed_services): who asks, who approves, where.
+REQUESTER, APPROVER = "U0ALICE", "U0BOB"  # Slack user IDs: the run tag names the requester by ID
+CHANNEL = "C0APPROVALS"
+# How often the governed services' backfill daemon looks at backfills (Dagster's is 30 s): the tests'
+# backfills take several daemon iterations each, and waiting 30 s for every one was most of their time.
+BACKFILL_DAEMON_INTERVAL_SECONDS = 5
 _POLL_SECONDS = 1.0
 _LOG_TAIL_LINES = 40
 
@@ -790,6 +799,7 @@ class DagsterServices:
         instance_config: Mapping[str, Any] | None = None,
         startup_timeout: float = 300.0,
         stop_grace_seconds: float = 15.0,
+        backfill_daemon_interval_seconds: int | None = None,
     ) -> None:
         self.dagster_home = Path(dagster_home)
         self.storage_root = Path(storage_root)
@@ -809,6 +819,7 @@ class DagsterServices:
             **(env or {}),
         }
         self.instance_config = dict(instance_config or {})
+        self.backfill_daemon_interval_seconds = backfill_daemon_interval_seconds
         self.client = WebserverClient(self.url, health_check=self.check_alive)
         self.startup_seconds: float | None = None
         self._services: list[_Service] = []
@@ -885,13 +896,28 @@ class DagsterServices:
                     [_tool("dagster-webserver"), "-h", "127.0.0.1", "-p", str(self.port), "-w", workspace],
                 )
             )
-            self._services.append(self._spawn("daemon", [_tool("dagster-daemon"), "run", "-w", workspace]))
+            self._services.append(self._spawn("daemon", self._daemon_command(workspace)))
             self._wait_for_code_location(began + self.startup_timeout)
             self._wait_for_daemons(began + self.startup_timeout)
         except BaseException:
             self.stop()
             raise
         self.startup_seconds = time.monotonic() - began
+
+    def _daemon_command(self, workspace: str) -> list[str]:
+        """`dagster-daemon run`; with `backfill_daemon_interval_seconds`, the same daemon whose backfill loop
+        waits that long between iterations instead of Dagster's 30 s (a module constant, set before the
+        daemon starts): tests wait less for ticks, and the daemon still decides what runs when."""
+        command = [_tool("dagster-daemon"), "run", "-w", workspace]
+        if self.backfill_daemon_interval_seconds is None:
+            return command
+        script = (
+            "import sys; import dagster._daemon.controller as controller; "
+            "assert controller.DEFAULT_DAEMON_INTERVAL_SECONDS == 30, 'Dagster changed its daemon interval'; "
+            f"controller.DEFAULT_DAEMON_INTERVAL_SECONDS = {int(self.backfill_daemon_interval_seconds)}; "
+            "from dagster._daemon.cli import main; sys.argv = ['dagster-daemon', *sys.argv[1:]]; main()"
+        )
+        return [str(VENV_BIN / "python"), "-c", script, *command[1:]]
 
     def _wait_for_code_location(self, deadline: float) -> None:
         last = "webserver not answering yet"
@@ -1063,3 +1089,37 @@ def iter_days(start: str, end: str) -> Iterator[str]:
     first, last = date.fromisoformat(start), date.fromisoformat(end)
     for offset in range((last - first).days + 1):
         yield (first + timedelta(days=offset)).isoformat()
+
+
+@contextmanager
+def governed_services(
+    base: Path, storage_root: Path, *, sensor_interval_seconds: int = 3, **options: Any
+) -> Iterator[tuple[DagsterServices, FakeSlack]]:
+    """The services as a team runs them: a shared Spark Connect server for the runs and an approvals
+    channel on the local Slack Web API (CHANNEL, with REQUESTER alice and APPROVER bob, the only
+    approver); its backfill daemon looks at backfills every BACKFILL_DAEMON_INTERVAL_SECONDS. `options` go
+    to DagsterServices. On exit everything is stopped, and no process the
+    services started (run workers, Spark JVMs) may be left."""
+    with (
+        FakeSlack() as slack,
+        running_server(port=0, driver_memory="1g", state_dir=base / "spark") as connect,
+    ):
+        slack.add_channel(CHANNEL, "feature-approvals")
+        slack.add_user(REQUESTER, "alice")
+        slack.add_user(APPROVER, "bob")
+        env = {
+            "BACKFILLS_SPARK_REMOTE": connect.url,
+            "SLACK_BOT_TOKEN": slack.token,
+            "BACKFILLS_SLACK_CHANNEL": CHANNEL,
+            "BACKFILLS_SLACK_API_URL": slack.base_url,
+            "BACKFILLS_APPROVERS": APPROVER,
+            "BACKFILLS_SENSOR_INTERVAL_SECONDS": str(sensor_interval_seconds),
+        }
+        options.setdefault("backfill_daemon_interval_seconds", BACKFILL_DAEMON_INTERVAL_SECONDS)
+        services = DagsterServices(
+            base / "dagster_home", storage_root, env=env | options.pop("env", {}), **options
+        )
+        with services:
+            yield services, slack
+        left = services.leftover_processes()
+        assert not left, f"still running after stop: {left}"

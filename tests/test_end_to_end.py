@@ -1,82 +1,44 @@
 """End to end through the real Dagster webserver and daemon: an operator backfills every staged table, an
 approver signs it off in Slack, the approval sensor promotes it, and the operator rolls it back.
 
-Ten days of all four `staging/*` tables are launched as the UI does (GraphQL `launchPartitionBackfill`),
-with at most five days per run, so every table takes two range runs and the daemon has to order them by
-the window dependencies. At the same time a second backfill reads a landing day with corrupt amounts. The
-runs use one shared Spark Connect server; the approvals channel is the local Slack Web API server. The
-Dagster instance keeps runs, event log and sensor ticks in PostgreSQL, as a shared deployment does (README,
-"Beyond one machine"): a local server from Debian's `postgresql`, started by the tests (skipped, saying
-what is missing, without it). The assertions read what Dagster recorded (runs, step times,
-materializations, check evaluations, and the Postgres tables they are in), what Slack received, and what
-the catalog says, not what the code is meant to do. The SQLite instance of `make dev` is covered by
-tests/test_local_instance.py.
+The flow itself (the backfill, the faulty one beside it, the approval and promotion) is in
+tests/operator_flow.py, shared with the browser test. The assertions read what Dagster recorded (runs,
+step times, materializations, check evaluations, and the Postgres tables they are in), what Slack
+received, and what the catalog says, not what the code is meant to do. The SQLite instance of `make dev`
+is covered by tests/test_local_instance.py.
 
-Slow by nature (the backfill daemon looks at backfills every 30 s, a Dagster constant): deselect with
-`-m "not end_to_end"`.
+Slow by nature (real services, several backfill daemon iterations per backfill; the tests' daemon looks
+every 5 s instead of Dagster's 30 s, see tests/dagster_services.py): deselect with `-m "not end_to_end"`.
 """
 
 from __future__ import annotations
 
-import time
 from collections import Counter
-from collections.abc import Iterator
 from contextlib import closing
-from dataclasses import dataclass
 from datetime import date, timedelta
-from pathlib import Path
 
 import pytest
-from conftest import make_lake
 from dagster import AssetCheckEvaluation, AssetKey, AssetRecordsFilter, DagsterEventType
 from dagster_postgres import PostgresEventLogStorage, PostgresRunStorage, PostgresScheduleStorage
-from dagster_services import BACKFILL_TAG, DagsterServices, GraphQLError, RunSummary, WaitTimeout, iter_days
+from dagster_services import APPROVER, BACKFILL_TAG, CHANNEL, REQUESTER, RunSummary
+from operator_flow import (
+    DAGSTER_DB,
+    DAYS,
+    DAYS_PER_RUN,
+    TABLES,
+    OperatorBackfill,
+    Promotion,
+    approval_requests,
+    wait_for,
+)
 from postgres_server import PostgresServer
-from slack_api import FakeSlack
 
-from backfills.assets.factory import BATCH_TAG, REQUESTER_TAG, production_key, staging_key
-from backfills.assets.generator import Fault, write_landing_zone
-from backfills.assets.registry import FEATURES, feature_spec
+from backfills.assets.factory import REQUESTER_TAG, production_key, staging_key
+from backfills.assets.registry import feature_spec
 from backfills.checks.registry import check_names
-from backfills.orchestration.jobs import PROMOTE_JOB, ROLLBACK_JOB
-from backfills.resources.catalog import ReleaseCatalog
-from backfills.resources.connect_server import running_server
-from backfills.resources.storage import open_store
+from backfills.orchestration.jobs import ROLLBACK_JOB
 
 pytestmark = pytest.mark.end_to_end
-
-FIRST_DAY = "2025-01-01"  # also BACKFILLS_PARTITIONS_START: the 7d and 30d windows start empty
-LAST_DAY = "2025-01-10"
-# Two more landing days than backfilled (a day's features also read the next day's file), then the days
-# of the faulty backfill: its first day's file has negative amounts.
-LANDED_DAYS = 15
-FAULTY_FIRST, FAULTY_LAST = "2025-01-13", "2025-01-14"
-DAYS_PER_RUN = 5  # BACKFILLS_MAX_PARTITIONS_PER_RUN: two range runs per table
-REQUESTER, APPROVER = "U0ALICE", "U0BOB"  # Slack user IDs: the run tag names the requester by ID
-CHANNEL = "C0APPROVALS"
-SENSOR_INTERVAL_SECONDS = 3
-TABLES = [spec.name for spec in FEATURES]
-DAYS = list(iter_days(FIRST_DAY, LAST_DAY))
-# The backfill took about 8 minutes on 2 cores shared with other test runs (load average ~10) and one
-# process with the same range runs took 3.3 minutes there: leave room, a failed run ends it sooner.
-BACKFILL_TIMEOUT_SECONDS = 900
-DAGSTER_DB = "dagster_end_to_end"  # the instance's database on the tests' PostgreSQL server
-
-
-@dataclass
-class OperatorBackfill:
-    """What one backfill launched through the webserver left behind (and the faulty one beside it)."""
-
-    services: DagsterServices
-    slack: FakeSlack
-    storage_root: Path
-    previous_release_id: str  # production before the backfill
-    faulty_backfill_id: str
-    backfill_id: str
-    status: str
-    runs: list[RunSummary]
-    launched_at: float  # wall clock, just before the launch mutation
-    seen_finished_at: float  # wall clock, when the poll first saw the backfill finished
 
 
 def _staged_tables(run: RunSummary) -> list[str]:
@@ -86,153 +48,6 @@ def _staged_tables(run: RunSummary) -> list[str]:
 def _step_key(table: str) -> str:
     # Dagster names an asset's op (and its step) after the asset key's path joined by "__".
     return "__".join(staging_key(table).path)
-
-
-def _run_phases(services: DagsterServices, run: RunSummary, launched_at: float) -> str:
-    """Where a run's time went: created (by the backfill daemon), dequeued, worker up, each step."""
-    times: dict[str, float] = {}
-    steps: list[str] = []
-    for event in services.run_timeline(run.run_id):
-        if event.event_type == "STEP_START":
-            times[f"start {event.step_key}"] = event.timestamp
-        elif event.event_type in ("STEP_SUCCESS", "STEP_FAILURE") and f"start {event.step_key}" in times:
-            took = event.timestamp - times[f"start {event.step_key}"]
-            steps.append(f"{str(event.step_key).split('__')[-1]} {took:.1f}s")
-        else:
-            times.setdefault(event.event_type, event.timestamp)
-    enqueued, starting, started = (times.get(kind) for kind in ("RUN_ENQUEUED", "RUN_STARTING", "RUN_START"))
-    parts = [f"created at +{enqueued - launched_at:.1f}s" if enqueued else "never queued"]
-    if enqueued and starting:
-        parts.append(f"dequeued after {starting - enqueued:.1f}s")
-    if starting and started:
-        parts.append(f"worker up after {started - starting:.1f}s")
-    parts.append(f"steps: {', '.join(steps) or '-'}")
-    return " | ".join(parts)
-
-
-def _timings(outcome: OperatorBackfill, startup_seconds: float | None) -> str:
-    runs = outcome.runs
-    started = [run.start_time for run in runs if run.start_time is not None]
-    ended = [run.end_time for run in runs if run.end_time is not None]
-
-    def since_launch(moment: float) -> str:
-        return f"{moment - outcome.launched_at:.1f}s"
-
-    lines = [
-        f"services ready after {startup_seconds or 0:.1f}s",
-        f"backfill {outcome.backfill_id}: {outcome.status}, {len(runs)} runs",
-        f"launch -> first run started: {since_launch(min(started)) if started else 'never'}",
-        f"launch -> last run ended: {since_launch(max(ended)) if ended else 'never'}",
-        f"launch -> backfill seen finished: {since_launch(outcome.seen_finished_at)}",
-        "runs (id, status, days, assets, start-to-end):",
-    ]
-    for run in runs:
-        lines.append(f"  {run.describe()}")
-        lines.append(f"      {_run_phases(outcome.services, run, outcome.launched_at)}")
-    return "\n".join(lines)
-
-
-def _failure_report(services: DagsterServices, backfill_id: str, status: str, runs: list[RunSummary]) -> str:
-    lines = [f"backfill {backfill_id} ended {status}, not COMPLETED_SUCCESS"]
-    error = services.client.backfill(backfill_id).error
-    if error:
-        lines.append(f"backfill error: {error}")
-    for run in runs:
-        lines.append(f"  {run.describe()}")
-        lines.extend(f"      {message}" for message in services.run_failures(run.run_id))
-    lines.append(services.log_tails())
-    return "\n".join(lines)
-
-
-def _previous_load(storage_root: Path, spark) -> str:
-    """Production before the operator's backfill: customer_daily_txn for the same days, published earlier."""
-    lake = make_lake(storage_root)
-    write_landing_zone(
-        lake.store,
-        start=date.fromisoformat(FIRST_DAY),
-        days=LANDED_DAYS,
-        customers=60,
-        rows_per_day=400,
-        seed=11,
-        faults=[Fault("negative_amounts", date.fromisoformat(FAULTY_FIRST))],
-    )
-    lake.stage(
-        spark, "customer_daily_txn", date.fromisoformat(FIRST_DAY), date.fromisoformat(LAST_DAY), "load"
-    )
-    lake.catalog.mark_complete("load", lake.catalog.get_batch("load").partitions_by_table())
-    release = lake.catalog.promote("load", actor="initial-load", reason="production before the test")
-    lake.catalog.seal_batch("load", "promoted", allowed_from=("checked",))
-    return release.release_id
-
-
-@pytest.fixture(scope="module")
-def operator_backfill(
-    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer, spark
-) -> Iterator[OperatorBackfill]:
-    """One backfill of every staged table for FIRST_DAY..LAST_DAY, launched like the UI does, and a faulty
-    one beside it, on a Postgres-backed instance; the services stay up for the module's tests, which read
-    what they left behind."""
-    base = tmp_path_factory.mktemp("end_to_end")
-    storage_root = base / "storage"
-    previous_release_id = _previous_load(storage_root, spark)
-    postgres_server.create_database(DAGSTER_DB)
-    with (
-        FakeSlack() as slack,
-        running_server(port=0, driver_memory="1g", state_dir=base / "spark") as connect,
-    ):
-        slack.add_channel(CHANNEL, "feature-approvals")
-        slack.add_user(REQUESTER, "alice")
-        slack.add_user(APPROVER, "bob")
-        services = DagsterServices(
-            base / "dagster_home",
-            storage_root,
-            partitions_start=FIRST_DAY,
-            max_partitions_per_run=DAYS_PER_RUN,
-            env={
-                "BACKFILLS_SPARK_REMOTE": connect.url,
-                "SLACK_BOT_TOKEN": slack.token,
-                "BACKFILLS_SLACK_CHANNEL": CHANNEL,
-                "BACKFILLS_SLACK_API_URL": slack.base_url,
-                "BACKFILLS_APPROVERS": APPROVER,
-                "BACKFILLS_SENSOR_INTERVAL_SECONDS": str(SENSOR_INTERVAL_SECONDS),
-            },
-            instance_config={"storage": postgres_server.dagster_storage(DAGSTER_DB)},
-        )
-        with services:
-            launched_at = time.time()
-            backfill_id = services.client.launch_partition_backfill(
-                [staging_key(table).path for table in TABLES], FIRST_DAY, LAST_DAY, {REQUESTER_TAG: REQUESTER}
-            )
-            faulty_id = services.client.launch_partition_backfill(
-                [staging_key("customer_daily_txn").path],
-                FAULTY_FIRST,
-                FAULTY_LAST,
-                {REQUESTER_TAG: REQUESTER},
-            )
-            try:
-                status = services.client.wait_for_backfill(backfill_id, BACKFILL_TIMEOUT_SECONDS)
-            except (GraphQLError, WaitTimeout) as error:  # the instance's database may be what failed
-                pytest.fail(f"{error}\n{services.log_tails()}\n{postgres_server.log_tail()}", pytrace=False)
-            outcome = OperatorBackfill(
-                services=services,
-                slack=slack,
-                storage_root=storage_root,
-                previous_release_id=previous_release_id,
-                faulty_backfill_id=faulty_id,
-                backfill_id=backfill_id,
-                status=status,
-                runs=services.client.runs(backfill_id=backfill_id),
-                launched_at=launched_at,
-                seen_finished_at=time.time(),
-            )
-            print(f"\n{_timings(outcome, services.startup_seconds)}")
-            if status != "COMPLETED_SUCCESS":
-                report = _failure_report(services, backfill_id, status, outcome.runs)
-                pytest.fail(f"{report}\n{postgres_server.log_tail()}", pytrace=False)
-            services.client.wait_for_backfill(faulty_id, BACKFILL_TIMEOUT_SECONDS)
-            yield outcome
-        # No orphans: run workers and their Spark JVMs belong to the services' process groups.
-        assert not services.leftover_processes(), f"still running after stop: {services.leftover_processes()}"
 
 
 def test_backfill_stages_every_partition_of_every_table_in_range_runs(operator_backfill: OperatorBackfill):
@@ -391,9 +206,9 @@ def test_batch_manifest_holds_every_partition_checked_and_requested_by_the_opera
     operator_backfill: OperatorBackfill,
 ):
     outcome = operator_backfill
-    batch = ReleaseCatalog(open_store(str(outcome.storage_root))).get_batch(outcome.backfill_id)
+    batch = outcome.batch_when_finished
     assert batch.requester == REQUESTER
-    assert batch.state == "checked"  # nobody has approved yet
+    assert batch.state == "checked"  # nobody had decided yet
     assert batch.partitions_by_table() == {table: DAYS for table in sorted(TABLES)}
     run_ids = {run.run_id for run in outcome.runs}
     assert set(batch.runs) == run_ids
@@ -405,59 +220,32 @@ def test_batch_manifest_holds_every_partition_checked_and_requested_by_the_opera
     assert not batch.blocking_failures()
 
 
-def _wait_for(what: str, found, timeout: float = 120.0, poll: float = 1.0):
-    deadline = time.monotonic() + timeout
-    while (result := found()) in (None, [], False):
-        assert time.monotonic() < deadline, f"waited {timeout:.0f}s for {what}"
-        time.sleep(poll)
-    return result
-
-
-def _requests(slack: FakeSlack) -> list[dict]:
-    return [message for message in slack.messages(CHANNEL) if message.get("metadata")]
-
-
 def test_a_faulty_backfill_is_blocked_gets_a_notice_and_no_request(operator_backfill: OperatorBackfill):
     outcome = operator_backfill
-    catalog = ReleaseCatalog(open_store(str(outcome.storage_root)))
+    catalog = outcome.catalog
     batch = catalog.get_batch(outcome.faulty_backfill_id)
     assert batch.state == "blocked" and batch.tables == {}
     [failure] = batch.blocking_failures()
     assert failure.check == "raw_input_contract" and "amount" in failure.summary
-    notice = _wait_for(
+    notice = wait_for(
         "the blocked notice",
         lambda: [m for m in outcome.slack.messages(CHANNEL) if outcome.faulty_backfill_id in m["text"]],
     )
     assert len(notice) == 1 and "is blocked" in notice[0]["text"] and not notice[0].get("metadata")
-    assert not [m for m in _requests(outcome.slack) if outcome.faulty_backfill_id in m["text"]]
-    assert catalog.current_release_id() == outcome.previous_release_id
+    assert not [m for m in approval_requests(outcome.slack) if outcome.faulty_backfill_id in m["text"]]
+    assert all(release.batch_id != outcome.faulty_backfill_id for release in catalog.list_releases())
 
 
-def test_an_approval_in_slack_promotes_the_batch_and_a_rollback_restores_the_previous_release(
-    operator_backfill: OperatorBackfill,
+def test_an_approval_in_slack_promotes_the_batch_to_production_with_its_approvers(
+    operator_backfill: OperatorBackfill, promotion: Promotion
 ):
     outcome = operator_backfill
-    client, slack = outcome.services.client, outcome.slack
-    catalog = ReleaseCatalog(open_store(str(outcome.storage_root)))
-    requested_at = time.monotonic()
-    [request] = _wait_for("the approval request", lambda: _requests(slack))
-    print(
-        f"\nbackfill seen finished -> request posted: {time.monotonic() - requested_at:.1f}s after the wait"
-    )
-    assert outcome.backfill_id in request["text"] and REQUESTER in str(request["blocks"])
-    time.sleep(3 * SENSOR_INTERVAL_SECONDS)  # more ticks: still one request
-    assert len(_requests(slack)) == 1
-
-    slack.react(CHANNEL, request["ts"], APPROVER, "white_check_mark")
-    approved_at = time.monotonic()
-    promotions = _wait_for(
-        "the promotion run", lambda: client.runs(tags={BATCH_TAG: outcome.backfill_id}, job_name=PROMOTE_JOB)
-    )
-    assert len(promotions) == 1
-    promotion = client.wait_for_run(promotions[0].run_id, timeout=300)
-    assert promotion.status == "SUCCESS", outcome.services.run_failures(promotion.run_id)
-    print(f"approval -> promotion finished: {time.monotonic() - approved_at:.1f}s")
-    release = catalog.current_release()
+    client, slack, catalog = outcome.services.client, outcome.slack, outcome.catalog
+    print(f"\nbackfill seen finished -> request posted: {promotion.request_seconds:.1f}s after the wait")
+    assert REQUESTER in str(promotion.request["blocks"])
+    assert promotion.requests_after_more_ticks == 1
+    print(f"approval -> promotion finished: {promotion.approval_seconds:.1f}s")
+    release = promotion.release
     assert release.batch_id == outcome.backfill_id and release.parent_id == outcome.previous_release_id
     assert {table: sorted(days) for table, days in catalog.snapshot(release).items()} == {
         table: DAYS for table in TABLES
@@ -468,16 +256,25 @@ def test_an_approval_in_slack_promotes_the_batch_and_a_rollback_restores_the_pre
         mine = [event for event in events if event.metadata.get("release_id") == release.release_id]
         assert sorted(event.partition for event in mine) == DAYS
         assert {event.metadata["approvers"] for event in mine} == {"bob"}
-    _wait_for(
+    wait_for(
         "the thread to hear about production",
-        lambda: [m for m in slack.thread(CHANNEL, request["ts"]) if m["text"].startswith("In production")],
+        lambda: [
+            m for m in slack.thread(CHANNEL, promotion.request["ts"]) if m["text"].startswith("In production")
+        ],
     )
 
-    rollback = client.launch_run(
+
+def test_a_rollback_launched_in_dagster_restores_the_previous_release(
+    operator_backfill: OperatorBackfill, promotion: Promotion
+):
+    outcome = operator_backfill
+    catalog = outcome.catalog
+    rollback = outcome.services.client.launch_run(
         ROLLBACK_JOB,
         {"ops": {"rollback_op": {"config": {"reason": "end-to-end test", "requested_by": "ops"}}}},
     )
-    assert client.wait_for_run(rollback, timeout=300).status == "SUCCESS"
+    assert outcome.services.client.wait_for_run(rollback, timeout=300).status == "SUCCESS"
     current = catalog.current_release()
     assert current.kind == "rollback" and current.rolled_back_to == outcome.previous_release_id
+    assert current.parent_id == promotion.release.release_id
     assert catalog.snapshot(current) == catalog.snapshot(catalog.get_release(outcome.previous_release_id))

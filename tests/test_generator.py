@@ -226,6 +226,18 @@ def test_absurd_amounts_put_1e9_on_5_rows(faulty_zone):
     assert amounts[amounts != 1e9].max() < 1e6
 
 
+def test_oversized_tickets_put_250k_usd_on_3_rows_in_their_currency_under_the_raw_maximum(faulty_zone):
+    day = FAULT_DAYS["oversized_tickets"]
+    faulty, clean = read_file(faulty_zone, day).to_pandas(), clean_file(day).to_pandas()
+    changed = faulty[faulty["amount"] != clean["amount"]]
+
+    assert len(changed) == 3 and faulty["txn_id"].equals(clean["txn_id"])
+    units_per_usd = {"USD": 1.0, "EUR": 0.92, "GBP": 0.79, "JPY": 150.0, "CAD": 1.36, "AUD": 1.5, "CHF": 0.88}
+    expected = changed["currency"].map(units_per_usd) * 250_000
+    assert (changed["amount"] - expected).abs().max() < 0.01
+    assert changed["amount"].max() < 1e8  # the raw contract's largest amount: the raw gate lets them through
+
+
 def test_null_customer_ids_blank_24_rows(faulty_zone):
     day = FAULT_DAYS["null_customer_ids"]
     faulty = read_file(faulty_zone, day)

@@ -10,7 +10,8 @@ offers only days with data. First, over an empty production and at the same time
 (d) customer_txn_7d alone over the last ten days, whose upstream nobody provides.
 Then (c) is promoted, and (a) the four tables over the last ten days runs over that production.
 
-Slow by nature (the backfill daemon looks at backfills every 30 s): deselect with `-m "not end_to_end"`.
+Slow by nature (real services, several backfill daemon iterations per backfill; the tests' daemon looks
+every 5 s instead of Dagster's 30 s, see tests/dagster_services.py): deselect with `-m "not end_to_end"`.
 """
 
 from __future__ import annotations
@@ -19,7 +20,6 @@ import os
 import re
 import subprocess
 import sys
-import time
 from collections.abc import Iterator
 from dataclasses import dataclass
 from datetime import date
@@ -27,7 +27,8 @@ from pathlib import Path
 
 import pytest
 from conftest import make_lake
-from dagster_services import DagsterServices, WaitTimeout, iter_days
+from dagster_services import CHANNEL, REQUESTER, DagsterServices, WaitTimeout, governed_services, iter_days
+from operator_flow import approval_requests, wait_for
 from slack_api import FakeSlack
 
 from backfills.assets.factory import REQUESTER_TAG, staging_key
@@ -35,7 +36,6 @@ from backfills.assets.generator import write_landing_zone
 from backfills.assets.registry import FEATURES
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import BatchManifest
-from backfills.resources.connect_server import running_server
 
 pytestmark = pytest.mark.end_to_end
 
@@ -44,8 +44,6 @@ LAST_TEN = list(iter_days("2025-01-15", LAST_DAY))
 ALL_DAYS = list(iter_days(FIRST_DAY, LAST_DAY))
 TABLES = [spec.name for spec in FEATURES]
 DAILY, WEEKLY, MONTHLY, PROFILE = TABLES
-REQUESTER, APPROVER = "U0ALICE", "U0BOB"
-CHANNEL = "C0APPROVALS"
 BACKFILL_TIMEOUT_SECONDS = 900
 
 
@@ -80,45 +78,27 @@ def launches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launches]:
     write_landing_zone(
         lake.store, start=date.fromisoformat(FIRST_DAY), days=len(ALL_DAYS), customers=40, rows_per_day=200
     )
-    with (
-        FakeSlack() as slack,
-        running_server(port=0, driver_memory="1g", state_dir=base / "spark") as connect,
+    with governed_services(base, storage_root, partitions_start=FIRST_DAY, partitions_end=LAST_DAY) as (
+        services,
+        slack,
     ):
-        slack.add_channel(CHANNEL, "feature-approvals")
-        slack.add_user(REQUESTER, "alice")
-        slack.add_user(APPROVER, "bob")
-        services = DagsterServices(
-            base / "dagster_home",
-            storage_root,
-            partitions_start=FIRST_DAY,
-            partitions_end=LAST_DAY,
-            env={
-                "BACKFILLS_SPARK_REMOTE": connect.url,
-                "SLACK_BOT_TOKEN": slack.token,
-                "BACKFILLS_SLACK_CHANNEL": CHANNEL,
-                "BACKFILLS_SLACK_API_URL": slack.base_url,
-                "BACKFILLS_APPROVERS": APPROVER,
-                "BACKFILLS_SENSOR_INTERVAL_SECONDS": "3",
-            },
-        )
-        with services:
-            client, tags = services.client, {REQUESTER_TAG: REQUESTER}
-            four = [staging_key(table).path for table in TABLES]
-            ids = {
-                "b": client.launch_from_dialog(four, LAST_TEN, tags),
-                "c": client.launch_from_dialog(four, None, tags),
-                "d": client.launch_from_dialog([staging_key(WEEKLY).path], LAST_TEN, tags),
-            }
-            status = _wait(services, ids)
-            if status["c"] == "COMPLETED_SUCCESS":
-                # (b)'s request first: once (c) serves its days, the flow would close (b) as superseded.
-                _wait_for("the request of (b)", lambda: _requests(slack, ids["b"]), timeout=120)
-                first_load = lake.catalog.get_batch(ids["c"])
-                lake.catalog.mark_complete(ids["c"], first_load.partitions_by_table())
-                lake.catalog.promote(ids["c"], actor="first-load", reason="production for launch (a)")
-                ids["a"] = client.launch_from_dialog(four, LAST_TEN, tags)
-                status |= _wait(services, {"a": ids["a"]})
-            yield Launches(services, slack, storage_root, lake.catalog, status, ids)
+        client, tags = services.client, {REQUESTER_TAG: REQUESTER}
+        four = [staging_key(table).path for table in TABLES]
+        ids = {
+            "b": client.launch_from_dialog(four, LAST_TEN, tags),
+            "c": client.launch_from_dialog(four, None, tags),
+            "d": client.launch_from_dialog([staging_key(WEEKLY).path], LAST_TEN, tags),
+        }
+        status = _wait(services, ids)
+        if status["c"] == "COMPLETED_SUCCESS":
+            # (b)'s request first: once (c) serves its days, the flow would close (b) as superseded.
+            wait_for("the request of (b)", lambda: _requests(slack, ids["b"]), timeout=120)
+            first_load = lake.catalog.get_batch(ids["c"])
+            lake.catalog.mark_complete(ids["c"], first_load.partitions_by_table())
+            lake.catalog.promote(ids["c"], actor="first-load", reason="production for launch (a)")
+            ids["a"] = client.launch_from_dialog(four, LAST_TEN, tags)
+            status |= _wait(services, {"a": ids["a"]})
+        yield Launches(services, slack, storage_root, lake.catalog, status, ids)
 
 
 def _staged(batch: BatchManifest) -> dict[str, list[str]]:
@@ -130,8 +110,7 @@ def _messages(slack: FakeSlack, batch_id: str) -> list[dict]:
 
 
 def _requests(slack: FakeSlack, batch_id: str) -> list[dict]:
-    """Approval requests carry metadata; notices do not."""
-    return [m for m in _messages(slack, batch_id) if m.get("metadata")]
+    return [m for m in approval_requests(slack) if batch_id in m["text"]]
 
 
 def _batches(launches: Launches, batch_id: str) -> str:
@@ -145,14 +124,6 @@ def _batches(launches: Launches, batch_id: str) -> str:
         check=True,
     )
     return listing.stdout
-
-
-def _wait_for(what: str, found, timeout: float = 60.0):
-    deadline = time.monotonic() + timeout
-    while not (result := found()):
-        assert time.monotonic() < deadline, f"waited {timeout:.0f}s for {what}"
-        time.sleep(1)
-    return result
 
 
 def test_a_the_last_ten_days_over_production_complete_with_every_partition_recomputed(launches: Launches):
@@ -190,7 +161,7 @@ def test_b_a_partial_first_load_completes_and_its_request_names_what_was_not_rec
     assert sorted(planned_out[WEEKLY]) == LAST_TEN[:6]
     assert sorted(planned_out[MONTHLY]) == LAST_TEN and sorted(planned_out[PROFILE]) == LAST_TEN
     assert "needs customer_daily_txn 2025-01-09..2025-01-14" in planned_out[WEEKLY]["2025-01-15"]
-    [request] = _wait_for("the approval request", lambda: _requests(launches.slack, batch.batch_id))
+    [request] = wait_for("the approval request", lambda: _requests(launches.slack, batch.batch_id))
     assert "customer_txn_30d 2025-01-15..2025-01-24 NOT recomputed (10 partitions" in request["text"]
     assert "customer_txn_7d 2025-01-15..2025-01-20 NOT recomputed (6 partitions" in request["text"]
     listing = _batches(launches, batch.batch_id)
@@ -248,5 +219,5 @@ def test_d_a_downstream_table_alone_is_refused_before_anything_is_computed(launc
     assert not (launches.storage_root / "staging" / WEEKLY / launches.ids["d"]).exists()
     listing = _batches(launches, launches.ids["d"])
     assert "REFUSED  This launch is refused before computing anything" in listing
-    notice = _wait_for("the blocked notice", lambda: _messages(launches.slack, launches.ids["d"]))
+    notice = wait_for("the blocked notice", lambda: _messages(launches.slack, launches.ids["d"]))
     assert "is blocked" in notice[0]["text"] and "cannot be computed" in notice[0]["text"]
