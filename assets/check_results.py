@@ -26,6 +26,7 @@ from dagster._core.definitions.asset_checks.asset_check_evaluation import (
 )
 
 from backfills.checks.outcome import CheckOutcome
+from backfills.resources.catalog_models import CheckRecord
 
 MAX_FIGURES = 60  # numeric entries per result: Dagster plots each; beyond these the evidence JSON has all
 MAX_ROWS = 10  # offending rows shown as a table
@@ -43,13 +44,16 @@ def _numbers(figures: Mapping[str, Any], prefix: str = "") -> Iterator[tuple[str
         elif isinstance(value, Mapping) and name != "policy":
             yield from _numbers(value, f"{path}/")
         elif isinstance(value, list) and (
-            name in ("observed", "columns") or (name == "failures" and "observed" not in figures)
+            name in ("observed", "columns", "violations")
+            or (name == "failures" and "observed" not in figures)
         ):
             for item in value:
                 if isinstance(item, Mapping):
                     label = (
                         item.get("column") or item.get("upstream") or str(item.get("rule", "?")).split(":")[0]
                     )
+                    if name == "violations":  # a contract's broken rules: several may bound one column
+                        label = f"{label}/{item.get('check')}"
                     fields = {k: v for k, v in item.items() if k not in ("column", "rule", "upstream")}
                     yield from _numbers(fields, f"{label}/")
 
@@ -60,7 +64,7 @@ def _rows(figures: Mapping[str, Any]) -> list[Mapping[str, Any]]:
     for name, value in figures.items():
         if name in ("sample", "changed_sample") and isinstance(value, list):
             rows.extend(row for row in value if isinstance(row, Mapping))
-        elif name == "failures" and isinstance(value, list):
+        elif name in ("failures", "violations") and isinstance(value, list):
             for failure in value:
                 rows.extend(failure.get("sample") or [])
     return rows
@@ -123,6 +127,30 @@ def not_checked(check_names: Sequence[str], *, batch_id: str, reason: str) -> li
     ]
 
 
+def _evaluation(
+    context: AssetExecutionContext,
+    *,
+    batch_id: str,
+    day: str,
+    outcome: CheckOutcome,
+    keys: Sequence[str],
+    target: AssetCheckEvaluationTargetMaterializationData | None,
+) -> AssetCheckEvaluation:
+    specs = context.assets_def.check_specs_by_output_name.values()
+    blocking = next(item.blocking for item in specs if item.name == outcome.name)
+    return AssetCheckEvaluation(
+        asset_key=context.asset_key,
+        check_name=outcome.name,
+        passed=outcome.passed,
+        metadata=check_metadata(batch_id, day, outcome, keys),
+        target_materialization_data=target,
+        severity=AssetCheckSeverity.ERROR if outcome.blocking else AssetCheckSeverity.WARN,
+        description=outcome.summary,
+        blocking=blocking,
+        partition=day,
+    )
+
+
 def partition_check_results(
     context: AssetExecutionContext,
     *,
@@ -133,20 +161,24 @@ def partition_check_results(
     """One evaluation per partition of the run and check (`by_day`: what each day shows), then the checks'
     outputs. Call after the materialization was yielded."""
     targets = _materializations(context, list(by_day))
-    specs = context.assets_def.check_specs_by_output_name
-    blocking = {spec.name: spec.blocking for spec in specs.values()}
     for day, outcomes in by_day.items():
         for outcome in outcomes:
-            yield AssetCheckEvaluation(
-                asset_key=context.asset_key,
-                check_name=outcome.name,
-                passed=outcome.passed,
-                metadata=check_metadata(batch_id, day, outcome, keys),
-                target_materialization_data=targets.get(day),
-                severity=AssetCheckSeverity.ERROR if outcome.blocking else AssetCheckSeverity.WARN,
-                description=outcome.summary,
-                blocking=blocking[outcome.name],
-                partition=day,
+            yield _evaluation(
+                context, batch_id=batch_id, day=day, outcome=outcome, keys=keys, target=targets.get(day)
             )
-    for output_name in specs:
+    for output_name in context.assets_def.check_specs_by_output_name:
         yield Output(None, output_name=output_name)
+
+
+def blocked_check_results(
+    context: AssetExecutionContext, *, batch_id: str, records: Sequence[CheckRecord], keys: Sequence[str]
+) -> Iterator[AssetCheckEvaluation]:
+    """What a run that staged nothing shows before its step fails: each failed blocking check the batch
+    recorded for it (a contract), once per partition it covered, with the offending rows. There is no
+    materialization to point at."""
+    for record in records:
+        outcome = CheckOutcome(
+            name=record.check, passed=False, blocking=True, summary=record.summary, figures=record.figures
+        )
+        for day in record.partitions:
+            yield _evaluation(context, batch_id=batch_id, day=day, outcome=outcome, keys=keys, target=None)

@@ -32,13 +32,14 @@ from dagster import (
     asset,
 )
 
-from backfills.assets.check_results import not_checked, partition_check_results
+from backfills.assets.check_results import blocked_check_results, not_checked, partition_check_results
 from backfills.assets.launch import BACKFILL_TAG, STAGING_PREFIX, launch_plan, refuse
 from backfills.assets.raw_transactions import LANDING_PREFIX
 from backfills.assets.staging import StagedRun, stage_partitions
 from backfills.checks.diff_check import DIFF_CHECK
 from backfills.checks.outcome import CheckOutcome
 from backfills.checks.registry import check_names, checks_of
+from backfills.errors import InvalidInputError
 from backfills.resources.catalog_models import BatchManifest, LaunchPlan, PartitionRecord
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.resources.spark import SparkResource
@@ -301,21 +302,31 @@ def build_feature_asset(
         spans = _spans([day for day in days if day not in planned_out])
         if spans:
             context.log.info(f"staging {spec.name} {_span(days)} into batch {batch_id}")
-        runs = [
-            stage_partitions(
-                spec,
-                DateRange(date.fromisoformat(span[0]), date.fromisoformat(span[-1])),
-                batch_id=batch_id,
-                run_id=context.run.run_id,
-                requester=requester,
-                earliest=earliest,
-                spark=spark.session(),
-                store=catalog.store(),
-                catalog=release_catalog,
-                progress=context.log.info,
-            )
-            for span in spans
-        ]
+        keys = [*spec.entity_keys, spec.date_column]
+        runs: list[StagedRun] = []
+        try:
+            for span in spans:
+                runs.append(
+                    stage_partitions(
+                        spec,
+                        DateRange(date.fromisoformat(span[0]), date.fromisoformat(span[-1])),
+                        batch_id=batch_id,
+                        run_id=context.run.run_id,
+                        requester=requester,
+                        earliest=earliest,
+                        spark=spark.session(),
+                        store=catalog.store(),
+                        catalog=release_catalog,
+                        progress=context.log.info,
+                    )
+                )
+        except InvalidInputError:
+            # Bad input data blocked the batch before anything was staged: its failed contract shows per
+            # partition, with the offending rows, and the step fails (nothing downstream runs).
+            failures = release_catalog.get_batch(batch_id).blocking_failures(table=spec.name)
+            mine = [record for record in failures if record.run_id == context.run.run_id]
+            yield from blocked_check_results(context, batch_id=batch_id, records=mine, keys=keys)
+            raise
         by_day = {day: list(outcomes) for staged in runs for day, outcomes in staged.checks_by_day.items()}
         for day in left_out:
             by_day[day] = not_checked(check_names(spec), batch_id=batch_id, reason=planned_out[day])
@@ -343,7 +354,7 @@ def build_feature_asset(
             context,
             batch_id=batch_id,
             by_day=dict(sorted(by_day.items())),
-            keys=[*spec.entity_keys, spec.date_column],
+            keys=keys,
         )
 
     return feature_asset

@@ -22,6 +22,7 @@ from backfills.assets.raw_transactions import LandingRead, landing_read, marked_
 from backfills.assets.registry import feature_spec
 from backfills.assets.upstream import ResolvedUpstream, resolve_upstream
 from backfills.checks.check import GateInputs, ProductionRows
+from backfills.checks.contract_checks import CONTRACT_CHECK, RAW_INPUT_CHECK
 from backfills.checks.contracts import (
     check_columns,
     check_landing_schema,
@@ -111,10 +112,6 @@ def _open_batch(catalog: ReleaseCatalog, batch_id: str) -> BatchManifest | None:
             f"batch {batch_id} is {batch.state} and accepts no more partitions; launch a new backfill instead"
         )
     return batch
-
-
-RAW_INPUT_CHECK = "raw_input_contract"
-CONTRACT_CHECK = "output_contract"
 
 
 @dataclass(frozen=True)

@@ -5,6 +5,7 @@ line here."""
 from __future__ import annotations
 
 from backfills.checks.check import Check
+from backfills.checks.contract_checks import OutputContract, RawInputContract
 from backfills.checks.cross_table import CrossTableConsistency
 from backfills.checks.diff_check import DiffVsProduction
 from backfills.checks.duplicates import DuplicateEvents
@@ -13,6 +14,8 @@ from backfills.checks.non_empty import NonEmptyDays
 from backfills.specs import FeatureSpec
 
 CHECKS: tuple[Check, ...] = (
+    RawInputContract(),
+    OutputContract(),
     *EXPECTATION_CHECKS,
     NonEmptyDays(),
     CrossTableConsistency(),

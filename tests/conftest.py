@@ -29,6 +29,22 @@ from backfills.specs import DateRange, FeatureSpec
 # browser modules).
 pytest_plugins = ["operator_flow"]
 
+# `make test` runs the suite on two pytest-xdist workers with `--dist loadgroup --no-loadscope-reorder`.
+SLOW_MARKS = {"end_to_end", "crash", "spark_connect"}  # modules that start real services or processes
+SHARED_FLOW_MODULES = {"test_browser_ui", "test_end_to_end"}  # both read the operator's flow
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Each module runs whole on one worker (its module and session fixtures are built once there); the
+    modules reading the operator's flow share one worker, in file order, so the flow runs once. The slow
+    modules come first, so that the quick ones fill the other worker's time instead of waiting behind
+    them at the end. The order is the same in a run without workers."""
+    slow = {item.path for item in items if SLOW_MARKS & {mark.name for mark in item.iter_markers()}}
+    items.sort(key=lambda item: item.path not in slow)  # stable: file order within each kind
+    for item in items:
+        module = item.path.stem
+        item.add_marker(pytest.mark.xdist_group("operator_flow" if module in SHARED_FLOW_MODULES else module))
+
 
 # Object stores: a local folder and the S3 API (moto in server mode over HTTP)
 

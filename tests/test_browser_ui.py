@@ -2,9 +2,8 @@
 browser download) against the real webserver, on the operator's flow of tests/operator_flow.py after its
 promotion: the asset graph shows raw -> staging -> production; a check shows one result per partition, with
 its numbers beside their thresholds; a production partition shows its release, batch, approvers and code
-version; the backfill's page shows its runs. (A failed check's offending rows in the browser is not covered
-yet: the flow has no staged check that fails after the contracts; tests/test_check_metadata.py covers the
-table they make.)
+version; the backfill's page shows its runs; the faulty backfill's failed raw input contract shows its
+figures and offending rows.
 
 On failure a test saves a screenshot of the page under its pytest temp dir and prints the path. With
 BACKFILLS_SCREENSHOTS_DIR set (`make screenshots`), the pages the README shows are saved there.
@@ -22,10 +21,11 @@ from contextlib import suppress
 from pathlib import Path
 
 import pytest
-from operator_flow import DAYS, OperatorBackfill, Promotion, failed
+from operator_flow import DAYS, FAULTY_FIRST, OperatorBackfill, Promotion, failed
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from backfills.assets.factory import production_key, staging_key
+from backfills.assets.staging import RAW_INPUT_CHECK
 
 pytestmark = pytest.mark.end_to_end
 
@@ -125,6 +125,33 @@ def test_each_partition_has_its_check_result_with_numbers_beside_their_threshold
     for day in DAYS:  # one passed result per partition of the backfill's range runs
         page.locator("tr", has_text=day).filter(has_text="Passed").first.wait_for()
     _keep(page, "check_history")
+
+
+def test_a_failed_check_shows_its_offending_rows_and_figures(
+    page, operator_backfill: OperatorBackfill, promotion: Promotion
+):
+    """The faulty backfill's landing day has negative amounts: the raw input contract failed on each of its
+    partitions, and its result shows the broken rule's count and the offending rows as a table."""
+    _open(
+        page,
+        _asset_url(
+            operator_backfill, staging_key("customer_daily_txn"), view="checks", checkDetail=RAW_INPUT_CHECK
+        ),
+    )
+    page.get_by_text("Execution history", exact=True).first.click()
+    row = page.locator("tr", has_text=FAULTY_FIRST).filter(has_text="Failed").first
+    row.wait_for()
+    row.get_by_role("button").last.click()  # the result's metadata
+    dialog = page.get_by_role("dialog")
+    dialog.get_by_text("amount/min/count", exact=True).wait_for()
+    show = dialog.get_by_text("[Show Markdown]")
+    if show.count():  # a long table opens in its own dialog
+        show.first.click()
+    rows = page.get_by_role("dialog").locator("table").last.locator("tr")
+    rows.first.wait_for()
+    assert "amount" in rows.first.inner_text()
+    assert any(re.search(r"(^|\s)-\d", text) for text in rows.all_inner_texts()[1:])
+    _keep(page, "failed_check")
 
 
 def test_a_production_partition_shows_release_batch_approvers_and_code_version(

@@ -77,3 +77,32 @@ def test_a_passing_result_has_its_figures_and_no_rows_table():
     metadata = check_metadata("b1", "2025-01-03", passed, KEYS)
     assert (metadata["changed"], metadata["added"], metadata["removed"]) == (3, 0, 1)
     assert "offending_rows" not in metadata and "policy/a" not in metadata
+
+
+def test_a_broken_contract_shows_each_rule_count_and_its_offending_rows():
+    """A contract's report (what a blocked run records) as a failed result: a count per broken rule, even
+    for two rules on one column, and the sample rows of every rule in one table."""
+    report = {
+        "table": "raw_transactions",
+        "partitions": "2025-01-13..2025-01-14",
+        "rows": 720,
+        "violations": [
+            {
+                "column": "amount",
+                "check": "min",
+                "rule": "must be >= 0",
+                "count": 36,
+                "sample": [{"txn_id": "t1", "customer_id": "c007", "amount": -12.5}],
+            },
+            {"column": "amount", "check": "finite", "rule": "must be finite", "count": 2, "sample": []},
+            {"column": "status", "check": "dtype", "rule": "must be string", "count": None, "sample": []},
+        ],
+    }
+    broken = CheckOutcome(
+        name="raw_input_contract", passed=False, blocking=True, summary="breaks", figures=report
+    )
+    metadata = check_metadata("b1", "2025-01-13", broken, KEYS)
+    assert metadata["amount/min/count"] == 36 and metadata["amount/finite/count"] == 2
+    assert metadata["rows"] == 720 and "status/dtype/count" not in metadata
+    lines = metadata["offending_rows"].md_str.splitlines()
+    assert lines[0] == "| customer_id | amount | txn_id |" and lines[2] == "| c007 | -12.5 | t1 |"

@@ -13,6 +13,7 @@ every 5 s instead of Dagster's 30 s, see tests/dagster_services.py): deselect wi
 
 from __future__ import annotations
 
+import re
 from collections import Counter
 from contextlib import closing
 from datetime import date, timedelta
@@ -25,6 +26,8 @@ from operator_flow import (
     DAGSTER_DB,
     DAYS,
     DAYS_PER_RUN,
+    FAULTY_FIRST,
+    FAULTY_LAST,
     TABLES,
     OperatorBackfill,
     Promotion,
@@ -35,6 +38,7 @@ from postgres_server import PostgresServer
 
 from backfills.assets.factory import REQUESTER_TAG, production_key, staging_key
 from backfills.assets.registry import feature_spec
+from backfills.assets.staging import RAW_INPUT_CHECK
 from backfills.checks.registry import check_names
 from backfills.orchestration.jobs import ROLLBACK_JOB
 
@@ -234,6 +238,19 @@ def test_a_faulty_backfill_is_blocked_gets_a_notice_and_no_request(operator_back
     assert len(notice) == 1 and "is blocked" in notice[0]["text"] and not notice[0].get("metadata")
     assert not [m for m in approval_requests(outcome.slack) if outcome.faulty_backfill_id in m["text"]]
     assert all(release.batch_id != outcome.faulty_backfill_id for release in catalog.list_releases())
+
+    # Dagster shows the same verdict on each partition of the blocked run: the failed contract with its
+    # count per broken rule and the offending rows (36 negative amounts, all on the first day).
+    client = outcome.services.client
+    [faulty_run] = client.runs(backfill_id=outcome.faulty_backfill_id)
+    executions = client.asset_check_executions(staging_key("customer_daily_txn").path, RAW_INPUT_CHECK)
+    failed = [item for item in executions if item.run_id == faulty_run.run_id]
+    assert sorted(item.partition for item in failed) == [FAULTY_FIRST, FAULTY_LAST], executions
+    for item in failed:
+        assert (item.status, item.passed, item.severity) == ("FAILED", False, "ERROR"), item
+        assert item.metadata["amount/min/count"] == 36 and "amount" in item.description
+        table = item.metadata["offending_rows"].splitlines()
+        assert "amount" in table[0] and any(re.search(r"\| -\d", line) for line in table[2:]), table
 
 
 def test_an_approval_in_slack_promotes_the_batch_to_production_with_its_approvers(
