@@ -23,6 +23,7 @@ SAMPLE_DATA := --start 2025-01-01 --days 60 $(SAMPLE_SIZE)
 DEV_SAMPLE_DATA = --start $(shell date -u -d '60 days ago' +%F) --days 60 $(SAMPLE_SIZE)
 # The demo's landing files for Jan 21..30 first arrive a fifth short; the complete files come later.
 DEMO_OUTAGE := $(foreach day,21 22 23 24 25 26 27 28 29 30,--fault partial_delivery:2025-01-$(day))
+DEMO_FEATURES := customer_daily_txn.txn_count,customer_txn_7d.amount_sum_usd_7d,customer_risk_profile.risk_tier
 DEMO_REDELIVERY := --start 2025-01-21 --days 10 --customers 2000 --rows-per-day 10000
 
 DEV_HOST ?= 127.0.0.1
@@ -80,15 +81,29 @@ demo: install java
 	@echo; echo "== 3. Approve as demo-approver through the local approval channel, then promote"
 	$(DEMO_ENV) $(BIN)/backfills approve history --as demo-approver
 	$(DEMO_ENV) $(BIN)/backfills promote history --as demo-operator
+	@echo; echo "== 3b. What models read now: a training set (point in time) and the online store (newest day)"
+	@printf 'customer_id,event_ts,label\nC000042,2025-01-25T12:00:00Z,0\nC000042,2025-02-02T00:00:00Z,1\nC000007,2025-01-29T23:59:59.999Z,0\n' \
+	    > $(DEMO_ROOT)/entities.csv
+	$(DEMO_ENV) $(BIN)/backfills training-set --entities $(DEMO_ROOT)/entities.csv --features $(DEMO_FEATURES) \
+	    --out $(DEMO_ROOT)/training/history.parquet
+	$(DEMO_ENV) $(BIN)/backfills online get customer_txn_7d C000042 C000007
 	@echo; echo "== 4. The complete files for Jan 21..30 arrive: recompute customer_daily_txn and its blast radius"
 	$(DEMO_ENV) $(BIN)/backfills generate $(DEMO_REDELIVERY)
 	$(DEMO_ENV) $(BIN)/backfills backfill --start 2025-01-21 --end 2025-01-30 --tables customer_daily_txn \
 	    --downstream --requester demo-operator --batch-id jan-redelivery
 	$(DEMO_ENV) $(BIN)/backfills approve jan-redelivery --as demo-approver
 	$(DEMO_ENV) $(BIN)/backfills promote jan-redelivery --as demo-operator
+	@echo "-- the same entities now get the corrected late-January values; the online store's day did not change"
+	$(DEMO_ENV) $(BIN)/backfills training-set --entities $(DEMO_ROOT)/entities.csv --features $(DEMO_FEATURES) \
+	    --out $(DEMO_ROOT)/training/corrected.parquet
+	$(DEMO_ENV) $(BIN)/backfills online status
 	@echo; echo "== 5. Roll the correction back in one step (say a downstream team asks for time)"
 	$(DEMO_ENV) $(BIN)/backfills rollback --to previous --as demo-operator \
 	    --reason "demo: the risk team asks to keep the old Jan 21..30 values until Monday"
+	@echo "-- training sets are back to the first values (and --release rebuilds any earlier one)"
+	$(DEMO_ENV) $(BIN)/backfills training-set --entities $(DEMO_ROOT)/entities.csv --features $(DEMO_FEATURES) \
+	    --out $(DEMO_ROOT)/training/rolled_back.parquet
+	$(DEMO_ENV) $(BIN)/backfills online get customer_txn_7d C000042 C000007
 	@echo; echo "== 6. The audit trail of one partition, and every release"
 	$(DEMO_ENV) $(BIN)/backfills audit customer_daily_txn --date 2025-01-25
 	$(DEMO_ENV) $(BIN)/backfills releases

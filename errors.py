@@ -115,3 +115,18 @@ class RunFailedError(BackfillsError):
 class NotificationFailedError(BackfillsError):
     """The work is done (a batch staged and checked), but the approvals channel could not be told; the
     approval sensor tells it on a later tick. The CLI exits with its own code for it."""
+
+
+class OnlineStoreError(BackfillsError):
+    """The online store refused a read or a write (a table never synced, an unknown column, a row it cannot
+    keep, a version not completely written) or could not be reached; the message names the store and what
+    to do."""
+
+
+class OnlineVersionChangedError(OnlineStoreError):
+    """Compare-and-swap of an online table's current version lost: another sync or rollback moved it first."""
+
+
+class OnlineParityError(OnlineStoreError):
+    """Rows read back from a freshly written online version differ from the offline rows: it was not switched
+    to, so readers stay on the version they had."""

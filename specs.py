@@ -150,6 +150,31 @@ class KeyCoverage:
 
 
 @dataclass(frozen=True)
+class Serving:
+    """How readers of production use a table at a point in time (training sets; serving/training.py).
+
+    The partition of day D holds what was known when D ended: it is usable from D+1 00:00 UTC, for
+    `ttl_days` days (D + 1 <= event day <= D + ttl_days). `missing_row` says what an entity without a row in
+    the newest usable partition gets: "null" (window aggregates: no row means nothing happened in the
+    window, so an older row would be wrong) or "carry_forward" (slowly changing attributes: its newest row
+    among the usable partitions). `due_hours` is the freshness SLA (serving/freshness.py).
+    """
+
+    ttl_days: int = 1
+    missing_row: Literal["null", "carry_forward"] = "null"
+    # Freshness: the partition of day D is due in production (and online) by D+1 00:00 UTC + due_hours.
+    due_hours: float = 6.0
+
+    def __post_init__(self) -> None:
+        if self.ttl_days < 1:
+            raise ValueError(f"ttl_days={self.ttl_days}: a partition is usable for at least one day")
+        if not 0 <= self.due_hours < 24 * 30:
+            raise ValueError(f"due_hours={self.due_hours}: give the hours after a day ends, 0 or more")
+        if self.missing_row not in ("null", "carry_forward"):
+            raise ValueError(f"missing_row={self.missing_row!r}: use 'null' or 'carry_forward'")
+
+
+@dataclass(frozen=True)
 class FeatureSpec:
     name: str
     description: str
@@ -170,6 +195,7 @@ class FeatureSpec:
     diff_policy: DiffPolicy = DiffPolicy()
     # Share of a run's raw events that may be exact re-deliveries of a txn_id before the check warns.
     duplicate_events_warn_rate: float = 0.001
+    serving: Serving = Serving()
 
     @property
     def column_names(self) -> list[str]:

@@ -51,6 +51,7 @@ warnings.filterwarnings("ignore", category=BetaWarning)
 warnings.filterwarnings("ignore", category=PreviewWarning)
 
 PRODUCTION_PREFIX = "production"
+ONLINE_PREFIX = "online"
 # Runs outside a Dagster backfill that should join one batch (scripted ranges) carry this tag.
 BATCH_TAG = "backfills/batch_id"
 REQUESTER_TAG = "backfills/requester"
@@ -58,6 +59,10 @@ REQUESTER_TAG = "backfills/requester"
 
 def staging_key(table: str) -> AssetKey:
     return AssetKey([STAGING_PREFIX, table])
+
+
+def online_key(table: str) -> AssetKey:
+    return AssetKey([ONLINE_PREFIX, table])
 
 
 def production_key(table: str) -> AssetKey:
@@ -375,6 +380,23 @@ def production_spec(spec: FeatureSpec, partitions_def: DailyPartitionsDefinition
         owners=[spec.owner],
         kinds={"parquet"},
         metadata={"dagster/column_schema": column_schema(spec), "entity_keys": ", ".join(spec.entity_keys)},
+    )
+
+
+def online_spec(spec: FeatureSpec) -> AssetSpec:
+    """The online copy of a production table: the rows of its newest partition per entity in the online
+    store. Each sync (a step of the promotion and rollback jobs, or `backfills online sync`) is an
+    observation with the release, partition, keys written, duration and parity figures."""
+    return AssetSpec(
+        online_key(spec.name),
+        description=(
+            f"{spec.name} in the online store: the rows of the newest partition the current release serves, "
+            "keyed by entity. Synced by the promote_batch and rollback_release jobs."
+        ),
+        deps=[production_key(spec.name)],
+        group_name=ONLINE_PREFIX,
+        owners=[spec.owner],
+        metadata={"entity_keys": ", ".join(spec.entity_keys)},
     )
 
 

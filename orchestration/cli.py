@@ -24,6 +24,7 @@ from backfills.errors import (
 from backfills.resources.settings import PROJECT_DIR, Settings, load_settings
 
 if TYPE_CHECKING:
+    import pandas as pd
     from dagster import DagsterInstance
     from pyspark.sql import SparkSession
 
@@ -290,6 +291,136 @@ def cmd_read(args: argparse.Namespace, settings: Settings) -> None:
     frame.orderBy("feature_date", "customer_id").show(5, truncate=False)
 
 
+def _entities_file(path: Path) -> pd.DataFrame:
+    import pandas as pd
+
+    from backfills.errors import InvalidInputError
+    from backfills.serving.training import EVENT_TIME
+
+    if not path.is_file():
+        raise InvalidRequestError(f"--entities {path}: no such file")
+    try:
+        if path.suffix.lower() == ".csv":
+            # Entity keys stay text (an ID like 00042 keeps its zeros); times are parsed by the training set.
+            return pd.read_csv(path, dtype={"customer_id": str, EVENT_TIME: str}, keep_default_na=False)
+        if path.suffix.lower() == ".parquet":
+            return pd.read_parquet(path)
+    except (ValueError, OSError) as error:
+        raise InvalidInputError(f"--entities {path} cannot be read: {error}") from None
+    raise InvalidRequestError(f"--entities {path}: give a .csv or .parquet file")
+
+
+def cmd_training_set(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.assets.reader import FeatureReader
+    from backfills.resources.storage import open_store
+    from backfills.serving.training import parse_features
+
+    features = [name.strip() for name in args.features.split(",") if name.strip()]
+    parse_features(features)  # a wrong name fails before Spark starts
+    entities = _entities_file(Path(args.entities))
+    reader = FeatureReader(_spark(settings), open_store(settings.storage_root))
+    training = reader.training_set(entities, features, release=args.release)
+    out, sidecar = training.write(args.out)
+    lineage = training.lineage
+    print(f"wrote {out} ({len(training.frame)} rows as of release {lineage['release_id']}) and {sidecar}")
+    for table, facts in lineage["tables"].items():
+        counts = facts["rows_without_value"]
+        print(
+            f"  {table}: {len(facts['partitions'])} partitions read (ttl {facts['ttl_days']}d, missing rows "
+            f"{facts['missing_row']}); rows without a value: {counts['no_partition']} with no usable "
+            f"partition, {counts['no_row']} with no row of the entity"
+        )
+    print(training.frame.head(args.show).to_string(index=False))
+
+
+def _online_store(settings: Settings):
+    from backfills.serving.online_store import ONLINE_STORE_VARIABLE, open_online_store
+
+    if not settings.online_store_url:
+        raise ConfigurationError(
+            f"no online store: set {ONLINE_STORE_VARIABLE} (sqlite:///absolute/path.db or "
+            "redis://host:port/db); a local storage root has an embedded one by default, an s3:// root none"
+        )
+    return open_online_store(settings.online_store_url)
+
+
+def cmd_online_get(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.assets.registry import feature_spec
+
+    feature_spec(args.table)
+    columns = [name.strip() for name in args.columns.split(",")] if args.columns else None
+    with _online_store(settings) as store:
+        rows = store.get(args.table, args.keys, columns=columns)
+        current = store.current(args.table)
+    if args.format == "json":
+        print(
+            json.dumps(
+                {"table": args.table, "version": current.version if current else None, "rows": rows},
+                default=str,
+                sort_keys=True,
+            )
+        )
+        return
+    print(
+        f"{args.table} version {current.version} (release {current.release_id}, "
+        f"partition {current.partition})"
+    )
+    for key, row in rows.items():
+        print(f"  {key}: {json.dumps(row, default=str) if row is not None else 'no row'}")
+
+
+def cmd_online_status(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.serving.online_sync import online_status
+
+    with _online_store(settings) as store:
+        tables = online_status(_catalog(settings), store)
+    if args.format == "json":
+        print(json.dumps(tables, sort_keys=True))
+        return
+    for item in tables:
+        state = "in step" if item["in_step"] else "BEHIND production"
+        figures = item["parity"]
+        parity = (
+            "parity -"
+            if figures is None
+            else f"parity {'passed' if figures['passed'] else 'FAILED'} ({figures['keys_checked']} keys)"
+        )
+        print(
+            f"{item['table']}: {state}; release {item['release_id'] or '-'}, "
+            f"partition {item['partition'] or '-'} "
+            f"(production {item['production_partition'] or '-'}), {item['rows']} rows, synced "
+            f"{item['synced_at'] or 'never'}, {parity}"
+        )
+
+
+def cmd_online_sync(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.serving.online_sync import sync_release
+
+    tables = [name.strip() for name in args.tables.split(",")] if args.tables else None
+    catalog = _catalog(settings)
+    with _online_store(settings) as store:
+        results = sync_release(lambda: _spark(settings), catalog, store, tables=tables, progress=print)
+    if not results:
+        print("nothing has been promoted yet: nothing to sync")
+
+
+def cmd_freshness(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.serving.freshness import freshness
+
+    last = date.fromisoformat(settings.partitions_end) if settings.partitions_end else None
+    store = _online_store(settings) if settings.online_store_url else None
+    try:
+        tables = freshness(_catalog(settings), last_partition=last, online=store)
+    finally:
+        if store is not None:
+            store.close()
+    if args.format == "json":
+        print(json.dumps([item.as_dict() for item in tables], sort_keys=True))
+        return
+    for item in tables:
+        print(item.describe())
+
+
 def _local_channel_only(settings: Settings, command: str) -> None:
     if settings.uses_slack:
         raise ConfigurationError(
@@ -489,6 +620,45 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--release", help="release ID (default: current)")
     read.add_argument("--csv", help="write the rows to this CSV file instead of a summary")
     read.set_defaults(run=cmd_read)
+
+    training = commands.add_parser(
+        "training-set", help="point-in-time-correct features for entity rows, as of a release, to Parquet"
+    )
+    training.add_argument(
+        "--entities", required=True, metavar="FILE", help=".csv or .parquet with customer_id, event_ts (UTC)"
+    )
+    training.add_argument(
+        "--features",
+        required=True,
+        help="comma-separated TABLE.COLUMN, e.g. customer_txn_7d.amount_sum_usd_7d",
+    )
+    training.add_argument("--release", help="release ID (default: current, pinned in the lineage)")
+    training.add_argument("--out", required=True, metavar="FILE.parquet", help="the training set to write")
+    training.add_argument("--show", type=int, default=5, metavar="N", help="rows to print (default 5)")
+    training.set_defaults(run=cmd_training_set)
+
+    online = commands.add_parser("online", help="the online store: read rows, its status, sync it by hand")
+    online_commands = online.add_subparsers(dest="online_command", required=True)
+    get = online_commands.add_parser("get", help="the current online rows of entity keys")
+    get.add_argument("table")
+    get.add_argument("keys", nargs="+", metavar="KEY")
+    get.add_argument("--columns", help="comma-separated columns (default: all)")
+    get.add_argument("--format", choices=["text", "json"], default="text")
+    get.set_defaults(run=cmd_online_get)
+    status = online_commands.add_parser(
+        "status", help="per table: release, partition, rows, synced at, lag, parity, in step with production"
+    )
+    status.add_argument("--format", choices=["text", "json"], default="text")
+    status.set_defaults(run=cmd_online_status)
+    sync = online_commands.add_parser("sync", help="bring the online store in step with the current release")
+    sync.add_argument("--tables", help="comma-separated tables (default: all)")
+    sync.set_defaults(run=cmd_online_sync)
+
+    fresh = commands.add_parser(
+        "freshness", help="per table: how late production and the online store are against the SLA"
+    )
+    fresh.add_argument("--format", choices=["text", "json"], default="text")
+    fresh.set_defaults(run=cmd_freshness)
 
     for name, verb in (("approve", "approve"), ("reject", "reject")):
         vote = commands.add_parser(

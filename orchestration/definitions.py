@@ -2,21 +2,27 @@
 
 from __future__ import annotations
 
+import os
+from datetime import date
+
 from dagster import AssetSelection, Definitions, EnvVar, define_asset_job, in_process_executor
 
 from backfills.assets.factory import (
     build_feature_assets,
     daily_partitions,
+    online_spec,
     production_spec,
     raw_transactions_spec,
 )
 from backfills.assets.registry import FEATURES
 from backfills.orchestration.approval_channels import ApprovalsResource
+from backfills.orchestration.freshness_checks import build_freshness_checks, build_freshness_sensor
 from backfills.orchestration.jobs import promote_batch_job, rollback_release_job
 from backfills.orchestration.sensors import build_approval_sensor
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.resources.settings import Settings, load_settings
 from backfills.resources.spark import SparkResource
+from backfills.serving.online_resource import OnlineStoreResource
 
 STAGE_FEATURES_JOB = "stage_features"
 
@@ -41,8 +47,17 @@ def approvals_resource(settings: Settings, *, in_dagster: bool = True) -> Approv
     )
 
 
+def online_resource(settings: Settings) -> OnlineStoreResource:
+    """The online store resource; a URL set in BACKFILLS_ONLINE_STORE (it may hold a Redis password) reaches
+    Dagster as the variable's name only, like the Slack token."""
+    if os.environ.get("BACKFILLS_ONLINE_STORE"):
+        return OnlineStoreResource(url=EnvVar("BACKFILLS_ONLINE_STORE"))
+    return OnlineStoreResource(url=settings.online_store_url)
+
+
 def build_definitions(settings: Settings) -> Definitions:
     partitions = daily_partitions(settings.partitions_start, settings.partitions_end)
+    last_partition = date.fromisoformat(settings.partitions_end) if settings.partitions_end else None
     feature_assets = build_feature_assets(FEATURES, partitions, settings.max_partitions_per_run)
     stage_features = define_asset_job(
         STAGE_FEATURES_JOB,
@@ -54,15 +69,21 @@ def build_definitions(settings: Settings) -> Definitions:
             raw_transactions_spec(partitions),
             *feature_assets,
             *[production_spec(spec, partitions) for spec in FEATURES],
+            *[online_spec(spec) for spec in FEATURES],
         ],
         jobs=[stage_features, promote_batch_job, rollback_release_job],
-        sensors=[build_approval_sensor(settings.sensor_interval_seconds)],
+        asset_checks=build_freshness_checks(last_partition),
+        sensors=[
+            build_approval_sensor(settings.sensor_interval_seconds),
+            build_freshness_sensor(last_partition),
+        ],
         # Feature steps share the run's process and its Spark session instead of one JVM per step.
         executor=in_process_executor,
         resources={
             "spark": SparkResource.from_settings(settings),
             "catalog": CatalogResource(storage_root=settings.storage_root),
             "approvals": approvals_resource(settings),
+            "online": online_resource(settings),
         },
     )
 

@@ -1,13 +1,24 @@
 """The promotion and rollback jobs: thin Dagster ops around `orchestration.promotion`, recording each change
-as materializations of the production assets and telling the approvals channel."""
+as materializations of the production assets and telling the approvals channel; then the online store is
+synced to the new release (`serving.online_sync`), each table an observation of `online/<table>`."""
 
 from collections.abc import Callable
 
-from dagster import AssetMaterialization, Config, OpExecutionContext, job, op
+from dagster import (
+    AssetMaterialization,
+    AssetObservation,
+    Config,
+    In,
+    Nothing,
+    OpExecutionContext,
+    Out,
+    job,
+    op,
+)
 from pydantic import Field
 
-from backfills.assets.factory import production_key
-from backfills.errors import ApprovalNotFoundError, BackfillsError
+from backfills.assets.factory import online_key, production_key
+from backfills.errors import ApprovalNotFoundError, BackfillsError, OnlineStoreError
 from backfills.orchestration.approval_channels import ApprovalsResource
 from backfills.orchestration.approval_message import ChannelMessage
 from backfills.orchestration.promotion import PublishedChange, production_facts, promote, roll_back
@@ -15,6 +26,8 @@ from backfills.resources.approvals_store import ApprovalStore
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.resources.spark import SparkResource
+from backfills.serving.online_resource import OnlineStoreResource
+from backfills.serving.online_sync import sync_release
 
 PROMOTE_JOB = "promote_batch"
 ROLLBACK_JOB = "rollback_release"
@@ -67,7 +80,10 @@ def _record(context: OpExecutionContext, catalog: ReleaseCatalog, change: Publis
     )
 
 
-@op(description="Verify the batch's approval and staged content, then publish it atomically.")
+@op(
+    description="Verify the batch's approval and staged content, then publish it atomically.",
+    out=Out(Nothing),
+)
 def promote_op(
     context: OpExecutionContext,
     config: PromoteConfig,
@@ -118,7 +134,7 @@ def promote_op(
         )
 
 
-@op(description="Republish an earlier release, whole or some tables, atomically.")
+@op(description="Republish an earlier release, whole or some tables, atomically.", out=Out(Nothing))
 def rollback_op(
     context: OpExecutionContext,
     config: RollbackConfig,
@@ -147,6 +163,37 @@ def rollback_op(
     _tell(context, lambda: channel.announce(ChannelMessage(text=text, blocks=[])))
 
 
+@op(
+    description=(
+        "Bring the online store in step with the current release: per table, the rows of its newest "
+        "partition, written under a new version, read back against the offline rows, then switched to."
+    ),
+    ins={"published": In(Nothing)},
+)
+def sync_online_op(
+    context: OpExecutionContext,
+    catalog: CatalogResource,
+    online: OnlineStoreResource,
+    spark: SparkResource,
+    approvals: ApprovalsResource,
+) -> None:
+    store = online.open()
+    if store is None:
+        context.log.info("no online store is configured (BACKFILLS_ONLINE_STORE): nothing to sync")
+        return
+    with store:
+        try:
+            synced = sync_release(spark.session, catalog.catalog(), store, progress=context.log.info)
+        except OnlineStoreError as error:
+            # Production changed; the online store stays on the version it had, and the approvers hear why.
+            text = f"The online store was not updated ({store.describe()}): {error}"
+            channel = approvals.channel(context.log.info)
+            _tell(context, lambda: channel.announce(ChannelMessage(text=text, blocks=[])))
+            raise
+    for sync in synced:
+        context.log_event(AssetObservation(asset_key=online_key(sync.table), metadata=sync.metadata()))
+
+
 def _tell(context: OpExecutionContext, send: Callable[[], None]) -> None:
     # Production already changed (or the refusal is recorded): a Slack outage must not fail the run.
     try:
@@ -159,9 +206,9 @@ def _tell(context: OpExecutionContext, send: Callable[[], None]) -> None:
     name=PROMOTE_JOB, description="Publish an approved batch to production (launched by the approval sensor)."
 )
 def promote_batch_job() -> None:
-    promote_op()
+    sync_online_op(promote_op())
 
 
 @job(name=ROLLBACK_JOB, description="Roll production back to an earlier release, whole or some tables.")
 def rollback_release_job() -> None:
-    rollback_op()
+    sync_online_op(rollback_op())

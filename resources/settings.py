@@ -96,6 +96,8 @@ class Settings:
     sensor_interval_seconds: int = 30
     # The last daily partition (the last landed day); None: up to yesterday, growing every day.
     partitions_end: str | None = None
+    # BACKFILLS_ONLINE_STORE; by default a SQLite file under a local storage root, none under s3://.
+    online_store_url: str | None = None
 
     @property
     def uses_slack(self) -> bool:
@@ -115,11 +117,21 @@ def _slack() -> tuple[str | None, str | None]:
     return token, channel
 
 
+def _online_store(storage_root: str) -> str | None:
+    """BACKFILLS_ONLINE_STORE, else the embedded SQLite file under a local storage root (`online/online.db`);
+    an s3:// root has no default (the online store is then off until it is set)."""
+    url = os.environ.get("BACKFILLS_ONLINE_STORE") or None
+    if url or storage_root.startswith(("s3://", "s3a://")):
+        return url
+    return f"sqlite:///{Path(storage_root).absolute() / 'online' / 'online.db'}"
+
+
 def load_settings() -> Settings:
     """Read every setting from the environment, with the embedded defaults."""
     token, channel = _slack()
+    storage_root = os.environ.get("BACKFILLS_STORAGE_ROOT") or _default_storage_root()
     return Settings(
-        storage_root=os.environ.get("BACKFILLS_STORAGE_ROOT") or _default_storage_root(),
+        storage_root=storage_root,
         partitions_start=_date("BACKFILLS_PARTITIONS_START", "2025-01-01"),
         max_partitions_per_run=_int("BACKFILLS_MAX_PARTITIONS_PER_RUN", 31),
         spark_master=os.environ.get("BACKFILLS_SPARK_MASTER") or "local[2]",
@@ -138,4 +150,5 @@ def load_settings() -> Settings:
         dagster_url=(os.environ.get("BACKFILLS_DAGSTER_URL") or "http://127.0.0.1:3000").rstrip("/"),
         sensor_interval_seconds=_int("BACKFILLS_SENSOR_INTERVAL_SECONDS", 30),
         partitions_end=_partitions_end(),
+        online_store_url=_online_store(storage_root),
     )

@@ -15,6 +15,7 @@ from dagster import DagsterInstance
 from moto.server import ThreadedMotoServer
 from postgres_server import PostgresServer, PostgresUnavailable, find_postgres
 from pyspark.sql import SparkSession
+from redis_server import RedisServer, RedisUnavailable, find_redis_server
 
 from backfills.assets.generator import write_landing_zone
 from backfills.assets.registry import feature_spec
@@ -189,4 +190,18 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     except PostgresUnavailable as missing:
         pytest.skip(str(missing))
     with PostgresServer(tmp_path_factory.mktemp("postgres"), installation) as server:
+        yield server
+
+
+# Redis: the online store's real backend
+
+
+@pytest.fixture(scope="session")
+def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServer]:
+    """A redis-server (Debian's package) on 127.0.0.1 for the session; the Redis tests skip without it."""
+    try:
+        binary = find_redis_server()
+    except RedisUnavailable as missing:
+        pytest.skip(str(missing))
+    with RedisServer(tmp_path_factory.mktemp("redis"), binary=binary) as server:
         yield server

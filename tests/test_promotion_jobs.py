@@ -3,6 +3,7 @@
 
 from __future__ import annotations
 
+import json
 import shutil
 from collections.abc import Iterator
 from pathlib import Path
@@ -13,8 +14,11 @@ from dagster import AssetKey, DagsterInstance, build_sensor_context
 from slack_api import FakeSlack
 from test_approvals import ALICE, BOB, CAROL, CHANNEL, TABLES, staged_template  # noqa: F401
 
+from backfills.assets.reader import FeatureReader
 from backfills.orchestration.definitions import build_definitions
 from backfills.orchestration.sensors import APPROVAL_SENSOR
+from backfills.serving.online_rows import stored_form
+from backfills.serving.online_store import open_online_store
 
 
 @pytest.fixture
@@ -34,13 +38,14 @@ def slack(monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeSlack]:
         yield server
 
 
-def _defs(lake: Lake, slack: FakeSlack):
+def _defs(lake: Lake, slack: FakeSlack, online_store_url: str | None = None):
     return build_definitions(
         lake.settings(
             slack_bot_token=slack.token,
             slack_channel=CHANNEL,
             slack_api_url=slack.base_url,
             approvers=frozenset({BOB, CAROL}),
+            online_store_url=online_store_url,
         )
     )
 
@@ -172,3 +177,58 @@ def test_a_refused_promotion_fails_its_run_and_tells_the_thread(
     assert any(text.startswith("Promotion failed:") and "2025-01-01" in text for text in told)
     refused = lake.catalog.events(batch_id="jan")[-1]
     assert refused.kind == "promotion_refused" and "StagedContentChangedError" in refused.details["error"]
+
+
+def test_the_jobs_keep_the_online_store_in_step_with_production(
+    lake: Lake, slack: FakeSlack, dagster_instance: DagsterInstance, tmp_path: Path, spark
+) -> None:
+    """After each promotion and rollback, the online store serves every table's newest production partition,
+    each sync an observation of `online/<table>`; the rollback switches back without reloading."""
+    url = f"sqlite:///{tmp_path / 'online.db'}"
+    defs = _defs(lake, slack, online_store_url=url)
+    reader = FeatureReader(spark, lake.store)
+
+    def online_rows(table: str) -> dict[str, dict]:
+        with open_online_store(url) as store:
+            current = store.current(table)
+            keys = [
+                row["customer_id"]
+                for row in reader.read(table, current.partition, current.partition).collect()
+            ]
+            return {"partition": current.partition, "rows": store.get(table, keys)}
+
+    def offline_rows(table: str, day: str) -> dict[str, dict]:
+        rows = reader.read(table, day, day).collect()
+        return {row["customer_id"]: json.loads(stored_form(row.asDict())) for row in rows}
+
+    def observed(table: str) -> list[dict]:
+        records = dagster_instance.fetch_observations(AssetKey(["online", table]), limit=10).records
+        return [
+            {k: v.value for k, v in r.asset_observation.metadata.items()} for r in records
+        ]  # newest first
+
+    _approve_and_promote(defs, dagster_instance, slack, "jan")
+    for table in TABLES:
+        synced = online_rows(table)
+        assert synced["partition"] == "2025-01-04"
+        assert synced["rows"] == offline_rows(table, "2025-01-04")
+        [facts] = observed(table)
+        assert facts["action"] == "loaded" and facts["parity/passed"] is True
+        assert facts["keys_written"] == len(synced["rows"]) == facts["parity/offline_rows"]
+        assert facts["release_id"] == lake.catalog.current_release().release_id
+
+    first = lake.catalog.current_release()
+    _approve_and_promote(defs, dagster_instance, slack, "fix")  # customer_daily_txn up to Jan 6
+    assert online_rows("customer_daily_txn")["partition"] == "2025-01-06"
+    assert observed("customer_txn_7d")[0]["action"] == "unchanged"  # its newest partition did not change
+
+    result = defs.resolve_job_def("rollback_release").execute_in_process(
+        run_config={
+            "ops": {"rollback_op": {"config": {"to_release": first.release_id, "reason": "undo fix"}}}
+        },
+        instance=dagster_instance,
+    )
+    assert result.success
+    back = observed("customer_daily_txn")[0]
+    assert back["action"] == "switched" and back["keys_written"] == 0 and back["partition"] == "2025-01-04"
+    assert online_rows("customer_daily_txn")["rows"] == offline_rows("customer_daily_txn", "2025-01-04")

@@ -1,0 +1,166 @@
+"""The embedded online store: one SQLite file in WAL mode, shared by every process, with no server to run.
+
+Rows of every version sit in one table keyed by (table, version, entity key); a version's record is written
+after its rows; `online_current` holds the version readers are on. A switch is one BEGIN IMMEDIATE
+transaction and a read one snapshot, so a reader sees one whole version whatever a sync does meanwhile.
+"""
+
+from __future__ import annotations
+
+import os
+import sqlite3
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
+from datetime import datetime
+from pathlib import Path
+
+from backfills.errors import OnlineStoreError
+from backfills.serving.online_store import OnlineStore, OnlineVersion
+
+_SCHEMA = """
+CREATE TABLE IF NOT EXISTS online_rows (
+    table_name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    entity_key TEXT NOT NULL,
+    row_json TEXT NOT NULL,
+    PRIMARY KEY (table_name, version, entity_key)
+) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS online_versions (
+    table_name TEXT NOT NULL,
+    version TEXT NOT NULL,
+    record_json TEXT NOT NULL,
+    synced_at TEXT,
+    PRIMARY KEY (table_name, version)
+);
+CREATE TABLE IF NOT EXISTS online_current (
+    table_name TEXT PRIMARY KEY,
+    version TEXT NOT NULL
+);
+"""
+# A writer waits this long for another process's transaction before giving up.
+_BUSY_TIMEOUT_SECONDS = 30.0
+# Bound parameters per query stay under the smallest limit SQLite builds have (999).
+_READ_CHUNK_KEYS = 500
+
+
+class SqliteOnlineStore(OnlineStore):
+    """Online tables in one SQLite file; each process (or thread) opens its own store on the same path."""
+
+    def __init__(self, path: str | os.PathLike[str]) -> None:
+        self.path = Path(path).expanduser().absolute()
+        try:
+            self.path.parent.mkdir(parents=True, exist_ok=True)
+            # Autocommit mode: every transaction below is opened and closed explicitly.
+            self._db = sqlite3.connect(self.path, timeout=_BUSY_TIMEOUT_SECONDS, isolation_level=None)
+            self._db.execute("PRAGMA journal_mode=WAL")
+            # In WAL mode a commit survives a crash of the process; only a power loss may undo the last ones.
+            self._db.execute("PRAGMA synchronous=NORMAL")
+            self._db.executescript(_SCHEMA)
+        except (OSError, sqlite3.Error) as error:
+            raise OnlineStoreError(f"cannot open the online store at {self.describe()}: {error}") from None
+
+    @contextmanager
+    def _transaction(self, mode: str = "DEFERRED") -> Iterator[sqlite3.Connection]:
+        self._db.execute(f"BEGIN {mode}")
+        try:
+            yield self._db
+        except BaseException:
+            self._db.execute("ROLLBACK")
+            raise
+        self._db.execute("COMMIT")
+
+    @staticmethod
+    def _pointer(db: sqlite3.Connection, table: str) -> str | None:
+        row = db.execute("SELECT version FROM online_current WHERE table_name = ?", (table,)).fetchone()
+        return row[0] if row else None
+
+    @staticmethod
+    def _record(db: sqlite3.Connection, table: str, version: str) -> tuple[str, str | None] | None:
+        return db.execute(
+            "SELECT record_json, synced_at FROM online_versions WHERE table_name = ? AND version = ?",
+            (table, version),
+        ).fetchone()
+
+    def _begin_write(self, table: str, version: str) -> None:
+        with self._transaction("IMMEDIATE") as db:
+            if self._pointer(db, table) == version:
+                raise self._rewrite_current_error(table, version)
+            db.execute("DELETE FROM online_versions WHERE table_name = ? AND version = ?", (table, version))
+            db.execute("DELETE FROM online_rows WHERE table_name = ? AND version = ?", (table, version))
+
+    def _write_rows(self, table: str, version: str, chunk: list[tuple[str, str]]) -> int:
+        with self._transaction("IMMEDIATE") as db:
+            # A repeated key is skipped, not counted: write_version compares the count with the rows given.
+            cursor = db.executemany(
+                "INSERT OR IGNORE INTO online_rows VALUES (?, ?, ?, ?)",
+                ((table, version, key, row_json) for key, row_json in chunk),
+            )
+            return cursor.rowcount
+
+    def _complete(self, record: OnlineVersion) -> None:
+        with self._transaction("IMMEDIATE") as db:
+            db.execute(
+                "INSERT OR REPLACE INTO online_versions VALUES (?, ?, ?, NULL)",
+                (record.table, record.version, record.to_json()),
+            )
+
+    def _switch(
+        self, table: str, version: str, expected_current: str | None, synced_at: datetime
+    ) -> OnlineVersion:
+        with self._transaction("IMMEDIATE") as db:
+            current = self._pointer(db, table)
+            if current != expected_current:
+                raise self._changed_error(table, current, expected_current)
+            record = self._record(db, table, version)
+            if record is None:
+                raise self._unwritten_error(table, version)
+            if current != version:
+                db.execute("INSERT OR REPLACE INTO online_current VALUES (?, ?)", (table, version))
+                db.execute(
+                    "UPDATE online_versions SET synced_at = ? WHERE table_name = ? AND version = ?",
+                    (synced_at.isoformat(), table, version),
+                )
+                record = (record[0], synced_at.isoformat())
+        return OnlineVersion.from_json(*record)
+
+    def _read(
+        self, table: str, version: str | None, keys: Sequence[str]
+    ) -> tuple[OnlineVersion | None, dict[str, str]]:
+        with self._transaction() as db:
+            name = version or self._pointer(db, table)
+            record = self._record(db, table, name) if name else None
+            if record is None:
+                return None, {}
+            found: dict[str, str] = {}
+            for start in range(0, len(keys), _READ_CHUNK_KEYS):
+                chunk = keys[start : start + _READ_CHUNK_KEYS]
+                found.update(
+                    db.execute(
+                        "SELECT entity_key, row_json FROM online_rows WHERE table_name = ? AND version = ? "
+                        f"AND entity_key IN ({', '.join('?' * len(chunk))})",
+                        (table, name, *chunk),
+                    )
+                )
+        return OnlineVersion.from_json(*record), found
+
+    def _records(self, table: str) -> list[OnlineVersion]:
+        rows = self._db.execute(
+            "SELECT record_json, synced_at FROM online_versions WHERE table_name = ?", (table,)
+        ).fetchall()
+        return [OnlineVersion.from_json(*row) for row in rows]
+
+    def _delete(self, table: str, versions: list[str]) -> list[str]:
+        with self._transaction("IMMEDIATE") as db:
+            current = self._pointer(db, table)
+            # A version being rewritten has no record: its writer, not the pruning, owns its rows.
+            deleted = [name for name in versions if name != current and self._record(db, table, name)]
+            for name in deleted:
+                db.execute("DELETE FROM online_versions WHERE table_name = ? AND version = ?", (table, name))
+                db.execute("DELETE FROM online_rows WHERE table_name = ? AND version = ?", (table, name))
+        return deleted
+
+    def close(self) -> None:
+        self._db.close()
+
+    def describe(self) -> str:
+        return f"sqlite://{self.path}"

@@ -1,0 +1,360 @@
+"""The online store's interface: per table, versions of rows keyed by entity and a pointer readers follow.
+
+A sync writes a release's rows under a new version (a completion record last, so a crash never exposes part
+of one), then switches the table's pointer with compare-and-swap; a rollback switches back to a kept version
+without reloading. Backends keep the rows: `online_sqlite` (embedded, no server) and `online_redis`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from abc import ABC, abstractmethod
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass
+from datetime import UTC, date, datetime
+from types import TracebackType
+from typing import Self
+from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
+
+from backfills.errors import (
+    ConfigurationError,
+    InvalidRequestError,
+    OnlineStoreError,
+    OnlineVersionChangedError,
+)
+from backfills.serving.online_rows import RowEncoder
+
+ONLINE_STORE_VARIABLE = "BACKFILLS_ONLINE_STORE"
+ACCEPTED_URLS = "sqlite:///absolute/path.db, redis://[user:password@]host:port/db or rediss://… (TLS)"
+DEFAULT_KEEP = 3
+# Rows per transaction (SQLite) or per HSET (Redis): memory stays bounded and a million rows is 200 commits.
+WRITE_CHUNK_ROWS = 5_000
+
+# Names become parts of Redis keys (':'-separated), so they never hold a ':'.
+_NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
+
+
+@dataclass(frozen=True)
+class OnlineVersion:
+    """One completely written version of an online table: the release and partition its rows come from, and
+    when it was written and last made current."""
+
+    table: str
+    version: str
+    release_id: str
+    partition: str  # ISO day
+    content_hash: str
+    rows: int
+    columns: tuple[str, ...]  # of every row, in the first row's order
+    written_at: datetime  # UTC
+    synced_at: datetime | None = None  # when it last became current; None if it never did
+
+    def to_json(self) -> str:
+        """The record a backend keeps once all rows are written (`synced_at` is kept beside it)."""
+        return json.dumps(
+            {
+                "table": self.table,
+                "version": self.version,
+                "release_id": self.release_id,
+                "partition": self.partition,
+                "content_hash": self.content_hash,
+                "rows": self.rows,
+                "columns": list(self.columns),
+                "written_at": self.written_at.isoformat(),
+            }
+        )
+
+    @classmethod
+    def from_json(cls, text: str, synced_at: str | None) -> OnlineVersion:
+        record = json.loads(text)
+        return cls(
+            table=record["table"],
+            version=record["version"],
+            release_id=record["release_id"],
+            partition=record["partition"],
+            content_hash=record["content_hash"],
+            rows=record["rows"],
+            columns=tuple(record["columns"]),
+            written_at=datetime.fromisoformat(record["written_at"]),
+            synced_at=datetime.fromisoformat(synced_at) if synced_at else None,
+        )
+
+
+def _check_name(what: str, value: str) -> None:
+    if not isinstance(value, str) or not _NAME_PATTERN.fullmatch(value):
+        raise InvalidRequestError(
+            f"{what} {value!r} cannot name an online table or version: use letters, digits, '.', '_' and '-'"
+        )
+
+
+def _check_keys(keys: Sequence[str]) -> None:
+    if isinstance(keys, str):
+        raise InvalidRequestError(f"keys must be a sequence of entity IDs, not the one string {keys!r}")
+    wrong = next((key for key in keys if not isinstance(key, str)), None)
+    if wrong is not None:
+        raise InvalidRequestError(f"entity key {wrong!r} is of type {type(wrong).__name__}: keys are strings")
+
+
+def _selected(
+    record: OnlineVersion, keys: Sequence[str], found: Mapping[str, str], columns: Sequence[str] | None
+) -> dict[str, dict[str, object] | None]:
+    if columns is not None:
+        unknown = [column for column in columns if column not in record.columns]
+        if unknown:
+            known = ", ".join(record.columns) or "none (the version has no rows)"
+            raise OnlineStoreError(
+                f"unknown column(s) {', '.join(map(repr, unknown))} in table {record.table!r} "
+                f"(version {record.version}); known columns: {known}"
+            )
+    result: dict[str, dict[str, object] | None] = {}
+    for key in keys:
+        text = found.get(key)
+        row = None if text is None else json.loads(text)
+        result[key] = row if row is None or columns is None else {column: row[column] for column in columns}
+    return result
+
+
+class OnlineStore(ABC):
+    """Versions of online tables and the pointer readers follow. The public methods hold the rules shared by
+    every backend; a backend implements the underscored primitives, each one atomic in its store."""
+
+    # Writing
+
+    def write_version(
+        self,
+        table: str,
+        version: str,
+        rows: Iterable[Mapping[str, object]],
+        *,
+        key_column: str,
+        release_id: str,
+        partition: str,
+        content_hash: str,
+    ) -> OnlineVersion:
+        """Write `rows` (one per entity, keyed by `key_column`) as `version` of `table`, in chunks, and return
+        its record. The version becomes visible to `has_version` and `switch` only once every row is written;
+        writing it again replaces it whole, so a retry after a crash simply completes it. The version readers
+        are on cannot be rewritten: write a new one and switch."""
+        _check_name("table", table)
+        _check_name("version", version)
+        try:
+            date.fromisoformat(partition)
+        except (TypeError, ValueError):
+            raise InvalidRequestError(f"partition {partition!r} is not a day: use YYYY-MM-DD") from None
+        self._begin_write(table, version)
+        encoder = RowEncoder(table, version, key_column)
+        chunks = encoder.chunks(rows, WRITE_CHUNK_ROWS)
+        written = sum(self._write_rows(table, version, chunk) for chunk in chunks)
+        if written != encoder.count:
+            raise OnlineStoreError(
+                f"{encoder.count - written} of {encoder.count} rows of {encoder.where} repeat an entity key "
+                f"of key column {key_column!r}: the online store keeps one row per entity; deduplicate the "
+                "rows (the version stays incomplete, so no reader sees it)"
+            )
+        record = OnlineVersion(
+            table=table,
+            version=version,
+            release_id=release_id,
+            partition=partition,
+            content_hash=content_hash,
+            rows=written,
+            columns=encoder.columns,
+            written_at=datetime.now(UTC),
+        )
+        self._complete(record)
+        return record
+
+    def switch(self, table: str, version: str, *, expected_current: str | None) -> OnlineVersion:
+        """Make `version` the one readers see, atomically, if `table` is still on `expected_current` (None:
+        never synced). Switching back to a kept version is a rollback: nothing is reloaded. Raises
+        OnlineVersionChangedError if another sync or rollback moved the table first, and OnlineStoreError if
+        `version` is not completely written."""
+        _check_name("table", table)
+        _check_name("version", version)
+        return self._switch(table, version, expected_current, datetime.now(UTC))
+
+    def prune(self, table: str, keep: int = DEFAULT_KEEP) -> list[str]:
+        """Delete the versions older than the newest `keep`, never the current one; return those deleted."""
+        if keep < 1:
+            raise InvalidRequestError(f"keep={keep}: an online table keeps at least its newest version")
+        older = [record.version for record in self.versions(table)[keep:]]
+        return self._delete(table, older) if older else []
+
+    # Reading
+
+    def get(
+        self, table: str, keys: Sequence[str], columns: Sequence[str] | None = None
+    ) -> dict[str, dict[str, object] | None]:
+        """The rows of `keys` (entity IDs) in the version readers are on, with all columns or `columns`;
+        None for a key it does not hold. One version answers the whole call, even while a sync switches."""
+        _check_name("table", table)
+        _check_keys(keys)
+        record, found = self._read(table, None, keys)
+        if record is None:
+            raise OnlineStoreError(
+                f"table {table!r} was never synced to the online store at {self.describe()}, so it has no "
+                "current version to read: sync a release to it first"
+            )
+        return _selected(record, keys, found, columns)
+
+    def get_version(
+        self, table: str, version: str, keys: Sequence[str], columns: Sequence[str] | None = None
+    ) -> dict[str, dict[str, object] | None]:
+        """As `get`, from a given kept version (current or not), e.g. to check parity before switching."""
+        _check_name("table", table)
+        _check_name("version", version)
+        _check_keys(keys)
+        record, found = self._read(table, version, keys)
+        if record is None:
+            kept = ", ".join(kept.version for kept in self.versions(table)) or "none"
+            raise OnlineStoreError(
+                f"version {version} of table {table!r} is not kept (or not completely written) in the online "
+                f"store at {self.describe()}; kept versions: {kept}"
+            )
+        return _selected(record, keys, found, columns)
+
+    def current(self, table: str) -> OnlineVersion | None:
+        """The version readers are on; None if the table was never synced."""
+        _check_name("table", table)
+        return self._read(table, None, [])[0]
+
+    def versions(self, table: str) -> list[OnlineVersion]:
+        """The completely written versions kept for `table`, newest first."""
+        _check_name("table", table)
+        records = self._records(table)
+        return sorted(records, key=lambda record: (record.written_at, record.version), reverse=True)
+
+    def has_version(self, table: str, version: str) -> bool:
+        """Whether `version` of `table` is kept and completely written (so `switch` can move to it)."""
+        _check_name("table", table)
+        _check_name("version", version)
+        return self._read(table, version, [])[0] is not None
+
+    # Errors the backends raise
+
+    def _changed_error(
+        self, table: str, found: str | None, expected: str | None
+    ) -> OnlineVersionChangedError:
+        never = "none (never synced)"
+        return OnlineVersionChangedError(
+            f"online table {table!r} is on version {found or never}, not {expected or never} as expected: "
+            f"another sync or rollback moved it first; nothing was switched in {self.describe()}; read its "
+            "current version and decide again"
+        )
+
+    def _unwritten_error(self, table: str, version: str) -> OnlineStoreError:
+        return OnlineStoreError(
+            f"cannot switch online table {table!r} to version {version}: it is not completely written in "
+            f"{self.describe()} (never written, interrupted, or pruned); write it again, then switch"
+        )
+
+    def _rewrite_current_error(self, table: str, version: str) -> OnlineStoreError:
+        return OnlineStoreError(
+            f"version {version} of online table {table!r} is the one readers are on in {self.describe()}, so "
+            "it cannot be rewritten: write the rows under a new version and switch to it"
+        )
+
+    # Primitives of a backend
+
+    @abstractmethod
+    def _begin_write(self, table: str, version: str) -> None:
+        """Forget `version` (its record, then its rows), unless readers are on it."""
+
+    @abstractmethod
+    def _write_rows(self, table: str, version: str, chunk: list[tuple[str, str]]) -> int:
+        """Add (key, row JSON) pairs to `version`; return how many keys were new."""
+
+    @abstractmethod
+    def _complete(self, record: OnlineVersion) -> None:
+        """Record a completely written version."""
+
+    @abstractmethod
+    def _switch(
+        self, table: str, version: str, expected_current: str | None, synced_at: datetime
+    ) -> OnlineVersion:
+        """Compare-and-swap the table's pointer to a complete `version`."""
+
+    @abstractmethod
+    def _read(
+        self, table: str, version: str | None, keys: Sequence[str]
+    ) -> tuple[OnlineVersion | None, dict[str, str]]:
+        """A complete version's record (None: `version`, or the current one, is not there) and the row JSON
+        of those `keys` it holds, from one consistent state of the store."""
+
+    @abstractmethod
+    def _records(self, table: str) -> list[OnlineVersion]:
+        """Every completely written version of `table`, in any order."""
+
+    @abstractmethod
+    def _delete(self, table: str, versions: list[str]) -> list[str]:
+        """Delete those complete versions readers are not on; return the deleted ones."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the connection."""
+
+    @abstractmethod
+    def describe(self) -> str:
+        """Where the store is, as a URL without any password (fit for logs and messages)."""
+
+    def __enter__(self) -> Self:
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.close()
+
+
+def redact_url(url: str) -> str:
+    """`url` without its password (in the user part or a `password=` query argument)."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        return f"{url.partition(':')[0]}:… (not a valid URL; hidden in case it holds a password)"
+    userinfo, _, host = parts.netloc.rpartition("@")
+    user = userinfo.partition(":")[0]
+    query = [(name, value) for name, value in parse_qsl(parts.query) if name.lower() != "password"]
+    return urlunsplit(
+        (parts.scheme, f"{user}@{host}" if user else host, parts.path, urlencode(query), parts.fragment)
+    )
+
+
+def online_store_url_error(url: str, problem: str) -> ConfigurationError:
+    """The error for a bad BACKFILLS_ONLINE_STORE value, with any password removed."""
+    return ConfigurationError(f"{ONLINE_STORE_VARIABLE}={redact_url(url)!r} {problem}: use {ACCEPTED_URLS}")
+
+
+def _sqlite_path(url: str) -> str:
+    rest = url[len("sqlite:") :]
+    if not rest.startswith("///"):
+        raise online_store_url_error(
+            url,
+            "does not name an absolute path (the daemon, the webserver and the CLI run in different working "
+            "directories and must share one file)",
+        )
+    # sqlite:////abs.db (SQLAlchemy's absolute form) names the same file as sqlite:///abs.db.
+    return "/" + rest.lstrip("/")
+
+
+def open_online_store(url: str) -> OnlineStore:
+    """The online store at `url` (BACKFILLS_ONLINE_STORE): `sqlite:///absolute/path.db`, an embedded file
+    that needs no server, or `redis://[user:password@]host:port/db` (`rediss://` over TLS).
+
+    Relative SQLite paths are refused: every process of a deployment must open the same file, whatever its
+    working directory.
+    """
+    scheme = url.partition(":")[0].lower()
+    if scheme == "sqlite":
+        from backfills.serving.online_sqlite import SqliteOnlineStore
+
+        return SqliteOnlineStore(_sqlite_path(url))
+    if scheme in ("redis", "rediss"):
+        from backfills.serving.online_redis import RedisOnlineStore
+
+        return RedisOnlineStore(url)
+    raise online_store_url_error(url, "is not an online store URL")

@@ -1,0 +1,525 @@
+"""The online store on both backends (an SQLite file, and a real redis-server): what readers see through
+writes, switches, crashes, rollbacks and pruning, values read back exactly, and parity with offline rows."""
+
+from __future__ import annotations
+
+import math
+import threading
+import uuid
+from collections.abc import Callable, Iterable, Iterator, Mapping
+from datetime import UTC, date, datetime
+from decimal import Decimal
+from functools import partial
+from pathlib import Path
+
+import pytest
+from dagster_services import free_port
+from redis_server import RedisServer, RedisUnavailable, find_redis_server
+
+from backfills.errors import (
+    ConfigurationError,
+    InvalidRequestError,
+    OnlineStoreError,
+    OnlineVersionChangedError,
+)
+from backfills.serving.online_redis import RedisOnlineStore
+from backfills.serving.online_sqlite import SqliteOnlineStore
+from backfills.serving.online_store import OnlineStore, OnlineVersion, open_online_store
+from backfills.serving.parity import ValueMismatch, parity
+
+TABLE = "customer_txn_7d"
+KEY = "customer_id"
+
+
+@pytest.fixture(params=["sqlite", "redis"])
+def open_store(request: pytest.FixtureRequest, tmp_path: Path) -> Callable[[], OnlineStore]:
+    """Opens a handle on one online store, as each process of a deployment does: an SQLite file, or a key
+    prefix of the test's own on the Redis server. The caller closes what it opens."""
+    if request.param == "sqlite":
+        return partial(SqliteOnlineStore, tmp_path / "online.db")
+    server = request.getfixturevalue("redis_server")
+    return partial(RedisOnlineStore, server.url, key_prefix=f"test:{uuid.uuid4().hex}")
+
+
+@pytest.fixture
+def store(open_store: Callable[[], OnlineStore]) -> Iterator[OnlineStore]:
+    with open_store() as opened:
+        yield opened
+
+
+def customer(index: int, release: int = 1) -> dict[str, object]:
+    """One row of the 7-day table; each release has other values."""
+    return {
+        KEY: f"C{index:06d}",
+        "txn_count_7d": index % 50 + release,
+        "amount_sum_7d": index * 0.1 * release,
+        "last_txn_day": date(2025, 3, release),
+    }
+
+
+def customers(count: int, release: int = 1) -> Iterator[dict[str, object]]:
+    return (customer(index, release) for index in range(count))
+
+
+def read_back(row: Mapping[str, object]) -> dict[str, object]:
+    """A row as readers get it: dates as ISO strings."""
+    return {column: value.isoformat() if isinstance(value, date) else value for column, value in row.items()}
+
+
+def write(
+    store: OnlineStore, version: str, rows: Iterable[Mapping[str, object]], partition: str = "2025-03-01"
+) -> OnlineVersion:
+    return store.write_version(
+        TABLE,
+        version,
+        rows,
+        key_column=KEY,
+        release_id=f"rel-{version}",
+        partition=partition,
+        content_hash=f"sha256:{version}",
+    )
+
+
+# What readers see
+
+
+def test_readers_get_exactly_the_values_written(store: OnlineStore) -> None:
+    rows = [
+        {
+            KEY: "C1",
+            "amount": 0.1 + 0.2,
+            "count": 7,
+            "big": 2**62 + 1,
+            "flag": True,
+            "note": None,
+            "day": date(2025, 3, 1),
+            "at": datetime(2025, 3, 1, 12, 30, tzinfo=UTC),
+            "ratio": Decimal("0.125"),
+            "tags": ["card", "online"],
+            "name": "Zoë",
+        },
+        {
+            KEY: "C2",
+            "amount": -0.0,
+            "count": 0,
+            "big": -1,
+            "flag": False,
+            "note": "reissued",
+            "day": date(2025, 3, 2),
+            "at": datetime(2025, 3, 2, 0, 0, tzinfo=UTC),
+            "ratio": Decimal("1E-7"),
+            "tags": [],
+            "name": "",
+        },
+    ]
+    written = write(store, "v1", rows)
+    assert (written.rows, written.columns, written.synced_at) == (2, tuple(rows[0]), None)
+    store.switch(TABLE, "v1", expected_current=None)
+
+    found = store.get(TABLE, ["C1", "C2", "C404"])
+
+    assert found["C1"] == {
+        KEY: "C1",
+        "amount": 0.30000000000000004,
+        "count": 7,
+        "big": 4611686018427387905,
+        "flag": True,
+        "note": None,
+        "day": "2025-03-01",
+        "at": "2025-03-01T12:30:00+00:00",
+        "ratio": "0.125",
+        "tags": ["card", "online"],
+        "name": "Zoë",
+    }
+    assert type(found["C1"]["count"]) is int and type(found["C1"]["amount"]) is float
+    assert math.copysign(1.0, found["C2"]["amount"]) == -1.0
+    assert found["C2"]["ratio"] == "1E-7"
+    assert found["C404"] is None
+    assert store.get(TABLE, ["C2", "C1"], columns=["count", "amount"]) == {
+        "C2": {"count": 0, "amount": -0.0},
+        "C1": {"count": 7, "amount": 0.30000000000000004},
+    }
+
+
+def test_readers_stay_on_the_old_version_while_a_new_one_is_written(
+    open_store: Callable[[], OnlineStore],
+) -> None:
+    with open_store() as writer, open_store() as reader:
+        write(writer, "v1", customers(10))
+        writer.switch(TABLE, "v1", expected_current=None)
+        seen_mid_write = []
+
+        def release_2_rows() -> Iterator[dict[str, object]]:
+            for index in range(12_000):  # more than two chunks: some are committed when the reader looks
+                if index == 11_000:
+                    seen_mid_write.append(
+                        (
+                            reader.get(TABLE, ["C000001"]),
+                            reader.has_version(TABLE, "v2"),
+                            reader.current(TABLE),
+                        )
+                    )
+                yield customer(index, release=2)
+
+        write(writer, "v2", release_2_rows())
+
+        ((row_seen, v2_visible, current_seen),) = seen_mid_write
+        assert row_seen == {"C000001": read_back(customer(1))}
+        assert not v2_visible
+        assert current_seen is not None and current_seen.version == "v1"
+        assert reader.get(TABLE, ["C011999"]) == {"C011999": None}  # written, not switched to
+        writer.switch(TABLE, "v2", expected_current="v1")
+        assert reader.get(TABLE, ["C000001", "C011999"]) == {
+            "C000001": read_back(customer(1, release=2)),
+            "C011999": read_back(customer(11_999, release=2)),
+        }
+
+
+def test_crash_mid_write_never_exposes_the_version_and_a_retry_completes_it(store: OnlineStore) -> None:
+    write(store, "v1", customers(100))
+    store.switch(TABLE, "v1", expected_current=None)
+
+    def rows_until_the_executor_dies() -> Iterator[dict[str, object]]:
+        for row in customers(20_000, release=2):
+            if row[KEY] == "C012345":
+                raise RuntimeError("executor lost")
+            yield row
+
+    with pytest.raises(RuntimeError, match="executor lost"):
+        write(store, "v2", rows_until_the_executor_dies())
+
+    assert not store.has_version(TABLE, "v2")
+    assert [kept.version for kept in store.versions(TABLE)] == ["v1"]
+    with pytest.raises(OnlineStoreError, match="version v2: it is not completely written"):
+        store.switch(TABLE, "v2", expected_current="v1")
+    assert store.current(TABLE).version == "v1"
+    assert store.get(TABLE, ["C000005", "C000150"]) == {"C000005": read_back(customer(5)), "C000150": None}
+
+    retried = write(store, "v2", customers(20_000, release=2))
+    store.switch(TABLE, "v2", expected_current="v1")
+
+    assert retried.rows == 20_000
+    assert store.get(TABLE, ["C000005", "C019999"]) == {
+        "C000005": read_back(customer(5, release=2)),
+        "C019999": read_back(customer(19_999, release=2)),
+    }
+
+
+# Switching: compare-and-swap, rollback, pruning
+
+
+def test_switch_refuses_a_stale_expected_current(open_store: Callable[[], OnlineStore]) -> None:
+    with open_store() as first, open_store() as second:
+        for release in (1, 2, 3):
+            write(first, f"v{release}", customers(5, release))
+        first.switch(TABLE, "v1", expected_current=None)
+        first.switch(TABLE, "v2", expected_current="v1")
+
+        with pytest.raises(OnlineVersionChangedError, match="is on version v2, not v1 as expected"):
+            second.switch(TABLE, "v3", expected_current="v1")
+        with pytest.raises(OnlineVersionChangedError, match=r"not none \(never synced\) as expected"):
+            second.switch(TABLE, "v3", expected_current=None)
+
+        assert second.current(TABLE).version == "v2"
+        assert second.get(TABLE, ["C000004"]) == {"C000004": read_back(customer(4, 2))}
+
+
+def test_of_racing_switches_from_the_same_version_exactly_one_wins(
+    open_store: Callable[[], OnlineStore],
+) -> None:
+    with open_store() as setup:
+        for release in range(5):
+            write(setup, f"v{release}", customers(3, release + 1))
+        setup.switch(TABLE, "v0", expected_current=None)
+        barrier = threading.Barrier(4)
+        outcomes: list[str] = []
+
+        def switch_to(version: str) -> None:
+            with open_store() as handle:  # SQLite connections stay in the thread that opened them
+                barrier.wait()
+                try:
+                    handle.switch(TABLE, version, expected_current="v0")
+                    outcomes.append(version)
+                except OnlineVersionChangedError:
+                    outcomes.append("refused")
+
+        racers = [threading.Thread(target=switch_to, args=(f"v{release}",)) for release in range(1, 5)]
+        for racer in racers:
+            racer.start()
+        for racer in racers:
+            racer.join()
+
+        winners = [outcome for outcome in outcomes if outcome != "refused"]
+        assert len(outcomes) == 4 and len(winners) == 1
+        assert setup.current(TABLE).version == winners[0]
+
+
+def test_rollback_switches_back_to_a_kept_version_without_rewriting_it(store: OnlineStore) -> None:
+    write(store, "v1", customers(5, 1))
+    write(store, "v2", customers(5, 2))
+    first_sync = store.switch(TABLE, "v1", expected_current=None)
+    store.switch(TABLE, "v2", expected_current="v1")
+    kept_before = [(kept.version, kept.written_at) for kept in store.versions(TABLE)]
+
+    rolled_back = store.switch(TABLE, "v1", expected_current="v2")
+
+    assert rolled_back.release_id == "rel-v1"
+    assert rolled_back.synced_at > first_sync.synced_at
+    assert store.get(TABLE, ["C000003"]) == {"C000003": read_back(customer(3, 1))}
+    assert [(kept.version, kept.written_at) for kept in store.versions(TABLE)] == kept_before
+
+
+def test_prune_keeps_the_newest_versions_and_never_the_current_one(store: OnlineStore) -> None:
+    for release in range(1, 6):
+        write(store, f"v{release}", customers(3, release))
+    store.switch(TABLE, "v1", expected_current=None)  # readers on the oldest, as after a rollback
+
+    assert store.prune(TABLE, keep=2) == ["v3", "v2"]
+
+    assert [kept.version for kept in store.versions(TABLE)] == ["v5", "v4", "v1"]
+    assert not store.has_version(TABLE, "v2")
+    with pytest.raises(
+        OnlineStoreError, match=r"version v2 of table 'customer_txn_7d' is not kept.*v5, v4, v1"
+    ):
+        store.get_version(TABLE, "v2", ["C000001"])
+    assert store.get(TABLE, ["C000001"]) == {"C000001": read_back(customer(1, 1))}
+    assert store.prune(TABLE) == []  # three kept: the default
+    with pytest.raises(InvalidRequestError, match="keep=0"):
+        store.prune(TABLE, keep=0)
+
+
+def test_rewriting_a_version_replaces_it_whole_but_never_the_one_readers_are_on(store: OnlineStore) -> None:
+    write(store, "v1", customers(3, 1))
+
+    rewritten = write(store, "v1", customers(2, 2))
+
+    assert rewritten.rows == 2
+    assert store.get_version(TABLE, "v1", ["C000000", "C000002"]) == {
+        "C000000": read_back(customer(0, 2)),
+        "C000002": None,
+    }
+    store.switch(TABLE, "v1", expected_current=None)
+    with pytest.raises(OnlineStoreError, match="is the one readers are on"):
+        write(store, "v1", customers(1, 3))
+    assert store.get(TABLE, ["C000001"]) == {"C000001": read_back(customer(1, 2))}
+
+
+def test_versions_are_listed_newest_first_with_their_metadata(store: OnlineStore) -> None:
+    write(store, "v1", customers(4, 1), partition="2025-03-01")
+    write(store, "v2", customers(6, 2), partition="2025-03-02")
+    store.switch(TABLE, "v2", expected_current=None)
+
+    newest, oldest = store.versions(TABLE)
+
+    assert (newest.version, newest.release_id, newest.partition, newest.content_hash, newest.rows) == (
+        "v2",
+        "rel-v2",
+        "2025-03-02",
+        "sha256:v2",
+        6,
+    )
+    assert newest.columns == (KEY, "txn_count_7d", "amount_sum_7d", "last_txn_day")
+    assert newest.written_at.utcoffset().total_seconds() == 0 and newest.synced_at >= newest.written_at
+    assert (oldest.version, oldest.rows, oldest.synced_at) == ("v1", 4, None)
+    assert store.current(TABLE) == newest
+
+
+# Errors that say what to do
+
+
+def test_an_unknown_column_is_named_with_the_known_ones(store: OnlineStore) -> None:
+    write(store, "v1", customers(2))
+    store.switch(TABLE, "v1", expected_current=None)
+
+    with pytest.raises(OnlineStoreError) as refused:
+        store.get(TABLE, ["C000001"], columns=["amount_sum_7d", "amount_sum_90d"])
+
+    assert "unknown column(s) 'amount_sum_90d' in table 'customer_txn_7d'" in str(refused.value)
+    assert "known columns: customer_id, txn_count_7d, amount_sum_7d, last_txn_day" in str(refused.value)
+
+
+def test_a_table_never_synced_cannot_be_read(store: OnlineStore) -> None:
+    assert store.current(TABLE) is None
+    write(store, "v1", customers(2))
+
+    with pytest.raises(OnlineStoreError, match="'customer_txn_7d' was never synced to the online store at"):
+        store.get(TABLE, ["C000001"])
+    assert store.get_version(TABLE, "v1", ["C000001"]) == {"C000001": read_back(customer(1))}
+
+
+@pytest.mark.parametrize(
+    ("rows", "message"),
+    [
+        pytest.param(
+            [customer(0), {**customer(1), "amount_sum_7d": float("nan")}],
+            r"row 2 \(key 'C000001'\) of version v1 of customer_txn_7d cannot be stored online: column "
+            r"'amount_sum_7d' holds nan \(float\)",
+            id="nan",
+        ),
+        pytest.param(
+            [{**customer(0), "amount_sum_7d": -math.inf}], "column 'amount_sum_7d' holds -inf", id="infinity"
+        ),
+        pytest.param(
+            [{**customer(0), "amount_sum_7d": Decimal("NaN")}], r"holds Decimal\('NaN'\)", id="decimal-nan"
+        ),
+        pytest.param([{**customer(0), "raw": b"\x00"}], r"column 'raw' holds b'\\x00' \(bytes\)", id="bytes"),
+        pytest.param(
+            [customer(0), {**customer(1), KEY: 7}],
+            "row 2 of version v1 of customer_txn_7d has the key 7 \\(int\\).*entity keys are strings",
+            id="int-key",
+        ),
+        pytest.param(
+            [*customers(6_000), customer(10)],
+            "1 of 6001 rows of version v1 of customer_txn_7d repeat an entity key "
+            "of key column 'customer_id'",
+            id="repeated-key",
+        ),
+        pytest.param([{"txn_count_7d": 1}], "have no key column 'customer_id'", id="no-key-column"),
+        pytest.param(
+            [customer(0), {KEY: "C000001", "txn_count_7d": 3}],
+            "every row of a version has the same columns",
+            id="other-columns",
+        ),
+    ],
+)
+def test_rows_the_store_cannot_keep_are_refused_and_never_visible(
+    store: OnlineStore, rows: list[dict[str, object]], message: str
+) -> None:
+    with pytest.raises(OnlineStoreError, match=message):
+        write(store, "v1", rows)
+
+    assert not store.has_version(TABLE, "v1")
+    with pytest.raises(OnlineStoreError, match="not completely written"):
+        store.switch(TABLE, "v1", expected_current=None)
+
+
+def test_requests_that_cannot_be_read_are_refused(store: OnlineStore) -> None:
+    write(store, "v1", customers(2))
+    store.switch(TABLE, "v1", expected_current=None)
+
+    with pytest.raises(
+        InvalidRequestError, match="keys must be a sequence of entity IDs, not the one string"
+    ):
+        store.get(TABLE, "C000001")
+    with pytest.raises(InvalidRequestError, match="entity key 1 is of type int: keys are strings"):
+        store.get(TABLE, ["C000001", 1])
+    with pytest.raises(InvalidRequestError, match="'customer:txn' cannot name an online table"):
+        store.get("customer:txn", ["C000001"])
+    with pytest.raises(InvalidRequestError, match="partition '03/01/2025' is not a day"):
+        write(store, "v2", customers(2), partition="03/01/2025")
+
+
+# Parity with the offline rows
+
+
+def test_parity_passes_when_the_online_rows_equal_the_offline_ones(store: OnlineStore) -> None:
+    offline = {row[KEY]: row for row in customers(2_500)}
+    write(store, "v1", offline.values())
+
+    sampled = parity(store, TABLE, "v1", offline, sample_size=1_000)
+    every_key = parity(store, TABLE, "v1", offline, sample_size=5_000)
+
+    assert sampled.passed, sampled.summary()
+    assert (sampled.keys_checked, sampled.offline_rows, sampled.online_rows) == (1_000, 2_500, 2_500)
+    assert every_key.passed and every_key.keys_checked == 2_500
+    assert sampled.summary() == (
+        "online table customer_txn_7d version v1: 1000 of 2500 keys read back equal the offline rows"
+    )
+
+
+def test_parity_reports_a_changed_float_an_int_turned_float_and_a_missing_key(store: OnlineStore) -> None:
+    offline = {row[KEY]: row for row in customers(50)}
+    online = {key: dict(row) for key, row in offline.items() if key != "C000011"}
+    online["C000007"]["amount_sum_7d"] = math.nextafter(offline["C000007"]["amount_sum_7d"], math.inf)
+    online["C000020"]["txn_count_7d"] = float(offline["C000020"]["txn_count_7d"])
+    write(store, "v1", online.values())
+
+    result = parity(store, TABLE, "v1", offline)
+
+    assert not result.passed
+    assert result.mismatches == (
+        ValueMismatch(
+            "C000007",
+            "amount_sum_7d",
+            offline["C000007"]["amount_sum_7d"],
+            online["C000007"]["amount_sum_7d"],
+        ),
+        ValueMismatch("C000020", "txn_count_7d", 21, 21.0),
+    )
+    assert (result.missing_keys, result.missing_count, result.mismatch_count) == (("C000011",), 1, 2)
+    assert (result.online_rows, result.offline_rows, result.keys_checked) == (49, 50, 50)
+    assert result.summary() == (
+        "online table customer_txn_7d version v1 differs from the offline rows (50 keys read back): "
+        "rows: 49 online, 50 offline; missing keys: 1 (C000011); differing values: 2 (first: key C000007 "
+        "column amount_sum_7d: offline 0.7000000000000001, online 0.7000000000000002)"
+    )
+
+
+def test_a_hundred_thousand_rows_are_written_and_read_back(store: OnlineStore) -> None:
+    written = write(store, "v1", customers(100_000))
+    store.switch(TABLE, "v1", expected_current=None)
+
+    sample = [f"C{index:06d}" for index in range(0, 100_000, 997)]
+    assert written.rows == 100_000
+    assert store.get(TABLE, sample) == {key: read_back(customer(int(key[1:]))) for key in sample}
+    assert parity(store, TABLE, "v1", {row[KEY]: row for row in customers(100_000)}).passed
+
+
+# Choosing the store from BACKFILLS_ONLINE_STORE
+
+
+def test_an_absolute_sqlite_url_opens_that_file(tmp_path: Path) -> None:
+    path = tmp_path / "serving" / "online.db"
+    with open_online_store(f"sqlite://{path}") as store:
+        write(store, "v1", customers(1))
+        assert isinstance(store, SqliteOnlineStore)
+        assert store.describe() == f"sqlite://{path}"
+    # SQLAlchemy's spelling of an absolute path (four slashes) names the same file.
+    with open_online_store(f"sqlite:///{path}") as store:
+        assert store.has_version(TABLE, "v1")
+
+
+@pytest.mark.parametrize(
+    "url",
+    [
+        "postgresql://admin:hunter2@db:5432/features",
+        "sqlite:online.db",
+        "sqlite://db-host/online.db",
+        "redis-cache:6379",
+        "",
+    ],
+)
+def test_a_bad_url_names_the_variable_and_the_accepted_forms_but_no_password(url: str) -> None:
+    with pytest.raises(ConfigurationError) as refused:
+        open_online_store(url)
+
+    message = str(refused.value)
+    assert message.startswith("BACKFILLS_ONLINE_STORE=")
+    assert "sqlite:///absolute/path.db" in message and "redis://[user:password@]host:port/db" in message
+    assert "hunter2" not in message
+
+
+def test_an_unreachable_redis_is_named_without_its_password() -> None:
+    port = free_port()
+
+    with pytest.raises(OnlineStoreError) as refused:
+        open_online_store(f"redis://reader:hunter2@127.0.0.1:{port}/0?password=hunter2")
+
+    assert f"cannot reach the online store at redis://reader@127.0.0.1:{port}/0:" in str(refused.value)
+    assert "hunter2" not in str(refused.value)
+
+
+def test_a_redis_with_a_password_serves_reads_and_never_shows_it(tmp_path: Path) -> None:
+    try:
+        binary = find_redis_server()
+    except RedisUnavailable as missing:
+        pytest.skip(str(missing))
+    with RedisServer(tmp_path / "redis", password="hunter2", binary=binary) as server:
+        with open_online_store(server.url) as store:
+            write(store, "v1", customers(3))
+            store.switch(TABLE, "v1", expected_current=None)
+            assert store.get(TABLE, ["C000002"]) == {"C000002": read_back(customer(2))}
+            assert store.describe() == f"redis://127.0.0.1:{server.port}/0"
+        with pytest.raises(OnlineStoreError) as refused:
+            open_online_store(server.url.replace("hunter2", "wrong-guess"))
+        assert "wrong-guess" not in str(refused.value)
