@@ -130,3 +130,7 @@ class OnlineVersionChangedError(OnlineStoreError):
 class OnlineParityError(OnlineStoreError):
     """Rows read back from a freshly written online version differ from the offline rows: it was not switched
     to, so readers stay on the version they had."""
+
+
+class DrillFailedError(BackfillsError):
+    """A rollback drill found partitions a rollback could not restore (missing or modified files)."""

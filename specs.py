@@ -150,6 +150,34 @@ class KeyCoverage:
 
 
 @dataclass(frozen=True)
+class ModelImpactPolicy:
+    """When a batch's effect on the reference models' decisions warns or blocks: the share of scored
+    entity-days whose decision flips (staged rows against production's rows of the same days and keys)."""
+
+    warn_flip_rate: float = 0.01
+    block_flip_rate: float = 0.05
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.warn_flip_rate <= self.block_flip_rate <= 1:
+            raise ValueError(
+                f"warn_flip_rate ({self.warn_flip_rate}) must be at most block_flip_rate "
+                f"({self.block_flip_rate}), both between 0 and 1"
+            )
+
+
+@dataclass(frozen=True)
+class ReferenceModel:
+    """A model that reads a table's features, declared so that a batch is judged by what it does to the
+    model's scores and decisions. `score` is deterministic (no training, no download): given rows with the
+    `features` columns it returns them with a `score` (double) and a `decision` column."""
+
+    name: str
+    features: tuple[str, ...]
+    score: Callable[[DataFrame], DataFrame]
+    description: str = ""
+
+
+@dataclass(frozen=True)
 class Serving:
     """How readers of production use a table at a point in time (training sets; serving/training.py).
 
@@ -196,6 +224,9 @@ class FeatureSpec:
     # Share of a run's raw events that may be exact re-deliveries of a txn_id before the check warns.
     duplicate_events_warn_rate: float = 0.001
     serving: Serving = Serving()
+    # Models that read this table's features; a batch is judged by what it does to their decisions.
+    reference_models: tuple[ReferenceModel, ...] = ()
+    model_impact: ModelImpactPolicy = ModelImpactPolicy()
 
     @property
     def column_names(self) -> list[str]:

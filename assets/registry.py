@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from backfills.assets import transformations as tx
+from backfills.assets.models import CARD_RISK_FEATURES, card_risk_score
 from backfills.errors import UnknownTableError
 from backfills.specs import (
     RAW_TRANSACTIONS,
@@ -10,7 +11,16 @@ from backfills.specs import (
     FeatureInput,
     FeatureSpec,
     KeyCoverage,
+    ReferenceModel,
     RowRule,
+)
+
+# The model a batch touching the profile is judged by (the model_impact check, checks/model_impact.py).
+CARD_RISK = ReferenceModel(
+    name="card_risk_v1",
+    features=CARD_RISK_FEATURES,
+    score=card_risk_score,
+    description="Fixed-coefficient card risk score over the profile; declines at 0.5 and above.",
 )
 
 
@@ -203,6 +213,7 @@ FEATURES: tuple[FeatureSpec, ...] = (
     ),
     FeatureSpec(
         name=PROFILE,
+        reference_models=(CARD_RISK,),
         description="Velocity of the last 7 days against the 30-day baseline, with risk flags and a tier.",
         owner="team:risk-models",
         inputs=(FeatureInput(WEEKLY), FeatureInput(MONTHLY)),

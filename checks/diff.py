@@ -401,7 +401,7 @@ def _column_shifts(
         staged_quantile_values = staged_stats[f"q{j}"] or [None] * len(staged_points)
         psi = None
         if j in edges:
-            psi = _psi(production_bins[j], _bin_counts(staged_stats, j, len(edges[j])))
+            psi = population_stability_index(production_bins[j], _bin_counts(staged_stats, j, len(edges[j])))
         shifts.append(
             ColumnShift(
                 column=column,
@@ -449,7 +449,7 @@ def _bin_counts(row: Row, j: int, edge_count: int) -> list[int]:
     return [count - previous for previous, count in zip([0, *cumulative[:-1]], cumulative, strict=True)]
 
 
-def _psi(production_counts: list[int], staged_counts: list[int]) -> float | None:
+def population_stability_index(production_counts: list[int], staged_counts: list[int]) -> float | None:
     production_total = sum(production_counts)
     staged_total = sum(staged_counts)
     if not production_total or not staged_total:

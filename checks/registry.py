@@ -10,6 +10,7 @@ from backfills.checks.cross_table import CrossTableConsistency
 from backfills.checks.diff_check import DiffVsProduction
 from backfills.checks.duplicates import DuplicateEvents
 from backfills.checks.expectations import EXPECTATION_CHECKS
+from backfills.checks.model_impact import ModelImpact
 from backfills.checks.non_empty import NonEmptyDays
 from backfills.specs import FeatureSpec
 
@@ -21,6 +22,7 @@ CHECKS: tuple[Check, ...] = (
     CrossTableConsistency(),
     DiffVsProduction(),
     DuplicateEvents(),
+    ModelImpact(),
 )
 
 

@@ -9,6 +9,7 @@ from __future__ import annotations
 from typing import Any
 
 from backfills.checks.diff_check import DIFF_CHECK
+from backfills.checks.model_impact import MODEL_IMPACT_CHECK
 from backfills.resources.catalog_models import BatchManifest, CheckRecord
 
 _SEVERITY = {"passed": 0, "warned": 1, "failed": 2}
@@ -55,6 +56,27 @@ def _diff_summary(records: list[CheckRecord]) -> dict[str, Any]:
     }
 
 
+def _impact_summary(records: list[CheckRecord]) -> dict[str, Any]:
+    """Per reference model, its flips summed over the table's runs, and the largest score PSI of a run."""
+    models: dict[str, dict[str, Any]] = {}
+    for record in records:
+        for name, facts in record.figures.get("models", {}).items():
+            total = models.setdefault(
+                name,
+                {"rows_scored": 0, "decision_flips": 0, "approve_to_decline": 0, "decline_to_approve": 0},
+            )
+            for count in ("rows_scored", "decision_flips", "approve_to_decline", "decline_to_approve"):
+                total[count] += int(facts.get(count, 0) or 0)
+            psi = facts.get("score_psi")
+            if psi is not None:
+                total["score_psi"] = max(psi, total.get("score_psi", 0.0))
+    for total in models.values():
+        total["flip_rate"] = (
+            round(total["decision_flips"] / total["rows_scored"], 6) if total["rows_scored"] else 0.0
+        )
+    return {"verdict": _worst(records).verdict, "models": models}
+
+
 def batch_check_summary(manifest: BatchManifest) -> dict[str, Any]:
     """State, blocking reasons and, per table, partitions, rows, check verdicts and the production diff."""
     by_table: dict[str, dict[str, list[CheckRecord]]] = {}
@@ -81,6 +103,8 @@ def batch_check_summary(manifest: BatchManifest) -> dict[str, Any]:
         }
         if DIFF_CHECK in checks:
             entry["diff"] = _diff_summary(checks[DIFF_CHECK])
+        if MODEL_IMPACT_CHECK in checks:
+            entry["model_impact"] = _impact_summary(checks[MODEL_IMPACT_CHECK])
         tables[table] = entry
     return {
         "batch_id": manifest.batch_id,

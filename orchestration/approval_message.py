@@ -92,6 +92,22 @@ def not_recomputed(batch: BatchManifest) -> list[str]:
     ]
 
 
+def model_impact(batch: BatchManifest) -> list[str]:
+    """Per table and reference model: how many entity-days' decisions flip, each way, and the score PSI."""
+    lines = []
+    for table, entry in batch_check_summary(batch)["tables"].items():
+        for name, facts in entry.get("model_impact", {}).get("models", {}).items():
+            line = (
+                f"{name} on {table}: {facts['decision_flips']:,} of {facts['rows_scored']:,} entity-days "
+                f"change decision ({facts['flip_rate']:.2%}): {facts['approve_to_decline']:,} "
+                f"approve->decline, {facts['decline_to_approve']:,} decline->approve"
+            )
+            if "score_psi" in facts:
+                line += f"; score PSI {facts['score_psi']:.3f}"
+            lines.append(line + f" ({entry['model_impact']['verdict']})")
+    return lines
+
+
 def _checks(batch: BatchManifest) -> list[str]:
     lines = []
     for table, entry in batch_check_summary(batch)["tables"].items():
@@ -133,6 +149,7 @@ def request_message(
         + ", ".join(f"{table} `{', '.join(versions)}`" for table, versions in batch.code_versions().items()),
     ]
     changes = _changes(batch) + not_recomputed(batch)
+    impact = model_impact(batch)
     checks = _checks(batch)
     needed = f"{request.required} approval{'s' if request.required != 1 else ''} needed" + (
         "" if batch.requester else " (one more than usual: nobody is named as requester)"
@@ -154,6 +171,7 @@ def request_message(
         {"type": "header", "text": {"type": "plain_text", "text": f"Approve backfill {batch.batch_id}?"}},
         _section("\n".join(facts)),
         _section("*What changes in production*\n" + "\n".join(f"• {line}" for line in changes)),
+        *([_section("*Model impact*\n" + "\n".join(f"• {line}" for line in impact))] if impact else []),
         _section("*Checks*\n" + "\n".join(f"• {line}" for line in checks)),
         _section(f"*How to decide*\n{how}"),
         {"type": "context", "elements": [{"type": "mrkdwn", "text": dagster}]},
@@ -164,6 +182,7 @@ def request_message(
             *[fact.replace("*", "") for fact in facts],
             "What changes in production:",
             *[f"  {line}" for line in changes],
+            *(["Model impact:", *[f"  {line}" for line in impact]] if impact else []),
             "Checks:",
             *[f"  {line}" for line in checks],
             f"How to decide: {how}",

@@ -421,6 +421,41 @@ def cmd_freshness(args: argparse.Namespace, settings: Settings) -> None:
         print(item.describe())
 
 
+def cmd_drill(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.orchestration.drills import past_drills
+
+    config: dict[str, object] = {"to_release": args.to, "deep": args.deep}
+    if args.as_user:
+        config["requested_by"] = args.as_user
+    # A failed drill fails the run: the error names what a rollback could not restore.
+    run_id = _run_job(settings, "rollback_drill", "drill_op", config, {})
+    last = past_drills(_catalog(settings))[-1]
+    print(
+        f"rollback_drill run {run_id}: drill {last['drill_id']} to release {last['target_release_id']} "
+        f"passed: {last['partitions_checked']} partitions and {last['files_checked']} files restorable, "
+        f"{last['seconds_to_restore']:.1f}s to restore"
+    )
+
+
+def cmd_drills(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.orchestration.drills import past_drills
+
+    drills = past_drills(_catalog(settings))
+    if args.format == "json":
+        print(json.dumps(drills, sort_keys=True))
+        return
+    for drill in drills:
+        verdict = "passed" if drill["passed"] else f"FAILED ({drill['problem_count']} problems)"
+        print(
+            f"{drill['started_at'][:19]}Z  {drill['drill_id']}  to {drill['target_release_id']}  {verdict}  "
+            f"{drill['partitions_checked']} partitions  {drill['seconds_to_restore']:.1f}s to restore"
+        )
+        for problem in drill["problems"][:5]:
+            print(f"    {problem}")
+    if not drills:
+        print("no rollback drill has run yet: `backfills drill`")
+
+
 def _local_channel_only(settings: Settings, command: str) -> None:
     if settings.uses_slack:
         raise ConfigurationError(
@@ -659,6 +694,19 @@ def build_parser() -> argparse.ArgumentParser:
     )
     fresh.add_argument("--format", choices=["text", "json"], default="text")
     fresh.set_defaults(run=cmd_freshness)
+
+    drill = commands.add_parser(
+        "drill", help="drill a rollback (readers unaffected): is every partition restorable?"
+    )
+    drill.add_argument(
+        "--to", default="previous", metavar="RELEASE", help="a release ID, or 'previous' (default)"
+    )
+    drill.add_argument("--deep", action="store_true", help="also hash every partition's rows with Spark")
+    drill.add_argument("--as", dest="as_user", metavar="USER", help="who runs the drill")
+    drill.set_defaults(run=cmd_drill)
+    drills = commands.add_parser("drills", help="past rollback drills: passed or failed, what failed, time")
+    drills.add_argument("--format", choices=["text", "json"], default="text")
+    drills.set_defaults(run=cmd_drills)
 
     for name, verb in (("approve", "approve"), ("reject", "reject")):
         vote = commands.add_parser(

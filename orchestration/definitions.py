@@ -5,7 +5,16 @@ from __future__ import annotations
 import os
 from datetime import date
 
-from dagster import AssetSelection, Definitions, EnvVar, define_asset_job, in_process_executor
+from dagster import (
+    AssetSelection,
+    AssetSpec,
+    DefaultScheduleStatus,
+    Definitions,
+    EnvVar,
+    ScheduleDefinition,
+    define_asset_job,
+    in_process_executor,
+)
 
 from backfills.assets.factory import (
     build_feature_assets,
@@ -17,7 +26,12 @@ from backfills.assets.factory import (
 from backfills.assets.registry import FEATURES
 from backfills.orchestration.approval_channels import ApprovalsResource
 from backfills.orchestration.freshness_checks import build_freshness_checks, build_freshness_sensor
-from backfills.orchestration.jobs import promote_batch_job, rollback_release_job
+from backfills.orchestration.jobs import (
+    DRILLS_ASSET,
+    promote_batch_job,
+    rollback_drill_job,
+    rollback_release_job,
+)
 from backfills.orchestration.sensors import build_approval_sensor
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.resources.settings import Settings, load_settings
@@ -25,6 +39,7 @@ from backfills.resources.spark import SparkResource
 from backfills.serving.online_resource import OnlineStoreResource
 
 STAGE_FEATURES_JOB = "stage_features"
+DRILL_SCHEDULE = "weekly_rollback_drill"
 
 
 def approvals_resource(settings: Settings, *, in_dagster: bool = True) -> ApprovalsResource:
@@ -70,8 +85,26 @@ def build_definitions(settings: Settings) -> Definitions:
             *feature_assets,
             *[production_spec(spec, partitions) for spec in FEATURES],
             *[online_spec(spec) for spec in FEATURES],
+            AssetSpec(
+                DRILLS_ASSET,
+                group_name="audit",
+                description=(
+                    "Rollback drills: each is an observation (passed, target release, time to restore, "
+                    "partitions and files checked, problems). Written by the rollback_drill job."
+                ),
+            ),
         ],
-        jobs=[stage_features, promote_batch_job, rollback_release_job],
+        jobs=[stage_features, promote_batch_job, rollback_release_job, rollback_drill_job],
+        schedules=[
+            ScheduleDefinition(
+                name=DRILL_SCHEDULE,
+                job=rollback_drill_job,
+                cron_schedule="0 4 * * 1",  # Mondays 04:00 UTC
+                execution_timezone="UTC",
+                default_status=DefaultScheduleStatus.STOPPED,
+                description="The weekly rollback drill (turn it on in the UI; off by default).",
+            )
+        ],
         asset_checks=build_freshness_checks(last_partition),
         sensors=[
             build_approval_sensor(settings.sensor_interval_seconds),

@@ -5,6 +5,7 @@ synced to the new release (`serving.online_sync`), each table an observation of 
 from collections.abc import Callable
 
 from dagster import (
+    AssetKey,
     AssetMaterialization,
     AssetObservation,
     Config,
@@ -18,9 +19,10 @@ from dagster import (
 from pydantic import Field
 
 from backfills.assets.factory import online_key, production_key
-from backfills.errors import ApprovalNotFoundError, BackfillsError, OnlineStoreError
+from backfills.errors import ApprovalNotFoundError, BackfillsError, DrillFailedError, OnlineStoreError
 from backfills.orchestration.approval_channels import ApprovalsResource
 from backfills.orchestration.approval_message import ChannelMessage
+from backfills.orchestration.drills import deep_rows, run_drill
 from backfills.orchestration.promotion import PublishedChange, production_facts, promote, roll_back
 from backfills.resources.approvals_store import ApprovalStore
 from backfills.resources.catalog import ReleaseCatalog
@@ -31,6 +33,8 @@ from backfills.serving.online_sync import sync_release
 
 PROMOTE_JOB = "promote_batch"
 ROLLBACK_JOB = "rollback_release"
+DRILL_JOB = "rollback_drill"
+DRILLS_ASSET = AssetKey(["audit", "rollback_drills"])
 
 
 class PromoteConfig(Config):
@@ -49,6 +53,14 @@ class PromoteConfig(Config):
         description="Also recompute every staged partition's content hash with Spark (default: file sizes "
         "and checksums, no Spark).",
     )
+
+
+class DrillConfig(Config):
+    to_release: str = Field(
+        default="previous", description="The release to drill a rollback to, or 'previous'."
+    )
+    deep: bool = Field(default=False, description="Also hash every partition's rows again with Spark.")
+    requested_by: str | None = Field(default=None, description="Who runs the drill (the schedule: none).")
 
 
 class RollbackConfig(Config):
@@ -194,6 +206,51 @@ def sync_online_op(
         context.log_event(AssetObservation(asset_key=online_key(sync.table), metadata=sync.metadata()))
 
 
+@op(description="Drill a rollback on a shadow pointer (readers unaffected): every partition restorable?")
+def drill_op(
+    context: OpExecutionContext,
+    config: DrillConfig,
+    catalog: CatalogResource,
+    online: OnlineStoreResource,
+    spark: SparkResource,
+    approvals: ApprovalsResource,
+) -> None:
+    release_catalog = catalog.catalog()
+    store = online.open()
+    try:
+        result = run_drill(
+            release_catalog,
+            to=config.to_release,
+            online=store,
+            actor=config.requested_by or context.run.tags.get("dagster/schedule_name"),
+            deep_check=deep_rows(spark.session(), release_catalog) if config.deep else None,
+        )
+    finally:
+        if store is not None:
+            store.close()
+    context.log_event(
+        AssetObservation(
+            asset_key=DRILLS_ASSET,
+            description=result.describe(),
+            metadata={
+                "drill_id": result.drill_id,
+                "passed": result.passed,
+                "target_release_id": result.target_release_id,
+                "current_release_id": result.current_release_id,
+                "seconds_to_restore": result.seconds_to_restore,
+                "partitions_checked": result.partitions_checked,
+                "files_checked": result.files_checked,
+                "problems": result.problem_count,
+            },
+        )
+    )
+    if not result.passed:
+        channel = approvals.channel(context.log.info)
+        _tell(context, lambda: channel.announce(ChannelMessage(text=result.describe(), blocks=[])))
+        raise DrillFailedError(result.describe())
+    context.log.info(result.describe())
+
+
 def _tell(context: OpExecutionContext, send: Callable[[], None]) -> None:
     # Production already changed (or the refusal is recorded): a Slack outage must not fail the run.
     try:
@@ -207,6 +264,11 @@ def _tell(context: OpExecutionContext, send: Callable[[], None]) -> None:
 )
 def promote_batch_job() -> None:
     sync_online_op(promote_op())
+
+
+@job(name=DRILL_JOB, description="Prove a rollback would restore production, without touching it.")
+def rollback_drill_job() -> None:
+    drill_op()
 
 
 @job(name=ROLLBACK_JOB, description="Roll production back to an earlier release, whole or some tables.")

@@ -129,7 +129,7 @@ def verify_code(batch: BatchManifest, code: dict[str, TableCode], *, force: bool
         )
 
 
-def _file_problems(store: ObjectStore, table: str, day: str, record: PartitionRecord) -> list[str]:
+def file_problems(store: ObjectStore, table: str, day: str, record: PartitionRecord) -> list[str]:
     """What changed in one partition's files since staging, from sizes and checksums (no rows read)."""
     problems = []
     sizes = {item.key: item.size for item in store.describe(record.base)} if record.files else {}
@@ -144,7 +144,7 @@ def _file_problems(store: ObjectStore, table: str, day: str, record: PartitionRe
     return problems
 
 
-def _row_problems(
+def row_problems(
     spark: SparkSession, store: ObjectStore, table: str, records: dict[str, PartitionRecord]
 ) -> list[str]:
     """Partitions whose files no longer hold the recorded rows: content hashes recomputed with Spark."""
@@ -195,11 +195,11 @@ def verify_content(
     for table, records in sorted(batch.tables.items()):
         for day, record in sorted(records.items()):
             if record.file_checks or not record.files:
-                problems.extend(_file_problems(store, table, day, record))
+                problems.extend(file_problems(store, table, day, record))
             if deep or (record.files and not record.file_checks):
                 by_rows.setdefault(table, {})[day] = record
     for table, records in by_rows.items():
-        problems.extend(_row_problems(spark, store, table, records))
+        problems.extend(row_problems(spark, store, table, records))
     if problems:
         problems = list(dict.fromkeys(problems))
         raise StagedContentChangedError(
