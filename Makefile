@@ -150,13 +150,13 @@ spark-connect-stop: install
 spark-connect-status: install
 	@$(CONNECT_SERVER) status --state-dir "$(SPARK_STATE_DIR)"
 
-# `make test` spreads the test modules over TEST_WORKERS pytest-xdist processes (tests/conftest.py says how
-# they are grouped); TEST_WORKERS=0 runs them in this process.
+# `make test` spreads the test modules over TEST_WORKERS pytest-xdist processes, whole modules at a time
+# (tests/conftest.py); TEST_WORKERS=0 runs them in this process.
 TEST_WORKERS ?= 2
 
 test: install java
 	$(BIN)/ruff check .
-	$(BIN)/pytest -n $(TEST_WORKERS) --dist loadgroup --no-loadscope-reorder
+	$(BIN)/pytest -n $(TEST_WORKERS) --no-loadscope-reorder
 
 test-fast: install java
 	$(BIN)/ruff check .

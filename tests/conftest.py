@@ -30,21 +30,40 @@ from backfills.specs import DateRange, FeatureSpec
 # browser modules).
 pytest_plugins = ["operator_flow"]
 
-# `make test` runs the suite on two pytest-xdist workers with `--dist loadgroup --no-loadscope-reorder`.
+# `make test` runs the suite on two pytest-xdist workers (`-n 2`), scheduled by module (see below).
 SLOW_MARKS = {"end_to_end", "crash", "spark_connect"}  # modules that start real services or processes
-SHARED_FLOW_MODULES = {"test_browser_ui", "test_end_to_end"}  # both read the operator's flow
+# The modules that run dagster-webserver and dagster-daemon; the browser and end-to-end modules also
+# share the operator's flow (tests/operator_flow.py).
+DAGSTER_SERVICE_MODULES = {
+    "test_browser_ui",
+    "test_end_to_end",
+    "test_launch_from_dialog",
+    "test_local_instance",
+}
+
+
+def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
+    """Each module runs whole on one worker (its module and session fixtures are built once there), and
+    the modules that run the Dagster services run one after the other on one worker, in file order: the
+    operator's flow is built once, and two daemons never compete for the 2 cores while the other worker
+    runs the rest. (xdist's own `--dist loadgroup` cannot group modules with pytest 9.2: it rewrites a
+    node ID attribute that pytest no longer reads.)"""
+    from xdist.scheduler import LoadScopeScheduling
+
+    class ModuleScheduling(LoadScopeScheduling):
+        def _split_scope(self, nodeid: str) -> str:
+            module = nodeid.split("::", 1)[0]
+            return "dagster_services" if Path(module).stem in DAGSTER_SERVICE_MODULES else module
+
+    return ModuleScheduling(config, log)
 
 
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
-    """Each module runs whole on one worker (its module and session fixtures are built once there); the
-    modules reading the operator's flow share one worker, in file order, so the flow runs once. The slow
-    modules come first, so that the quick ones fill the other worker's time instead of waiting behind
-    them at the end. The order is the same in a run without workers."""
+    """The slow modules first, so that the quick ones fill the other worker's time instead of waiting
+    behind them at the end (with `--no-loadscope-reorder`, the workers take modules in this order). The
+    order is the same in a run without workers."""
     slow = {item.path for item in items if SLOW_MARKS & {mark.name for mark in item.iter_markers()}}
     items.sort(key=lambda item: item.path not in slow)  # stable: file order within each kind
-    for item in items:
-        module = item.path.stem
-        item.add_marker(pytest.mark.xdist_group("operator_flow" if module in SHARED_FLOW_MODULES else module))
 
 
 # Object stores: a local folder and the S3 API (moto in server mode over HTTP)
