@@ -65,7 +65,7 @@ def approvals_resource(settings: Settings, *, in_dagster: bool = True) -> Approv
 def online_resource(settings: Settings) -> OnlineStoreResource:
     """The online store resource; a URL set in BACKFILLS_ONLINE_STORE (it may hold a Redis password) reaches
     Dagster as the variable's name only, like the Slack token."""
-    if os.environ.get("BACKFILLS_ONLINE_STORE"):
+    if settings.online_store_url and os.environ.get("BACKFILLS_ONLINE_STORE"):
         return OnlineStoreResource(url=EnvVar("BACKFILLS_ONLINE_STORE"))
     return OnlineStoreResource(url=settings.online_store_url)
 

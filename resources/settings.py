@@ -118,9 +118,11 @@ def _slack() -> tuple[str | None, str | None]:
 
 
 def _online_store(storage_root: str) -> str | None:
-    """BACKFILLS_ONLINE_STORE, else the embedded SQLite file under a local storage root (`online/online.db`);
-    an s3:// root has no default (the online store is then off until it is set)."""
+    """BACKFILLS_ONLINE_STORE (`none` turns the online store off), else the embedded SQLite file under a
+    local storage root (`online/online.db`); an s3:// root has no default (off until it is set)."""
     url = os.environ.get("BACKFILLS_ONLINE_STORE") or None
+    if url is not None and url.strip().lower() == "none":
+        return None
     if url or storage_root.startswith(("s3://", "s3a://")):
         return url
     return f"sqlite:///{Path(storage_root).absolute() / 'online' / 'online.db'}"
