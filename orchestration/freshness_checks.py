@@ -73,14 +73,10 @@ def _freshness_check(spec: FeatureSpec, last_partition: date | None) -> AssetChe
         blocking=False,
     )
     def check(catalog: CatalogResource, online: OnlineStoreResource) -> AssetCheckResult:
-        store = online.open()
-        try:
+        with online.opened() as store:
             item = table_freshness(
                 catalog.catalog(), spec, now=datetime.now(UTC), last_partition=last_partition, online=store
             )
-        finally:
-            if store is not None:
-                store.close()
         return AssetCheckResult(
             passed=not item.late,
             severity=AssetCheckSeverity.WARN,
@@ -116,12 +112,8 @@ def build_freshness_sensor(last_partition: date | None, interval_seconds: int = 
         verdicts: dict[str, str] = cursor.get("verdicts", {})
         told: dict[str, str] = cursor.get("told", {})
         now = datetime.now(UTC)
-        store = online.open()
-        try:
+        with online.opened() as store:
             items = freshness(catalog.catalog(), now=now, last_partition=last_partition, online=store)
-        finally:
-            if store is not None:
-                store.close()
         for item in items:
             signature = json.dumps(_metadata(item) | {"late": item.late}, sort_keys=True, default=str)
             if verdicts.get(item.table) != signature:

@@ -216,8 +216,7 @@ def drill_op(
     approvals: ApprovalsResource,
 ) -> None:
     release_catalog = catalog.catalog()
-    store = online.open()
-    try:
+    with online.opened() as store:
         result = run_drill(
             release_catalog,
             to=config.to_release,
@@ -225,9 +224,6 @@ def drill_op(
             actor=config.requested_by or context.run.tags.get("dagster/schedule_name"),
             deep_check=deep_rows(spark.session(), release_catalog) if config.deep else None,
         )
-    finally:
-        if store is not None:
-            store.close()
     context.log_event(
         AssetObservation(
             asset_key=DRILLS_ASSET,

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
+
 from dagster import ConfigurableResource
 from pydantic import Field
 
@@ -18,3 +21,13 @@ class OnlineStoreResource(ConfigurableResource):
 
     def open(self) -> OnlineStore | None:
         return open_online_store(self.url) if self.url else None
+
+    @contextmanager
+    def opened(self) -> Iterator[OnlineStore | None]:
+        """The store for a block, closed after it; None when there is no online store."""
+        store = self.open()
+        try:
+            yield store
+        finally:
+            if store is not None:
+                store.close()
