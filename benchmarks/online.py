@@ -9,7 +9,8 @@ random keys through `OnlineStore.get`, timed one call at a time (p50 and p99 ove
 a warm-up).
 
 Goals on this machine: Redis p99 < 5 ms for 100 keys; a sync of 1M entities < 60 s. Run it alone on the
-machine (nothing else running), then read ONLINE_REPORT.md; the figures go to results.json under `online`.
+machine (nothing else running); it writes ONLINE_REPORT.md beside it and the figures to results.json under
+`online`.
 
     python benchmarks/online.py [--scales 20000,1000000] [--lookups 2000] [--results benchmarks/results.json]
 """
@@ -21,6 +22,7 @@ import json
 import os
 import random
 import statistics
+import subprocess
 import sys
 import tempfile
 import time
@@ -141,8 +143,10 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--scales", default="20000,1000000", help="entities per partition (20000,1000000)")
     parser.add_argument("--lookups", type=int, default=2000, help="timed lookups per size and backend (2000)")
     parser.add_argument("--results", type=Path, default=Path(__file__).with_name("results.json"))
+    parser.add_argument("--report", type=Path, default=Path(__file__).with_name("ONLINE_REPORT.md"))
     add_spark_options(parser, driver_memory="3g")
     args = parser.parse_args(argv)
+    begun = time.perf_counter()
     spark = SparkSettings.from_args(args).session()
     scales = [int(value) for value in args.scales.split(",")]
     figures: dict[str, object] = {"scales": scales, "lookups": args.lookups, "day": DAY}
@@ -170,6 +174,7 @@ def main(argv: list[str] | None = None) -> int:
                         lookup[backend][str(count)] = _lookups(store, count, args.lookups)
                         print(f"{backend} lookups over {count}: {lookup[backend][str(count)]}", flush=True)
     largest = str(max(scales))
+    million = "1000000"
     figures.update(
         {
             "sync_seconds": sync,
@@ -178,18 +183,79 @@ def main(argv: list[str] | None = None) -> int:
                 "redis_p99_ms_100_keys": GOAL_REDIS_P99_MS_100_KEYS,
                 "sync_1m_seconds": GOAL_SYNC_1M_SECONDS,
                 "redis_p99_met": lookup["redis"][largest]["100_keys"]["p99_ms"] < GOAL_REDIS_P99_MS_100_KEYS,
-                "sync_1m_met": max(sync["sqlite"].get("1000000", 1e9), sync["redis"].get("1000000", 1e9))
-                < GOAL_SYNC_1M_SECONDS,
+                "sync_1m_met": (
+                    max(sync["sqlite"][million], sync["redis"][million]) < GOAL_SYNC_1M_SECONDS
+                    if million in sync["redis"]
+                    else None
+                ),
             },
+            "commit": _commit(),
             "measured_at": datetime.now(UTC).isoformat(timespec="seconds"),
-            "load_average_at_end": os.getloadavg()[0],
+            "load_average_at_end": round(os.getloadavg()[0], 2),
+            "seconds": round(time.perf_counter() - begun, 1),
         }
     )
     results = json.loads(args.results.read_text()) if args.results.is_file() else {}
     results["online"] = figures
     args.results.write_text(json.dumps(results, indent=2, sort_keys=True) + "\n")
+    args.report.write_text(_report(figures))
     print(json.dumps(figures, indent=2, sort_keys=True))
     return 0
+
+
+def _commit() -> str:
+    done = subprocess.run(
+        ["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, cwd=Path(__file__).parent
+    )
+    return done.stdout.strip() or "unknown"
+
+
+def _verdict(met: bool | None) -> str:
+    return "not measured" if met is None else ("**met**" if met else "**missed**")
+
+
+def _report(figures: dict) -> str:
+    """ONLINE_REPORT.md: the goals first, then every figure."""
+    goals, sync, lookup = figures["goals"], figures["sync_seconds"], figures["lookup"]
+    largest = str(max(figures["scales"]))
+    lines = [
+        "# Online store benchmark",
+        "",
+        f"Written by `benchmarks/online.py` on {figures['measured_at']} from commit {figures['commit']}, "
+        f"in {figures['seconds']:.0f} s; {figures['lookups']} timed lookups per size, backend and scale. "
+        "How it measures: the docstring of `benchmarks/online.py`.",
+        "",
+        "## Goals",
+        "",
+        "| goal | measured | verdict |",
+        "|---|---|---|",
+        f"| Redis p99 < {goals['redis_p99_ms_100_keys']:g} ms for 100 keys ({largest} entities) | "
+        f"{lookup['redis'][largest]['100_keys']['p99_ms']} ms | {_verdict(goals['redis_p99_met'])} |",
+        f"| sync of 1,000,000 entities < {goals['sync_1m_seconds']:g} s | "
+        + (
+            f"SQLite {sync['sqlite']['1000000']} s, Redis {sync['redis']['1000000']} s"
+            if goals["sync_1m_met"] is not None
+            else "-"
+        )
+        + f" | {_verdict(goals['sync_1m_met'])} |",
+        "",
+        "## Sync of the newest partition (Spark read, load, parity read-back, switch)",
+        "",
+        "| entities | SQLite | Redis |",
+        "|---|---|---|",
+    ]
+    lines += [f"| {int(n):,} | {sync['sqlite'][n]} s | {sync['redis'][n]} s |" for n in sync["redis"]]
+    lines += ["", "## Lookups through `OnlineStore.get` (p50 / p99)", ""]
+    lines += ["| entities | keys | SQLite | Redis |", "|---|---|---|---|"]
+    for n in lookup["redis"]:
+        for size in ("1_keys", "100_keys"):
+            sqlite, redis = lookup["sqlite"][n][size], lookup["redis"][n][size]
+            lines.append(
+                f"| {int(n):,} | {size.split('_')[0]} | {sqlite['p50_ms']} / {sqlite['p99_ms']} ms "
+                f"| {redis['p50_ms']} / {redis['p99_ms']} ms |"
+            )
+    lines += ["", f"1-minute load average at the end: {figures['load_average_at_end']}.", ""]
+    return "\n".join(lines)
 
 
 if __name__ == "__main__":
