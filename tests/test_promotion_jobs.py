@@ -13,7 +13,7 @@ import redis
 from conftest import Lake, make_lake
 from dagster import AssetKey, DagsterInstance, build_sensor_context
 from slack_api import FakeSlack
-from test_approvals import ALICE, BOB, CAROL, CHANNEL, TABLES, staged_template  # noqa: F401
+from test_approvals import ALICE, BOB, CAROL, CHANNEL, TABLES
 
 from backfills.assets.reader import FeatureReader
 from backfills.orchestration.definitions import build_definitions
@@ -23,7 +23,7 @@ from backfills.serving.online_store import open_online_store
 
 
 @pytest.fixture
-def lake(staged_template: Path, tmp_path: Path) -> Lake:  # noqa: F811
+def lake(staged_template: Path, tmp_path: Path) -> Lake:
     root = tmp_path / "lake"
     shutil.copytree(staged_template, root)
     return make_lake(root)
