@@ -104,6 +104,10 @@ demo: install java
 	$(DEMO_ENV) $(BIN)/backfills training-set --entities $(DEMO_ROOT)/entities.csv --features $(DEMO_FEATURES) \
 	    --out $(DEMO_ROOT)/training/rolled_back.parquet
 	$(DEMO_ENV) $(BIN)/backfills online get customer_txn_7d C000042 C000007
+	@echo; echo "== 5b. A rollback drill: rehearse rolling back to the previous release on a shadow pointer"
+	@echo "   (readers stay on production), verify every file it lists, time the restore"
+	$(DEMO_ENV) $(BIN)/backfills drill --to previous
+	$(DEMO_ENV) $(BIN)/backfills drills
 	@echo; echo "== 6. The audit trail of one partition, and every release"
 	$(DEMO_ENV) $(BIN)/backfills audit customer_daily_txn --date 2025-01-25
 	$(DEMO_ENV) $(BIN)/backfills releases

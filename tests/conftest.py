@@ -18,7 +18,7 @@ from pyspark.sql import SparkSession
 from redis_server import RedisServer, RedisUnavailable, find_redis_server
 
 from backfills.assets.generator import write_landing_zone
-from backfills.assets.registry import feature_spec
+from backfills.assets.registry import dependency_order, feature_spec
 from backfills.assets.staging import StagedRun, stage_partitions
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.settings import Settings
@@ -178,6 +178,23 @@ def generated_landing_zone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_landing_zone(
         LocalObjectStore(root), start=date(2025, 1, 1), days=40, customers=60, rows_per_day=400, seed=11
     )
+    return root
+
+
+@pytest.fixture(scope="session")
+def staged_template(tmp_path_factory: pytest.TempPathFactory, generated_landing_zone: Path, spark) -> Path:
+    """A storage root with two complete, checked batches, staged once for the whole run (each test copies
+    it): `jan` (every table, Jan 1..4, requested by Alice, U0ALICE) and the later `fix` (customer_daily_txn,
+    Jan 3..6, also Alice's). The approval, promotion, drill, freshness and online tests start from it."""
+    root = tmp_path_factory.mktemp("approvals") / "lake"
+    shutil.copytree(generated_landing_zone / "raw", root / "raw")
+    lake = make_lake(root)
+    jan = {spec.name: [f"2025-01-0{day}" for day in range(1, 5)] for spec in dependency_order()}
+    for spec in dependency_order():
+        lake.stage(spark, spec, date(2025, 1, 1), date(2025, 1, 4), "jan", requester="U0ALICE")
+    lake.catalog.mark_complete("jan", jan)
+    lake.stage(spark, "customer_daily_txn", date(2025, 1, 3), date(2025, 1, 6), "fix", requester="U0ALICE")
+    lake.catalog.mark_complete("fix", {"customer_daily_txn": [f"2025-01-0{day}" for day in range(3, 7)]})
     return root
 
 

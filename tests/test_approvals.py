@@ -16,7 +16,7 @@ from slack_api import FakeSlack, RateLimited, ServerError, Timeout
 
 from backfills.assets.generator import Fault, write_landing_zone
 from backfills.assets.reader import FeatureReader
-from backfills.assets.registry import FEATURES, dependency_order
+from backfills.assets.registry import FEATURES
 from backfills.errors import (
     BatchNotApprovedError,
     ContractViolationError,
@@ -39,21 +39,6 @@ DAVE = "U0DAVE"  # an approver who left: his Slack account is deactivated
 CHANNEL = "C0APPROVALS"
 JAN_1, JAN_4 = date(2025, 1, 1), date(2025, 1, 4)
 TABLES = sorted(spec.name for spec in FEATURES)
-
-
-@pytest.fixture(scope="module")
-def staged_template(tmp_path_factory, generated_landing_zone: Path, spark) -> Path:
-    """A storage root with two complete, checked batches, staged once for the module: `jan` (every table,
-    Jan 1..4, requested by Alice) and the later `fix` (customer_daily_txn, Jan 3..6, also Alice's)."""
-    root = tmp_path_factory.mktemp("approvals") / "lake"
-    shutil.copytree(generated_landing_zone / "raw", root / "raw")
-    lake = make_lake(root)
-    for spec in dependency_order():
-        lake.stage(spark, spec, JAN_1, JAN_4, "jan", requester=ALICE)
-    lake.catalog.mark_complete("jan", {name: [f"2025-01-0{d}" for d in range(1, 5)] for name in TABLES})
-    lake.stage(spark, "customer_daily_txn", date(2025, 1, 3), date(2025, 1, 6), "fix", requester=ALICE)
-    lake.catalog.mark_complete("fix", {"customer_daily_txn": [f"2025-01-0{d}" for d in range(3, 7)]})
-    return root
 
 
 @pytest.fixture

@@ -9,7 +9,7 @@ import pytest
 from conftest import Lake
 from dagster import AssetKey, DagsterInstance
 from slack_api import FakeSlack
-from test_approvals import BOB, CHANNEL, staged_template  # noqa: F401
+from test_approvals import BOB, CHANNEL
 from test_promotion_jobs import _defs, _tick, lake, slack  # noqa: F401
 
 from backfills.assets import registry

@@ -93,8 +93,8 @@ def approved(staged: Path, tmp_path_factory) -> Path:
     return root
 
 
-def _crash(point: str, lake: Lake, *slack: str, before_kill=None) -> None:
-    """Run the child to its crash point; it must die by SIGKILL, not finish or fail."""
+def _start(point: str, lake: Lake, *slack: str) -> tuple[subprocess.Popen[bytes], Path]:
+    """Start the child that runs the flow to `point` on `lake`; its output goes to a log beside the lake."""
     log = lake.root.parent / f"{point}.log"
     with open(log, "wb") as output:
         child = subprocess.Popen(
@@ -103,10 +103,37 @@ def _crash(point: str, lake: Lake, *slack: str, before_kill=None) -> None:
             stdout=output,
             stderr=subprocess.STDOUT,
         )
-        if before_kill is not None:
-            before_kill(child.pid)
-        code = child.wait(timeout=600)
+    return child, log
+
+
+def _assert_killed(point: str, child: subprocess.Popen[bytes], log: Path) -> None:
+    """The child must die by SIGKILL at its point, not finish or fail."""
+    code = child.wait(timeout=600)
     assert code == -signal.SIGKILL, f"{point}: the child exited with {code}:\n{log.read_text()[-3000:]}"
+
+
+def _crash(point: str, lake: Lake, *slack: str, before_kill=None) -> None:
+    """Run the child to its crash point and wait for it to die there."""
+    child, log = _start(point, lake, *slack)
+    if before_kill is not None:
+        before_kill(child.pid)
+    _assert_killed(point, child, log)
+
+
+@pytest.fixture(scope="module")
+def killed_while_staging(
+    in_production: Path, tmp_path_factory
+) -> dict[str, tuple[Path, subprocess.Popen[bytes], Path]]:
+    """For each staging crash point, a copy of `in_production` with the child run meant to die there (the
+    lake, the child, its log). The four children run at the same time: each starts a JVM of its own, which
+    is most of its time, so the matrix waits for the slowest of them rather than for their sum."""
+    children = {}
+    for point in STAGING_POINTS:
+        lake = _copy(in_production, tmp_path_factory.mktemp(point))
+        children[point] = (lake.root, *_start(point, lake))
+    for _, child, _ in children.values():
+        child.wait(timeout=600)
+    return children
 
 
 def _assert_not_torn(lake: Lake) -> None:
@@ -149,11 +176,17 @@ def _attempt_folders(lake: Lake) -> set[str]:
 
 @pytest.mark.parametrize("point", STAGING_POINTS)
 def test_a_run_killed_while_staging_leaves_production_whole_and_a_retry_stages_the_clean_result(
-    point: str, in_production: Path, tmp_path: Path, spark, monkeypatch: pytest.MonkeyPatch, capsys
+    point: str,
+    in_production: Path,
+    killed_while_staging: dict[str, tuple[Path, subprocess.Popen[bytes], Path]],
+    spark,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys,
 ) -> None:
-    lake = _copy(in_production, tmp_path)
-    production = _production_hashes(lake)
-    _crash(point, lake)
+    root, child, log = killed_while_staging[point]
+    _assert_killed(point, child, log)
+    production = _production_hashes(make_lake(in_production))
+    lake = make_lake(root)
 
     _assert_not_torn(lake)
     assert _production_hashes(lake) == production

@@ -12,7 +12,7 @@ import pytest
 from conftest import Lake, make_lake
 from dagster import AssetKey, DagsterInstance
 from slack_api import FakeSlack
-from test_approvals import CHANNEL, staged_template  # noqa: F401
+from test_approvals import CHANNEL
 
 from backfills.orchestration.cli import main
 from backfills.orchestration.definitions import build_definitions
@@ -22,7 +22,7 @@ DAILY = "customer_daily_txn"
 
 
 @pytest.fixture
-def lake(staged_template: Path, tmp_path: Path) -> Lake:  # noqa: F811
+def lake(staged_template: Path, tmp_path: Path) -> Lake:
     """Production with two releases: `jan` (every table, Jan 1..4), then `fix` (customer_daily_txn 3..6)."""
     root = tmp_path / "lake"
     shutil.copytree(staged_template, root)

@@ -13,7 +13,7 @@ import pytest
 from conftest import Lake, make_lake
 from dagster import AssetCheckKey, DagsterInstance, build_sensor_context
 from slack_api import FakeSlack
-from test_approvals import CHANNEL, TABLES, staged_template  # noqa: F401
+from test_approvals import CHANNEL, TABLES
 
 from backfills.assets.factory import production_key
 from backfills.assets.registry import feature_spec
@@ -28,7 +28,7 @@ DAILY = "customer_daily_txn"
 
 
 @pytest.fixture
-def lake(staged_template: Path, tmp_path: Path) -> Lake:  # noqa: F811
+def lake(staged_template: Path, tmp_path: Path) -> Lake:
     root = tmp_path / "lake"
     shutil.copytree(staged_template, root)
     return make_lake(root)

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 from conftest import Lake, make_lake
-from test_approvals import TABLES, staged_template  # noqa: F401
+from test_approvals import TABLES
 
 from backfills.assets.reader import FeatureReader
 from backfills.errors import OnlineParityError
@@ -29,7 +29,7 @@ DAILY = "customer_daily_txn"
 
 
 @pytest.fixture
-def lake(staged_template: Path, tmp_path: Path) -> Lake:  # noqa: F811
+def lake(staged_template: Path, tmp_path: Path) -> Lake:
     root = tmp_path / "lake"
     shutil.copytree(staged_template, root)
     return make_lake(root)

@@ -9,10 +9,11 @@ from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
+import redis
 from conftest import Lake, make_lake
 from dagster import AssetKey, DagsterInstance, build_sensor_context
 from slack_api import FakeSlack
-from test_approvals import ALICE, BOB, CAROL, CHANNEL, TABLES, staged_template  # noqa: F401
+from test_approvals import ALICE, BOB, CAROL, CHANNEL, TABLES
 
 from backfills.assets.reader import FeatureReader
 from backfills.orchestration.definitions import build_definitions
@@ -22,7 +23,7 @@ from backfills.serving.online_store import open_online_store
 
 
 @pytest.fixture
-def lake(staged_template: Path, tmp_path: Path) -> Lake:  # noqa: F811
+def lake(staged_template: Path, tmp_path: Path) -> Lake:
     root = tmp_path / "lake"
     shutil.copytree(staged_template, root)
     return make_lake(root)
@@ -179,12 +180,25 @@ def test_a_refused_promotion_fails_its_run_and_tells_the_thread(
     assert refused.kind == "promotion_refused" and "StagedContentChangedError" in refused.details["error"]
 
 
+@pytest.fixture(params=["sqlite", "redis"])
+def online_store_url(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[str]:
+    """The embedded SQLite file, or a database of its own on the real redis-server (emptied afterwards)."""
+    if request.param == "sqlite":
+        yield f"sqlite:///{tmp_path / 'online.db'}"
+        return
+    server = request.getfixturevalue("redis_server")
+    url = server.url.rsplit("/", 1)[0] + "/7"
+    yield url
+    redis.Redis.from_url(url).flushdb()
+
+
 def test_the_jobs_keep_the_online_store_in_step_with_production(
-    lake: Lake, slack: FakeSlack, dagster_instance: DagsterInstance, tmp_path: Path, spark
+    lake: Lake, slack: FakeSlack, dagster_instance: DagsterInstance, online_store_url: str, spark
 ) -> None:
-    """After each promotion and rollback, the online store serves every table's newest production partition,
-    each sync an observation of `online/<table>`; the rollback switches back without reloading."""
-    url = f"sqlite:///{tmp_path / 'online.db'}"
+    """After each promotion and rollback, the online store (SQLite and Redis) serves every table's newest
+    production partition, each sync an observation of `online/<table>`; the rollback switches back without
+    reloading."""
+    url = online_store_url
     defs = _defs(lake, slack, online_store_url=url)
     reader = FeatureReader(spark, lake.store)
 
