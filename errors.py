@@ -31,6 +31,10 @@ class BatchSealedError(BackfillsError):
     """A write targeted a batch that no longer accepts partitions."""
 
 
+class IllegalTransitionError(BatchSealedError):
+    """A batch was asked to change state where its life cycle (resources/lifecycle.py) does not lead."""
+
+
 class ReleaseNotFoundError(BackfillsError):
     """No release exists for the release ID."""
 

@@ -35,9 +35,8 @@ from backfills.resources.catalog_models import (
     TableCode,
 )
 from backfills.resources.feature_store import PartitionFacts, PartitionFiles, partition_facts, read_partitions
+from backfills.resources.lifecycle import BatchState
 from backfills.resources.storage import ObjectStore
-
-PROMOTABLE_STATES = frozenset({"checked", "approved"})
 
 
 @dataclass(frozen=True)
@@ -74,7 +73,7 @@ def verify_approval(
 
     BatchNotApprovedError names what is missing, e.g. whose approval was ignored and why.
     """
-    if batch.state not in PROMOTABLE_STATES or batch.blocking_failures():
+    if not batch.state.promotable or batch.blocking_failures():
         raise BatchNotApprovedError(
             f"batch {batch.batch_id} is {batch.state}: only a batch whose every blocking check passed can be "
             "promoted"
@@ -247,7 +246,7 @@ def promote(
     approvals = ApprovalStore(catalog.store)
     batch = catalog.get_batch(batch_id)
     current = catalog.current_release()
-    if batch.state == "promoted" or (
+    if batch.state == BatchState.PROMOTED or (
         current and current.kind == "promotion" and current.batch_id == batch_id
     ):
         if current is None or current.batch_id != batch_id:
@@ -290,7 +289,7 @@ def _finish(
     release: Release,
     run_id: str | None,
 ) -> None:
-    catalog.seal_batch(batch.batch_id, "promoted", allowed_from=("approved", "checked"))
+    catalog.move_batch(batch.batch_id, BatchState.PROMOTED)
     if release.request_id is None:
         return
 

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from backfills.resources.lifecycle import BatchState
+
 
 def _as_utc(value: datetime) -> datetime:
     # A naive datetime is ambiguous (local time or UTC?), and catalog times decide order: refuse to guess.
@@ -116,14 +118,13 @@ class LaunchPlan(CatalogModel):
 class BatchManifest(CatalogModel):
     """Everything staged under one batch ID: table -> partition date -> record.
 
-    State: `staging`, `checked` or `blocked` while runs write (derived from the checks); then `approved`,
-    `rejected` or `promoted`, set by the approval flow, which seal the batch.
+    State: see `BatchState` (resources/lifecycle.py); the catalog changes it only along its transitions.
     """
 
     batch_id: str
     created_at: UtcDatetime
     updated_at: UtcDatetime
-    state: str = "staging"
+    state: BatchState = BatchState.STAGING
     requester: str | None = None
     runs: list[str] = []
     tables: dict[str, dict[str, PartitionRecord]] = {}
