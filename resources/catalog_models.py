@@ -295,6 +295,42 @@ class CurrentPointer(CatalogModel):
     updated_at: UtcDatetime
 
 
+CanaryStatus = Literal["open", "completed", "rolled_back"]
+
+
+class CanaryStep(CatalogModel):
+    """One step of a canary: opened at a percent, widened to one, completed (100) or rolled back; by whom or
+    what (a person, a job, the health guard) and when."""
+
+    action: Literal["opened", "widened", "completed", "rolled_back"]
+    percent: float
+    at: UtcDatetime
+    actor: str | None = None
+    reason: str | None = None
+
+
+class Canary(CatalogModel):
+    """The content of `catalog/CANARY`: the last canary release and how far it is exposed.
+
+    While `status` is "open", the entities in the slice (`slice_rule` over each table's entity key, at
+    `percent`) read `release_id`, a promotion release of `batch_id` staged on top of `base_release_id`, and
+    every other entity reads production. Completion makes `release_id` production; rollback closes it.
+    """
+
+    release_id: str
+    base_release_id: str | None
+    batch_id: str
+    percent: float
+    slice_rule: str
+    status: CanaryStatus = "open"
+    opened_at: UtcDatetime
+    steps: list[CanaryStep] = []
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == "open"
+
+
 class AuditEvent(CatalogModel):
     """One append-only entry of the audit trail ("staged", "promoted", "rolled_back", ...)."""
 
