@@ -23,6 +23,7 @@ from backfills.resources.approvals_store import ApprovalStore
 from backfills.resources.canary_slice import check_percent
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import Canary
+from backfills.resources.lifecycle import BatchState
 
 HEALTH_GUARD = "canary_health"  # the actor of an automatic rollback
 HEALTH_EVENT = "canary_health"
@@ -59,6 +60,7 @@ def promote_to_canary(
     check_percent(percent)
     open_now = canary_channel.open_canary(catalog)
     if open_now is not None and open_now.batch_id == batch_id:
+        catalog.move_batch(batch_id, BatchState.CANARY)  # a retry after a crash between the two writes
         return open_now
     canary_channel.refuse_while_open(catalog, f"open a canary of batch {batch_id}")
     batch = catalog.get_batch(batch_id)
@@ -88,6 +90,7 @@ def judge(catalog: ReleaseCatalog, canary: Canary, health: HealthJudge, *, actor
         batch_id=canary.batch_id,
         release_id=canary.release_id,
         actor=actor,
+        tables={model.table: model.days for model in verdict.models},
         details=verdict.as_dict(),
     )
     if not verdict.healthy:
@@ -122,7 +125,9 @@ def expose(
     ):
         return _completed(catalog, last, None, run_id)  # a retry after a crash: finish the bookkeeping
     canary = canary_channel.open_canary(catalog)
-    verdict = judge(catalog, canary, health, actor=requested_by) if canary and health else None
+    verdict = None
+    if canary is not None and canary.batch_id == batch_id and health is not None:
+        verdict = judge(catalog, canary, health, actor=requested_by)
     if percent < 100:
         return Exposure(canary_channel.widen(catalog, batch_id, percent, actor=requested_by), verdict)
     canary, _ = canary_channel.complete(catalog, batch_id, actor=requested_by)

@@ -21,6 +21,7 @@ from backfills.errors import (
     InvalidRequestError,
     NotificationFailedError,
 )
+from backfills.resources.canary_slice import CHANNELS
 from backfills.resources.settings import PROJECT_DIR, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -62,7 +63,7 @@ def _percent(text: str) -> float:
 def _channel_argument(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--channel",
-        choices=["production", "canary"],
+        choices=list(CHANNELS),
         default="production",
         help="canary: the entities of the open canary's slice read its release (default: production)",
     )
@@ -259,6 +260,8 @@ def cmd_batches(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_releases(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.resources.canary import last_canary
+
     catalog = _catalog(settings)
     current = catalog.current_release_id()
     releases = catalog.list_releases()
@@ -272,9 +275,16 @@ def cmd_releases(args: argparse.Namespace, settings: Settings) -> None:
     if not releases:
         print("no releases yet: nothing has been promoted to production")
     published = {release.release_id for release in catalog.release_history()}
+    canary = last_canary(catalog)
     for release in releases:
         marker = "*" if release.release_id == current else " "
         status = "" if release.release_id in published else "  (never made current)"
+        if canary is not None and canary.release_id == release.release_id and canary.status != "completed":
+            status = (
+                f"  (canary: {canary.percent:g}% of entities)"
+                if canary.is_open
+                else "  (canary, rolled back)"
+            )
         counts = release.partition_counts or {t: len(p) for t, p in release.snapshot_tables.items()}
         tables = ", ".join(f"{table}:{count}" for table, count in sorted(counts.items()))
         print(

@@ -89,6 +89,27 @@ def _last_open(catalog: ReleaseCatalog, batch_id: str | None, action: str) -> Ca
     return _the_open_one(canary, batch_id, action)
 
 
+def _advance(
+    catalog: ReleaseCatalog,
+    batch_id: str,
+    verb: str,
+    step: CanaryStep,
+    update: dict[str, object],
+    *,
+    check: Callable[[Canary], None] | None = None,
+) -> Canary:
+    """One step of the batch's open canary, written with compare-and-swap: `update` and the step appended
+    (after `check`, which may refuse it, on every fresh read)."""
+
+    def advanced(current: Canary) -> Canary:
+        current = _the_open_one(current, batch_id, verb)
+        if check is not None:
+            check(current)
+        return current.model_copy(update={**update, "steps": [*current.steps, step]})
+
+    return _update(catalog, advanced)
+
+
 def _the_open_one(canary: Canary, batch_id: str | None, action: str) -> Canary:
     if not canary.is_open:
         raise CanaryNotOpenError(
@@ -167,22 +188,21 @@ def widen(catalog: ReleaseCatalog, batch_id: str, percent: float, *, actor: str 
     canary = _last_open(catalog, batch_id, "widen")
     _check_base(catalog, canary, f"widen the canary of batch {batch_id}")
 
-    def wider(current: Canary) -> Canary:
-        current = _the_open_one(current, batch_id, "widen")
+    def no_narrowing(current: Canary) -> None:
         if percent <= current.percent:
             raise InvalidRequestError(
                 f"the canary of batch {batch_id} is at {current.percent:g}%: it can only widen (to more than "
                 f"{current.percent:g}%), never narrow to {percent:g}%; to take it away, roll it back"
             )
-        step = CanaryStep(action="widened", percent=percent, at=_now(), actor=actor)
-        return current.model_copy(update={"percent": percent, "steps": [*current.steps, step]})
 
-    canary = _update(catalog, wider)
+    step = CanaryStep(action="widened", percent=percent, at=_now(), actor=actor)
+    canary = _advance(catalog, batch_id, "widen", step, {"percent": percent}, check=no_narrowing)
     catalog.append_event(
         "canary_widened",
         batch_id=batch_id,
         release_id=canary.release_id,
         actor=actor,
+        tables=catalog.get_release(canary.release_id).changed,
         details={"percent": percent, "previous_percent": canary.steps[-2].percent, "slice_rule": SLICE_RULE},
     )
     return canary
@@ -197,14 +217,8 @@ def complete(catalog: ReleaseCatalog, batch_id: str, *, actor: str | None) -> tu
         _check_base(catalog, canary, f"complete the canary of batch {batch_id}")
         release = catalog.commit(release)
 
-    def completed(current: Canary) -> Canary:
-        current = _the_open_one(current, batch_id, "complete")
-        step = CanaryStep(action="completed", percent=100.0, at=_now(), actor=actor)
-        return current.model_copy(
-            update={"status": "completed", "percent": 100.0, "steps": [*current.steps, step]}
-        )
-
-    canary = _update(catalog, completed)
+    step = CanaryStep(action="completed", percent=100.0, at=_now(), actor=actor)
+    canary = _advance(catalog, batch_id, "complete", step, {"status": "completed", "percent": 100.0})
     catalog.append_event(
         "canary_completed",
         batch_id=batch_id,
@@ -227,19 +241,14 @@ def roll_back(catalog: ReleaseCatalog, *, actor: str | None, reason: str) -> Can
     # The batch first: a crash before the pointer closes leaves a canary a retry closes, never the reverse.
     catalog.move_batch(canary.batch_id, BatchState.ROLLED_BACK)
 
-    def closed(current: Canary) -> Canary:
-        current = _the_open_one(current, canary.batch_id, "roll back")
-        step = CanaryStep(
-            action="rolled_back", percent=current.percent, at=_now(), actor=actor, reason=reason
-        )
-        return current.model_copy(update={"status": "rolled_back", "steps": [*current.steps, step]})
-
-    canary = _update(catalog, closed)
+    step = CanaryStep(action="rolled_back", percent=canary.percent, at=_now(), actor=actor, reason=reason)
+    canary = _advance(catalog, canary.batch_id, "roll back", step, {"status": "rolled_back"})
     catalog.append_event(
         "canary_rolled_back",
         batch_id=canary.batch_id,
         release_id=canary.release_id,
         actor=actor,
+        tables=catalog.get_release(canary.release_id).changed,
         details={"reason": reason, "percent": canary.percent, "base_release_id": canary.base_release_id},
     )
     return canary

@@ -9,7 +9,7 @@ widening only adds entities.
 from __future__ import annotations
 
 import hashlib
-from typing import TYPE_CHECKING, Literal
+from typing import TYPE_CHECKING, Literal, get_args
 
 from backfills.errors import InvalidRequestError
 
@@ -18,7 +18,7 @@ if TYPE_CHECKING:
 
 # Production: every entity reads CURRENT. Canary: the slice of an open canary reads its release.
 Channel = Literal["production", "canary"]
-CHANNELS = ("production", "canary")
+CHANNELS: tuple[Channel, ...] = get_args(Channel)
 BUCKETS = 10_000
 SLICE_RULE = "sha256(key) first 8 hex digits as an integer, mod 10000, below percent x 100"
 
@@ -32,7 +32,7 @@ def check_channel(channel: str, release: str | None = None) -> Channel:
             f"channel 'canary' follows the open canary, and release {release} pins one release: pass one of "
             "them"
         )
-    return channel  # type: ignore[return-value]
+    return next(known for known in CHANNELS if known == channel)
 
 
 def check_percent(percent: float) -> float:

@@ -4,16 +4,16 @@ rollback that takes a batch out of production marks it rolled back (and back aga
 
 from __future__ import annotations
 
-import hashlib
 import itertools
 from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
+from test_catalog import record
 
 from backfills.errors import BatchSealedError, IllegalTransitionError, InvalidRequestError
 from backfills.resources.catalog import BATCHES_PREFIX, ReleaseCatalog
-from backfills.resources.catalog_models import BatchManifest, CheckRecord, ColumnSchema, PartitionRecord
+from backfills.resources.catalog_models import BatchManifest, CheckRecord
 from backfills.resources.lifecycle import TRANSITIONS, BatchState
 from backfills.resources.storage import LocalObjectStore
 
@@ -26,24 +26,6 @@ ILLEGAL = [(before, after) for before, after in PAIRS if before != after and aft
 @pytest.fixture
 def catalog(tmp_path: Path) -> ReleaseCatalog:
     return ReleaseCatalog(LocalObjectStore(tmp_path / "root"))
-
-
-def _record(table: str, day: str, batch_id: str) -> PartitionRecord:
-    base = f"staging/{table}/{batch_id}/a1/feature_date={day}"
-    return PartitionRecord(
-        table=table,
-        partition=day,
-        batch_id=batch_id,
-        run_id=f"run-{batch_id}",
-        attempt_id="a1",
-        base=base,
-        files=[f"{base}/part-00000.parquet"],
-        row_count=10,
-        content_hash=hashlib.sha256(base.encode()).hexdigest(),
-        columns=[ColumnSchema(name="customer_id", type="string")],
-        code_version="v1",
-        written_at=datetime.now(UTC),
-    )
 
 
 def _pass_checks(catalog: ReleaseCatalog, batch_id: str, table: str, days: list[str]) -> None:
@@ -62,7 +44,7 @@ def _pass_checks(catalog: ReleaseCatalog, batch_id: str, table: str, days: list[
 
 def _checked(catalog: ReleaseCatalog, batch_id: str, tables: dict[str, list[str]]) -> None:
     """Stage the partitions and record a passing check on each table: the batch is `checked`."""
-    records = [_record(table, day, batch_id) for table, days in tables.items() for day in days]
+    records = [record(table, day, batch_id) for table, days in tables.items() for day in days]
     catalog.record_partitions(batch_id, records, run_id=f"run-{batch_id}")
     for table, days in tables.items():
         _pass_checks(catalog, batch_id, table, days)
@@ -142,18 +124,18 @@ def test_any_update_of_a_manifest_goes_through_the_table(catalog: ReleaseCatalog
 
 
 def test_derived_states_follow_the_checks_and_a_decision_seals_the_batch(catalog: ReleaseCatalog) -> None:
-    catalog.record_partitions("b1", [_record(DAILY, "2025-01-01", "b1")], run_id="run-1")
+    catalog.record_partitions("b1", [record(DAILY, "2025-01-01", "b1")], run_id="run-1")
     assert catalog.get_batch("b1").state == BatchState.STAGING
     _checked(catalog, "b1", {DAILY: ["2025-01-01"]})
     assert catalog.get_batch("b1").state == BatchState.CHECKED
-    catalog.record_partitions("b1", [_record(DAILY, "2025-01-02", "b1")], run_id="run-2")
+    catalog.record_partitions("b1", [record(DAILY, "2025-01-02", "b1")], run_id="run-2")
     assert catalog.get_batch("b1").state == BatchState.STAGING  # a new partition without verdicts
     _checked(catalog, "b1", {DAILY: ["2025-01-02"]})
     catalog.move_batch("b1", BatchState.REJECTED)
     with pytest.raises(BatchSealedError, match="batch b1 is 'rejected': its check verdicts can no longer"):
         _pass_checks(catalog, "b1", DAILY, ["2025-01-02"])
     with pytest.raises(BatchSealedError, match="batch b1 is 'rejected', so it accepts no more partitions"):
-        catalog.record_partitions("b1", [_record(DAILY, "2025-01-03", "b1")], run_id="run-3")
+        catalog.record_partitions("b1", [record(DAILY, "2025-01-03", "b1")], run_id="run-3")
     assert catalog.get_batch("b1").state == BatchState.REJECTED
 
 
