@@ -127,6 +127,8 @@ def expose(
     canary = canary_channel.open_canary(catalog)
     verdict = None
     if canary is not None and canary.batch_id == batch_id and health is not None:
+        if percent < 100:
+            canary_channel.refuse_narrowing(canary, percent)  # before judging: nothing to judge it for
         verdict = judge(catalog, canary, health, actor=requested_by)
     if percent < 100:
         return Exposure(canary_channel.widen(catalog, batch_id, percent, actor=requested_by), verdict)

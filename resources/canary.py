@@ -182,21 +182,26 @@ def _check_base(catalog: ReleaseCatalog, canary: Canary, action: str) -> None:
         )
 
 
+def refuse_narrowing(canary: Canary, percent: float) -> None:
+    """InvalidRequestError unless `percent` widens the canary: a slice only grows."""
+    if percent <= canary.percent:
+        raise InvalidRequestError(
+            f"the canary of batch {canary.batch_id} is at {canary.percent:g}%: it can only widen (to more "
+            f"than {canary.percent:g}%), never narrow to {percent:g}%; to take it away, roll it back"
+        )
+
+
 def widen(catalog: ReleaseCatalog, batch_id: str, percent: float, *, actor: str | None) -> Canary:
     """Expose the open canary of the batch to more entities (the slice only grows; narrowing is refused)."""
     percent = check_percent(percent)
     canary = _last_open(catalog, batch_id, "widen")
     _check_base(catalog, canary, f"widen the canary of batch {batch_id}")
 
-    def no_narrowing(current: Canary) -> None:
-        if percent <= current.percent:
-            raise InvalidRequestError(
-                f"the canary of batch {batch_id} is at {current.percent:g}%: it can only widen (to more than "
-                f"{current.percent:g}%), never narrow to {percent:g}%; to take it away, roll it back"
-            )
-
     step = CanaryStep(action="widened", percent=percent, at=_now(), actor=actor)
-    canary = _advance(catalog, batch_id, "widen", step, {"percent": percent}, check=no_narrowing)
+    widened = {"percent": percent}
+    canary = _advance(
+        catalog, batch_id, "widen", step, widened, check=lambda now: refuse_narrowing(now, percent)
+    )
     catalog.append_event(
         "canary_widened",
         batch_id=batch_id,

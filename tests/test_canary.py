@@ -429,4 +429,13 @@ def test_the_commands_open_widen_show_and_roll_back_a_canary(
     ]
     assert main(["rollback", "--reason", "nothing open"]) == 2
     assert "name the release to roll production back to with --to" in capsys.readouterr().err
+    assert main(["audit", PROFILE, "--date", DAY_2.isoformat()]) == 0
+    trail = capsys.readouterr().out
+    for line in (
+        "canary opened: 10% of entities read this batch",
+        "canary health at 10%: healthy",
+        "canary widened from 10% to 30% of entities",
+        "canary rolled back at 30% of entities: not today",
+    ):
+        assert line in trail
     assert feature_spec(PROFILE).canary_health.max_decline_rate_gap == 0.05
