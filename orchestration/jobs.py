@@ -214,8 +214,7 @@ def _open_canary(
     text = (
         f"Canary: batch {canary.batch_id} serves {canary.percent:g}% of entities (release "
         f"{canary.release_id} on production {canary.base_release_id or '(none)'}); the rest read production. "
-        "Widen it with "
-        f"`backfills expose {canary.batch_id} --to PERCENT` (100 completes it)."
+        f"Widen it with `backfills expose {canary.batch_id} --to PERCENT` (100 completes it)."
     )
     if request is not None:
         _tell(context, lambda: channel.reply(request, text))
