@@ -31,6 +31,10 @@ class BatchSealedError(BackfillsError):
     """A write targeted a batch that no longer accepts partitions."""
 
 
+class IllegalTransitionError(BatchSealedError):
+    """A batch was asked to change state where its life cycle (resources/lifecycle.py) does not lead."""
+
+
 class ReleaseNotFoundError(BackfillsError):
     """No release exists for the release ID."""
 
@@ -134,3 +138,16 @@ class OnlineParityError(OnlineStoreError):
 
 class DrillFailedError(BackfillsError):
     """A rollback drill found partitions a rollback could not restore (missing or modified files)."""
+
+
+class CanaryConflictError(BackfillsError):
+    """A canary is open, so production cannot change another way (and no second canary opens) until it is
+    completed or rolled back; or the canary open is not the one asked about."""
+
+
+class CanaryNotOpenError(BackfillsError):
+    """No canary is open (for that batch): there is nothing to widen, complete or roll back."""
+
+
+class CanaryUnhealthyError(BackfillsError):
+    """The canary slice breached its health thresholds against the control slice: it was rolled back."""

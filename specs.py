@@ -166,6 +166,26 @@ class ModelImpactPolicy:
 
 
 @dataclass(frozen=True)
+class CanaryHealthPolicy:
+    """When an open canary is unhealthy (orchestration/canary_health.py): on the newest `days` partitions
+    the canary changed, a reference model's decline rate or mean score in the canary slice moved against
+    the control slice, net of the difference the two slices had in production, by more than these."""
+
+    max_decline_rate_gap: float = 0.05
+    max_score_mean_gap: float = 0.05
+    days: int = 3
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.max_decline_rate_gap <= 1 or not 0 <= self.max_score_mean_gap <= 1:
+            raise ValueError(
+                f"canary health gaps must be between 0 and 1, got {self.max_decline_rate_gap} and "
+                f"{self.max_score_mean_gap}"
+            )
+        if self.days < 1:
+            raise ValueError(f"canary health days={self.days}: compare at least one partition")
+
+
+@dataclass(frozen=True)
 class ReferenceModel:
     """A model that reads a table's features, declared so that a batch is judged by what it does to the
     model's scores and decisions. `score` is deterministic (no training, no download): given rows with the
@@ -227,6 +247,8 @@ class FeatureSpec:
     # Models that read this table's features; a batch is judged by what it does to their decisions.
     reference_models: tuple[ReferenceModel, ...] = ()
     model_impact: ModelImpactPolicy = ModelImpactPolicy()
+    # When a canary release of this table is unhealthy and rolled back by itself.
+    canary_health: CanaryHealthPolicy = CanaryHealthPolicy()
 
     @property
     def column_names(self) -> list[str]:

@@ -42,7 +42,7 @@ from backfills.errors import (
     EmptyInputError,
     SchemaDriftError,
 )
-from backfills.resources.catalog import WRITABLE_BATCH_STATES, ReleaseCatalog
+from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import (
     BatchManifest,
     CheckRecord,
@@ -106,7 +106,7 @@ def _open_batch(catalog: ReleaseCatalog, batch_id: str) -> BatchManifest | None:
         batch = catalog.get_batch(batch_id)
     except BatchNotFoundError:
         return None
-    if batch.state not in WRITABLE_BATCH_STATES:
+    if not batch.state.accepts_partitions:
         # Fail before any Spark work; the catalog refuses the write as well.
         raise BatchSealedError(
             f"batch {batch_id} is {batch.state} and accepts no more partitions; launch a new backfill instead"

@@ -27,10 +27,10 @@ from backfills.orchestration.approval_policy import ApprovalRules, PolicyDecisio
 from backfills.resources.approvals_store import ApprovalStore, request_id_for
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import ApprovalRequest, BatchManifest, NotAVote, Release, VoteRecord
+from backfills.resources.lifecycle import BatchState
 
 # A poster that crashed mid-post holds the lease this long; then the next caller looks for the message first.
 POSTING_LEASE = timedelta(minutes=2)
-FINAL_BATCH_STATES = frozenset({"rejected", "promoted"})
 OPEN_REQUEST_STATES = frozenset({"posting", "pending"})
 
 
@@ -169,11 +169,11 @@ class ApprovalFlow:
         self.now = now
 
     def run(self, completion: CompletionProbe) -> FlowReport:
-        """One pass over every batch not yet rejected or promoted; a failure on one batch (Slack down, a bad
-        manifest) is reported and the others still move."""
+        """One pass over every batch not yet settled (rejected or published); a failure on one batch (Slack
+        down, a bad manifest) is reported and the others still move."""
         report = FlowReport()
         for batch in self.catalog.list_batches():
-            if batch.state in FINAL_BATCH_STATES:
+            if batch.state.settled:
                 continue
             try:
                 due = self.process(batch.batch_id, completion, report)
@@ -190,7 +190,7 @@ class ApprovalFlow:
         """Move one batch as far as it can go now; a promotion to launch when it is approved."""
         report = report if report is not None else FlowReport()
         batch = self.catalog.get_batch(batch_id)
-        if batch.state in FINAL_BATCH_STATES:
+        if batch.state.settled:
             return None
         if batch.completed_at is None:
             done = completion(batch)
@@ -201,13 +201,13 @@ class ApprovalFlow:
                 )
                 return None
             batch = self.catalog.mark_complete(batch_id, done.expected, note=done.note)
-        if batch.state == "blocked":
+        if batch.state == BatchState.BLOCKED:
             self._notice_once(batch, "blocked", blocked_message(batch, self.links), report)
             return None
         if batch.completion_note or batch.missing_partitions():
             self._notice_once(batch, "incomplete", incomplete_message(batch, self.links), report)
             return None
-        if batch.state not in ("checked", "approved"):
+        if not batch.state.promotable:
             report.notes.append(f"batch {batch_id}: {batch.state}, waiting for its checks")
             return None
         request = self._current_request(batch)
@@ -429,10 +429,8 @@ class ApprovalFlow:
         closed = self.approvals.update(batch.batch_id, request.request_id, close)
         if closed.status != outcome:
             return closed  # another caller decided first
-        if outcome == "approved":
-            self.catalog.seal_batch(batch.batch_id, "approved", allowed_from=("checked",))
-        elif outcome == "rejected":
-            self.catalog.seal_batch(batch.batch_id, "rejected", allowed_from=("checked",))
+        if outcome in (BatchState.APPROVED, BatchState.REJECTED):
+            self.catalog.move_batch(batch.batch_id, BatchState(outcome))
         self.catalog.append_event(
             outcome,
             batch_id=batch.batch_id,

@@ -86,8 +86,34 @@ def _describe(event: AuditEvent) -> str:
         )
     if kind == "promotion_refused":
         return str(d.get("error"))
+    if kind.startswith("canary_"):
+        return _canary_step(kind, d)
     if kind.endswith("_notice"):
         return str(d.get("message", "")).splitlines()[0]
+    return json.dumps(d, sort_keys=True, default=str)
+
+
+def _canary_step(kind: str, d: dict[str, Any]) -> str:
+    if kind == "canary_opened":
+        return (
+            f"canary opened: {d.get('percent'):g}% of entities read this batch (on production "
+            f"{d.get('base_release_id')}; slice: {d.get('slice_rule')})"
+        )
+    if kind == "canary_widened":
+        return f"canary widened from {d.get('previous_percent'):g}% to {d.get('percent'):g}% of entities"
+    if kind == "canary_completed":
+        return "canary completed: its release became production"
+    if kind == "canary_rolled_back":
+        reason = (str(d.get("reason") or "").splitlines() or [""])[0]
+        return f"canary rolled back at {d.get('percent'):g}% of entities: {reason}"
+    if kind == "canary_health":
+        verdict = "healthy" if d.get("healthy") else "UNHEALTHY"
+        gaps = "; ".join(
+            f"{model['model']} on {model['table']}: decline rate gap {model['decline_rate_gap']}, mean score "
+            f"gap {model['score_mean_gap']}"
+            for model in d.get("models", [])
+        )
+        return f"canary health at {d.get('percent'):g}%: {verdict}" + (f" ({gaps})" if gaps else "")
     return json.dumps(d, sort_keys=True, default=str)
 
 

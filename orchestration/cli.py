@@ -21,6 +21,7 @@ from backfills.errors import (
     InvalidRequestError,
     NotificationFailedError,
 )
+from backfills.resources.canary_slice import CHANNELS
 from backfills.resources.settings import PROJECT_DIR, Settings, load_settings
 
 if TYPE_CHECKING:
@@ -50,6 +51,22 @@ def _spark(settings: Settings) -> SparkSession:
     from backfills.resources.spark import SparkResource
 
     return SparkResource.from_settings(settings).session()
+
+
+def _percent(text: str) -> float:
+    try:
+        return float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a percent (a number up to 100)") from None
+
+
+def _channel_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--channel",
+        choices=list(CHANNELS),
+        default="production",
+        help="canary: the entities of the open canary's slice read its release (default: production)",
+    )
 
 
 def _hours(text: str) -> float:
@@ -243,6 +260,8 @@ def cmd_batches(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_releases(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.resources.canary import last_canary
+
     catalog = _catalog(settings)
     current = catalog.current_release_id()
     releases = catalog.list_releases()
@@ -256,9 +275,16 @@ def cmd_releases(args: argparse.Namespace, settings: Settings) -> None:
     if not releases:
         print("no releases yet: nothing has been promoted to production")
     published = {release.release_id for release in catalog.release_history()}
+    canary = last_canary(catalog)
     for release in releases:
         marker = "*" if release.release_id == current else " "
         status = "" if release.release_id in published else "  (never made current)"
+        if canary is not None and canary.release_id == release.release_id and canary.status != "completed":
+            status = (
+                f"  (canary: {canary.percent:g}% of entities)"
+                if canary.is_open
+                else "  (canary, rolled back)"
+            )
         counts = release.partition_counts or {t: len(p) for t, p in release.snapshot_tables.items()}
         tables = ", ".join(f"{table}:{count}" for table, count in sorted(counts.items()))
         print(
@@ -276,7 +302,7 @@ def cmd_read(args: argparse.Namespace, settings: Settings) -> None:
 
     feature_spec(args.table)  # an unknown table fails before Spark starts
     reader = FeatureReader(_spark(settings), open_store(settings.storage_root))
-    frame = reader.read(args.table, args.start, args.end, release=args.release)
+    frame = reader.read(args.table, args.start, args.end, release=args.release, channel=args.channel)
     if args.csv:
         frame.toPandas().to_csv(args.csv, index=False)
         print(f"wrote {args.csv}")
@@ -284,11 +310,24 @@ def cmd_read(args: argparse.Namespace, settings: Settings) -> None:
     summary = frame.groupBy("feature_date").count().orderBy("feature_date").collect()
     release = args.release or _catalog(settings).current_release_id()
     total = sum(row["count"] for row in summary)
+    note = _canary_note(settings, args.channel)
     print(
-        f"{args.table} {args.start}..{args.end} as of release {release}: "
+        f"{args.table} {args.start}..{args.end} as of release {release}{note}: "
         f"{total} rows in {len(summary)} partitions"
     )
     frame.orderBy("feature_date", "customer_id").show(5, truncate=False)
+
+
+def _canary_note(settings: Settings, channel: str) -> str:
+    """How the canary channel was read, for a summary line ('' for the production channel)."""
+    from backfills.resources.canary import open_canary
+
+    if channel != "canary":
+        return ""
+    canary = open_canary(_catalog(settings))
+    if canary is None:
+        return " (canary channel: no canary is open, so production for every entity)"
+    return f" (canary channel: {canary.percent:g}% of entities read canary release {canary.release_id})"
 
 
 def _entities_file(path: Path) -> pd.DataFrame:
@@ -319,10 +358,13 @@ def cmd_training_set(args: argparse.Namespace, settings: Settings) -> None:
     parse_features(features)  # a wrong name fails before Spark starts
     entities = _entities_file(Path(args.entities))
     reader = FeatureReader(_spark(settings), open_store(settings.storage_root))
-    training = reader.training_set(entities, features, release=args.release)
+    training = reader.training_set(entities, features, release=args.release, channel=args.channel)
     out, sidecar = training.write(args.out)
     lineage = training.lineage
-    print(f"wrote {out} ({len(training.frame)} rows as of release {lineage['release_id']}) and {sidecar}")
+    print(
+        f"wrote {out} ({len(training.frame)} rows as of release {lineage['release_id']}"
+        f"{_canary_note(settings, args.channel)}) and {sidecar}"
+    )
     for table, facts in lineage["tables"].items():
         counts = facts["rows_without_value"]
         print(
@@ -350,8 +392,9 @@ def cmd_online_get(args: argparse.Namespace, settings: Settings) -> None:
     feature_spec(args.table)
     columns = [name.strip() for name in args.columns.split(",")] if args.columns else None
     with _online_store(settings) as store:
-        rows = store.get(args.table, args.keys, columns=columns)
+        rows = store.get(args.table, args.keys, columns=columns, channel=args.channel)
         current = store.current(args.table)
+        route = store.canary_route(args.table) if args.channel == "canary" else None
     if args.format == "json":
         print(
             json.dumps(
@@ -364,6 +407,7 @@ def cmd_online_get(args: argparse.Namespace, settings: Settings) -> None:
     print(
         f"{args.table} version {current.version} (release {current.release_id}, "
         f"partition {current.partition})"
+        + (f"; the canary slice ({route.percent:g}%) reads version {route.version}" if route else "")
     )
     for key, row in rows.items():
         print(f"  {key}: {json.dumps(row, default=str) if row is not None else 'no row'}")
@@ -394,12 +438,15 @@ def cmd_online_status(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def cmd_online_sync(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.serving.online_canary import sync_canary
     from backfills.serving.online_sync import sync_release
 
     tables = [name.strip() for name in args.tables.split(",")] if args.tables else None
     catalog = _catalog(settings)
     with _online_store(settings) as store:
         results = sync_release(lambda: _spark(settings), catalog, store, tables=tables, progress=print)
+        if tables is None:
+            sync_canary(lambda: _spark(settings), catalog, store, progress=print)
     if not results:
         print("nothing has been promoted yet: nothing to sync")
 
@@ -534,13 +581,72 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
         config["requested_by"] = args.as_user
     if args.reason:
         config["reason"] = args.reason
+    if args.canary is not None:
+        config["canary_percent"] = args.canary
     run_id = _run_job(settings, "promote_batch", "promote_op", config, {BATCH_TAG: args.batch})
+    if args.canary is not None:
+        print(f"promote_batch run {run_id}: {_canary_status(settings)}")
+        return
     current = _catalog(settings).current_release()
     print(f"promote_batch run {run_id}: batch {args.batch} is in production, release {current.release_id}")
 
 
+def _canary_status(settings: Settings) -> str:
+    from backfills.resources.canary import last_canary
+
+    canary = last_canary(_catalog(settings))
+    if canary is None:
+        return "no canary was ever opened"
+    where = {
+        "open": f"serves {canary.percent:g}% of entities",
+        "completed": "completed: its release is production",
+        "rolled_back": "rolled back: its slice reads production",
+    }[canary.status]
+    return (
+        f"canary of batch {canary.batch_id} {where} (release {canary.release_id}, base "
+        f"{canary.base_release_id or '-'}, slice: {canary.slice_rule})"
+    )
+
+
+def cmd_expose(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.assets.factory import BATCH_TAG
+
+    config: dict[str, object] = {"batch_id": args.batch, "to_percent": args.to}
+    if args.as_user:
+        config["requested_by"] = args.as_user
+    run_id = _run_job(settings, "expose_canary", "expose_op", config, {BATCH_TAG: args.batch})
+    print(f"expose_canary run {run_id}: {_canary_status(settings)}")
+
+
+def cmd_canary(args: argparse.Namespace, settings: Settings) -> None:
+    from backfills.resources.canary import last_canary
+
+    canary = last_canary(_catalog(settings))
+    if args.format == "json":
+        print(json.dumps(canary.model_dump(mode="json") if canary else None, indent=2))
+        return
+    print(_canary_status(settings))
+    for step in canary.steps if canary else []:
+        print(
+            f"  {step.at:%Y-%m-%d %H:%M:%S}Z  {step.action:<11} {step.percent:>6g}%  by {step.actor or '-'}"
+            + (f": {step.reason.splitlines()[0]}" if step.reason else "")
+        )
+
+
 def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
-    config: dict[str, object] = {"to_release": args.to, "reason": args.reason}
+    from backfills.resources.canary import open_canary
+
+    canary = open_canary(_catalog(settings))
+    if canary is not None and args.to is not None:
+        raise InvalidRequestError(
+            f"the canary of batch {canary.batch_id} is open: `backfills rollback --reason ...` without --to "
+            "removes it (production never served it); roll production back afterwards if you mean to"
+        )
+    if canary is None and args.to is None:
+        raise InvalidRequestError("no canary is open: name the release to roll production back to with --to")
+    config: dict[str, object] = {"reason": args.reason}
+    if args.to is not None:
+        config["to_release"] = args.to
     if args.tables:
         config["tables"] = [name.strip() for name in args.tables.split(",")]
     if args.as_user:
@@ -548,6 +654,9 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
     if args.approved_by:
         config["approved_by"] = [name.strip() for name in args.approved_by.split(",")]
     run_id = _run_job(settings, "rollback_release", "rollback_op", config, {})
+    if canary is not None:
+        print(f"rollback_release run {run_id}: {_canary_status(settings)}")
+        return
     current = _catalog(settings).current_release()
     print(
         f"rollback_release run {run_id}: release {current.release_id} is current "
@@ -654,6 +763,7 @@ def build_parser() -> argparse.ArgumentParser:
     read.add_argument("--end", type=_day, required=True)
     read.add_argument("--release", help="release ID (default: current)")
     read.add_argument("--csv", help="write the rows to this CSV file instead of a summary")
+    _channel_argument(read)
     read.set_defaults(run=cmd_read)
 
     training = commands.add_parser(
@@ -670,6 +780,7 @@ def build_parser() -> argparse.ArgumentParser:
     training.add_argument("--release", help="release ID (default: current, pinned in the lineage)")
     training.add_argument("--out", required=True, metavar="FILE.parquet", help="the training set to write")
     training.add_argument("--show", type=int, default=5, metavar="N", help="rows to print (default 5)")
+    _channel_argument(training)
     training.set_defaults(run=cmd_training_set)
 
     online = commands.add_parser("online", help="the online store: read rows, its status, sync it by hand")
@@ -679,6 +790,7 @@ def build_parser() -> argparse.ArgumentParser:
     get.add_argument("keys", nargs="+", metavar="KEY")
     get.add_argument("--columns", help="comma-separated columns (default: all)")
     get.add_argument("--format", choices=["text", "json"], default="text")
+    _channel_argument(get)
     get.set_defaults(run=cmd_online_get)
     status = online_commands.add_parser(
         "status", help="per table: release, partition, rows, synced at, lag, parity, in step with production"
@@ -731,10 +843,37 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="also recompute the staged partitions' content hashes with Spark (default: sizes and checksums)",
     )
+    promote.add_argument(
+        "--canary",
+        type=_percent,
+        metavar="PERCENT",
+        help="publish to a canary of this share of the entities first (widen it with `backfills expose`)",
+    )
     promote.set_defaults(run=cmd_promote)
 
-    rollback = commands.add_parser("rollback", help="run rollback_release: republish an earlier release")
-    rollback.add_argument("--to", required=True, metavar="RELEASE", help="a release ID, or 'previous'")
+    expose = commands.add_parser(
+        "expose",
+        help="run expose_canary: widen a batch's canary (health judged first); --to 100 completes it",
+    )
+    expose.add_argument("batch")
+    expose.add_argument(
+        "--to", required=True, type=_percent, metavar="PERCENT", help="the new share, up to 100"
+    )
+    expose.add_argument("--as", dest="as_user", metavar="USER", help="who widens it")
+    expose.set_defaults(run=cmd_expose)
+
+    canary = commands.add_parser("canary", help="the last canary: batch, release, share, every step and who")
+    canary.add_argument("--format", choices=["text", "json"], default="text")
+    canary.set_defaults(run=cmd_canary)
+
+    rollback = commands.add_parser(
+        "rollback", help="run rollback_release: remove the open canary, or republish an earlier release"
+    )
+    rollback.add_argument(
+        "--to",
+        metavar="RELEASE",
+        help="a release ID, or 'previous' (not while a canary is open: that is removed)",
+    )
     rollback.add_argument("--reason", required=True)
     rollback.add_argument("--tables", help="comma-separated tables to roll back (default: all)")
     rollback.add_argument("--as", dest="as_user", metavar="USER", help="who asks for the rollback")

@@ -28,11 +28,13 @@ from backfills.orchestration.approval_channels import ApprovalsResource
 from backfills.orchestration.freshness_checks import build_freshness_checks, build_freshness_sensor
 from backfills.orchestration.jobs import (
     DRILLS_ASSET,
+    canary_health_job,
+    expose_canary_job,
     promote_batch_job,
     rollback_drill_job,
     rollback_release_job,
 )
-from backfills.orchestration.sensors import build_approval_sensor
+from backfills.orchestration.sensors import build_approval_sensor, build_canary_health_sensor
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.resources.settings import Settings, load_settings
 from backfills.resources.spark import SparkResource
@@ -94,7 +96,14 @@ def build_definitions(settings: Settings) -> Definitions:
                 ),
             ),
         ],
-        jobs=[stage_features, promote_batch_job, rollback_release_job, rollback_drill_job],
+        jobs=[
+            stage_features,
+            promote_batch_job,
+            expose_canary_job,
+            canary_health_job,
+            rollback_release_job,
+            rollback_drill_job,
+        ],
         schedules=[
             ScheduleDefinition(
                 name=DRILL_SCHEDULE,
@@ -107,7 +116,8 @@ def build_definitions(settings: Settings) -> Definitions:
         ],
         asset_checks=build_freshness_checks(last_partition),
         sensors=[
-            build_approval_sensor(settings.sensor_interval_seconds),
+            build_approval_sensor(settings.sensor_interval_seconds, settings.canary_percent),
+            build_canary_health_sensor(settings.canary_health_interval_seconds),
             build_freshness_sensor(last_partition),
         ],
         # Feature steps share the run's process and its Spark session instead of one JVM per step.

@@ -1,6 +1,8 @@
-"""The promotion and rollback jobs: thin Dagster ops around `orchestration.promotion`, recording each change
-as materializations of the production assets and telling the approvals channel; then the online store is
-synced to the new release (`serving.online_sync`), each table an observation of `online/<table>`."""
+"""The promotion, canary and rollback jobs: thin Dagster ops around `orchestration.promotion` and
+`orchestration.canary`, recording each change of production as materializations of the production assets
+and telling the approvals channel; then the online store is synced to the new release (`serving.online_sync`),
+each table an observation of `online/<table>`, and its canary routes to the canary pointer
+(`serving.online_canary`)."""
 
 from collections.abc import Callable
 
@@ -19,19 +21,33 @@ from dagster import (
 from pydantic import Field
 
 from backfills.assets.factory import online_key, production_key
-from backfills.errors import ApprovalNotFoundError, BackfillsError, DrillFailedError, OnlineStoreError
-from backfills.orchestration.approval_channels import ApprovalsResource
+from backfills.errors import (
+    ApprovalNotFoundError,
+    BackfillsError,
+    CanaryUnhealthyError,
+    DrillFailedError,
+    InvalidRequestError,
+    OnlineStoreError,
+)
+from backfills.orchestration.approval_channels import ApprovalChannel, ApprovalsResource
 from backfills.orchestration.approval_message import ChannelMessage
+from backfills.orchestration.canary import HealthJudge, expose, judge, promote_to_canary
+from backfills.orchestration.canary_health import canary_health
 from backfills.orchestration.drills import deep_rows, run_drill
 from backfills.orchestration.promotion import PublishedChange, production_facts, promote, roll_back
+from backfills.resources import canary as canary_channel
 from backfills.resources.approvals_store import ApprovalStore
 from backfills.resources.catalog import ReleaseCatalog
+from backfills.resources.catalog_models import ApprovalRequest
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.resources.spark import SparkResource
+from backfills.serving.online_canary import sync_canary
 from backfills.serving.online_resource import OnlineStoreResource
 from backfills.serving.online_sync import sync_release
 
 PROMOTE_JOB = "promote_batch"
+EXPOSE_JOB = "expose_canary"
+CANARY_HEALTH_JOB = "canary_health"
 ROLLBACK_JOB = "rollback_release"
 DRILL_JOB = "rollback_drill"
 DRILLS_ASSET = AssetKey(["audit", "rollback_drills"])
@@ -53,6 +69,20 @@ class PromoteConfig(Config):
         description="Also recompute every staged partition's content hash with Spark (default: file sizes "
         "and checksums, no Spark).",
     )
+    canary_percent: float | None = Field(
+        default=None,
+        description=(
+            "Publish to a canary first: this percent of the entities (a stable slice by a hash of the "
+            "entity key) reads the batch, the rest production; widen it with expose_canary. Unset: "
+            "straight to production."
+        ),
+    )
+
+
+class ExposeConfig(Config):
+    batch_id: str = Field(description="The batch whose open canary to widen or complete.")
+    to_percent: float = Field(description="The new share of entities (more than now); 100 completes it.")
+    requested_by: str | None = Field(default=None, description="Who widens it.")
 
 
 class DrillConfig(Config):
@@ -64,7 +94,13 @@ class DrillConfig(Config):
 
 
 class RollbackConfig(Config):
-    to_release: str = Field(default="previous", description="A release ID, or 'previous'.")
+    to_release: str | None = Field(
+        default=None,
+        description=(
+            "A release ID, or 'previous' (the default). While a canary is open, leave it unset: the "
+            "rollback then removes the canary and leaves production as it is."
+        ),
+    )
     tables: list[str] | None = Field(default=None, description="Roll back only these tables.")
     reason: str = Field(description="Why (required; recorded on the release and announced).")
     requested_by: str | None = Field(default=None, description="Who asks for the rollback.")
@@ -111,6 +147,11 @@ def promote_op(
     except ApprovalNotFoundError:
         request = None
     try:
+        if config.canary_percent is not None:
+            _open_canary(
+                context, config, config.canary_percent, release_catalog, approvals, spark, channel, request
+            )
+            return
         change = promote(
             release_catalog,
             approvals.rules(),
@@ -122,6 +163,8 @@ def promote_op(
             run_id=context.run_id,
             deep_verify=config.deep_verify,
         )
+    except CanaryUnhealthyError:
+        raise  # rolled back and told by _open_canary
     except BackfillsError as error:
         release_catalog.append_event(
             "promotion_refused",
@@ -146,6 +189,127 @@ def promote_op(
         )
 
 
+def _open_canary(
+    context: OpExecutionContext,
+    config: PromoteConfig,
+    percent: float,
+    catalog: ReleaseCatalog,
+    approvals: ApprovalsResource,
+    spark: SparkResource,
+    channel: ApprovalChannel,
+    request: ApprovalRequest | None,
+) -> None:
+    """Publish the batch to the canary channel, then judge it once (the first step is judged like all)."""
+    canary = promote_to_canary(
+        catalog,
+        approvals.rules(),
+        spark.session(),
+        config.batch_id,
+        percent,
+        requested_by=config.requested_by,
+        force=config.force,
+        reason=config.reason,
+        deep_verify=config.deep_verify,
+    )
+    text = (
+        f"Canary: batch {canary.batch_id} serves {canary.percent:g}% of entities (release "
+        f"{canary.release_id} on production {canary.base_release_id or '(none)'}); the rest read production. "
+        f"Widen it with `backfills expose {canary.batch_id} --to PERCENT` (100 completes it)."
+    )
+    if request is not None:
+        _tell(context, lambda: channel.reply(request, text))
+    _judge(context, catalog, _judge_with(spark, catalog), channel, actor=config.requested_by)
+    context.log.info(text)
+
+
+def _judge_with(spark: SparkResource, catalog: ReleaseCatalog) -> HealthJudge:
+    return lambda canary: canary_health(spark.session(), catalog, canary)
+
+
+def _judge(
+    context: OpExecutionContext,
+    catalog: ReleaseCatalog,
+    health: HealthJudge,
+    channel: ApprovalChannel,
+    *,
+    actor: str | None,
+) -> None:
+    """Judge the open canary (if any); a breach has rolled it back: tell the channel and fail the run."""
+    canary = canary_channel.open_canary(catalog)
+    if canary is None:
+        context.log.info("no canary is open: nothing to judge")
+        return
+    try:
+        verdict = judge(catalog, canary, health, actor=actor)
+    except CanaryUnhealthyError as error:
+        _tell_unhealthy(context, channel, error)
+        raise
+    context.log.info(verdict.describe())
+
+
+def _tell_unhealthy(
+    context: OpExecutionContext, channel: ApprovalChannel, error: CanaryUnhealthyError
+) -> None:
+    text = f"Canary rolled back automatically: {error}"
+    _tell(context, lambda: channel.announce(ChannelMessage(text=text, blocks=[])))
+
+
+@op(
+    description=(
+        "Judge the open canary's health, then widen it (no new approval), or at 100% make its release "
+        "production atomically; an unhealthy canary is rolled back instead."
+    ),
+    out=Out(Nothing),
+)
+def expose_op(
+    context: OpExecutionContext,
+    config: ExposeConfig,
+    catalog: CatalogResource,
+    approvals: ApprovalsResource,
+    spark: SparkResource,
+) -> None:
+    release_catalog = catalog.catalog()
+    channel = approvals.channel(context.log.info)
+    try:
+        exposure = expose(
+            release_catalog,
+            config.batch_id,
+            config.to_percent,
+            requested_by=config.requested_by,
+            health=_judge_with(spark, release_catalog),
+            run_id=context.run_id,
+        )
+    except CanaryUnhealthyError as error:
+        _tell_unhealthy(context, channel, error)
+        raise
+    if exposure.health is not None:
+        context.log.info(exposure.health.describe())
+    canary = exposure.canary
+    if exposure.published is None:
+        text = f"Canary of batch {canary.batch_id} widened to {canary.percent:g}% of entities"
+    else:
+        _record(context, release_catalog, exposure.published)
+        text = (
+            f"Canary of batch {canary.batch_id} completed: release {canary.release_id} is production "
+            f"(previous {exposure.published.previous_release_id or 'none'})"
+        )
+    text += f" by {config.requested_by or 'unknown'}."
+    _tell(context, lambda: channel.announce(ChannelMessage(text=text, blocks=[])))
+
+
+@op(description="Judge the open canary's health; a breach rolls it back and is told.", out=Out(Nothing))
+def canary_health_op(
+    context: OpExecutionContext,
+    catalog: CatalogResource,
+    approvals: ApprovalsResource,
+    spark: SparkResource,
+) -> None:
+    release_catalog = catalog.catalog()
+    actor = context.run.tags.get("dagster/sensor_name") or context.run.tags.get("backfills/requested_by")
+    channel = approvals.channel(context.log.info)
+    _judge(context, release_catalog, _judge_with(spark, release_catalog), channel, actor=actor)
+
+
 @op(description="Republish an earlier release, whole or some tables, atomically.", out=Out(Nothing))
 def rollback_op(
     context: OpExecutionContext,
@@ -154,9 +318,25 @@ def rollback_op(
     approvals: ApprovalsResource,
 ) -> None:
     release_catalog = catalog.catalog()
+    channel = approvals.channel(context.log.info)
+    canary = canary_channel.open_canary(release_catalog)
+    if canary is not None and config.to_release is None:
+        if config.tables:
+            raise InvalidRequestError(
+                f"the canary of batch {canary.batch_id} is open: a rollback now removes the whole canary, so "
+                "name no tables; nothing was changed"
+            )
+        canary = canary_channel.roll_back(release_catalog, actor=config.requested_by, reason=config.reason)
+        text = (
+            f"Canary of batch {canary.batch_id} rolled back (it served {canary.percent:g}% of entities); its "
+            f"slice reads production again. Requested by {config.requested_by or 'unknown'}: {config.reason}"
+        )
+        context.log.info(text)
+        _tell(context, lambda: channel.announce(ChannelMessage(text=text, blocks=[])))
+        return
     change = roll_back(
         release_catalog,
-        to=config.to_release,
+        to=config.to_release or "previous",
         reason=config.reason,
         requested_by=config.requested_by,
         tables=config.tables,
@@ -171,14 +351,14 @@ def rollback_op(
         f"current (previous {change.previous_release_id}). Requested by {config.requested_by or 'unknown'}: "
         f"{config.reason}"
     )
-    channel = approvals.channel(context.log.info)
     _tell(context, lambda: channel.announce(ChannelMessage(text=text, blocks=[])))
 
 
 @op(
     description=(
         "Bring the online store in step with the current release: per table, the rows of its newest "
-        "partition, written under a new version, read back against the offline rows, then switched to."
+        "partition, written under a new version, read back against the offline rows, then switched to; "
+        "and its canary routes in step with the open canary (if any)."
     ),
     ins={"published": In(Nothing)},
 )
@@ -196,6 +376,7 @@ def sync_online_op(
     with store:
         try:
             synced = sync_release(spark.session, catalog.catalog(), store, progress=context.log.info)
+            sync_canary(spark.session, catalog.catalog(), store, progress=context.log.info)
         except OnlineStoreError as error:
             # Production changed; the online store stays on the version it had, and the approvers hear why.
             text = f"The online store was not updated ({store.describe()}): {error}"
@@ -256,10 +437,30 @@ def _tell(context: OpExecutionContext, send: Callable[[], None]) -> None:
 
 
 @job(
-    name=PROMOTE_JOB, description="Publish an approved batch to production (launched by the approval sensor)."
+    name=PROMOTE_JOB,
+    description=(
+        "Publish an approved batch to production, or to a canary slice of entities first (launched by the "
+        "approval sensor)."
+    ),
 )
 def promote_batch_job() -> None:
     sync_online_op(promote_op())
+
+
+@job(
+    name=EXPOSE_JOB,
+    description="Widen a batch's canary to more entities, or complete it into production (100%).",
+)
+def expose_canary_job() -> None:
+    sync_online_op(expose_op())
+
+
+@job(
+    name=CANARY_HEALTH_JOB,
+    description="Judge the open canary against the control slice; roll it back if it breaches (the sensor).",
+)
+def canary_health_job() -> None:
+    sync_online_op(canary_health_op())
 
 
 @job(name=DRILL_JOB, description="Prove a rollback would restore production, without touching it.")

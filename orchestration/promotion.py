@@ -25,6 +25,7 @@ from backfills.errors import (
 from backfills.orchestration.approval_flow import newer_batch_serving, policy_votes
 from backfills.orchestration.approval_policy import ApprovalRules, RequestFacts, Vote, decide
 from backfills.resources.approvals_store import ApprovalStore
+from backfills.resources.canary import refuse_while_open
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import (
     ApprovalFacts,
@@ -35,9 +36,8 @@ from backfills.resources.catalog_models import (
     TableCode,
 )
 from backfills.resources.feature_store import PartitionFacts, PartitionFiles, partition_facts, read_partitions
+from backfills.resources.lifecycle import BatchState
 from backfills.resources.storage import ObjectStore
-
-PROMOTABLE_STATES = frozenset({"checked", "approved"})
 
 
 @dataclass(frozen=True)
@@ -74,7 +74,7 @@ def verify_approval(
 
     BatchNotApprovedError names what is missing, e.g. whose approval was ignored and why.
     """
-    if batch.state not in PROMOTABLE_STATES or batch.blocking_failures():
+    if not batch.state.promotable or batch.blocking_failures():
         raise BatchNotApprovedError(
             f"batch {batch.batch_id} is {batch.state}: only a batch whose every blocking check passed can be "
             "promoted"
@@ -225,6 +225,43 @@ def _facts(
     return dict(partition_facts(rows, date_column=spec.date_column, schema_ddl=spec.schema_ddl))
 
 
+def verified_publication(
+    catalog: ReleaseCatalog,
+    approvals: ApprovalStore,
+    rules: ApprovalRules,
+    spark: SparkSession,
+    batch: BatchManifest,
+    *,
+    now: datetime,
+    force: bool,
+    reason: str | None,
+    deep_verify: bool,
+) -> tuple[ApprovalRequest, ApprovalFacts]:
+    """What must hold before a batch is published, to production or to a canary: its approval under the
+    current rules, the code that staged it, its staged content, and no newer batch in production (unless
+    forced). Returns the approval request and the facts the release records."""
+    request = verify_approval(approvals, rules, batch, now)
+    code = code_versions(batch)
+    verify_code(batch, code, force=force, reason=reason)
+    verify_content(spark, catalog.store, batch, deep=deep_verify)
+    newer = newer_batch_serving(catalog, batch, catalog.current_release())
+    if newer is not None and not force:
+        raise StaleBatchError(
+            f"batch {batch.batch_id} is older than batch {newer}, which production already serves for some "
+            "of the same partitions; promoting it would put older data back. Nothing was published; promote "
+            "with force (recorded on the release) only if that is what you mean"
+        )
+    approval = ApprovalFacts(
+        requester=batch.requester,
+        approvers=request.approvers,
+        approved_at=request.decided_at,
+        request_id=request.request_id,
+        forced=newer is not None or any(versions.changed for versions in code.values()),
+        code_versions=code,
+    )
+    return request, approval
+
+
 def promote(
     catalog: ReleaseCatalog,
     rules: ApprovalRules,
@@ -242,12 +279,12 @@ def promote(
     forced, then write the release and swap CURRENT atomically. Staged files are verified by size and
     checksum; `deep_verify` also recomputes their content hashes with Spark. A promotion whose release is
     already current only finishes its bookkeeping (a retry after a crash). `run_id` (the promotion's Dagster
-    run) is noted on the approval request."""
+    run) is noted on the approval request. Refused while a canary is open."""
     now = now or datetime.now(UTC)
     approvals = ApprovalStore(catalog.store)
     batch = catalog.get_batch(batch_id)
     current = catalog.current_release()
-    if batch.state == "promoted" or (
+    if batch.state == BatchState.PROMOTED or (
         current and current.kind == "promotion" and current.batch_id == batch_id
     ):
         if current is None or current.batch_id != batch_id:
@@ -255,42 +292,29 @@ def promote(
                 f"batch {batch_id} was promoted already and production has moved on since; to serve it "
                 "again, roll back to its release (`backfills releases` lists them)"
             )
-        _finish(catalog, approvals, batch, current, run_id)
+        finish_promotion(catalog, approvals, batch, current, run_id)
         return PublishedChange(current, current.parent_id, {})
-    request = verify_approval(approvals, rules, batch, now)
-    code = code_versions(batch)
-    verify_code(batch, code, force=force, reason=reason)
-    verify_content(spark, catalog.store, batch, deep=deep_verify)
-    newer = newer_batch_serving(catalog, batch, current)
-    if newer is not None and not force:
-        raise StaleBatchError(
-            f"batch {batch_id} is older than batch {newer}, which production already serves for some of the "
-            "same partitions; promoting it would put older data back. Nothing was published; promote with "
-            "force (recorded on the release) only if that is what you mean"
-        )
-    approval = ApprovalFacts(
-        requester=batch.requester,
-        approvers=request.approvers,
-        approved_at=request.decided_at,
-        request_id=request.request_id,
-        forced=newer is not None or any(versions.changed for versions in code.values()),
-        code_versions=code,
+    refuse_while_open(catalog, f"promote batch {batch_id} to production")
+    request, approval = verified_publication(
+        catalog, approvals, rules, spark, batch, now=now, force=force, reason=reason, deep_verify=deep_verify
     )
     release = catalog.promote(
         batch_id, actor=requested_by, reason=reason or request.decision_summary, approval=approval
     )
-    _finish(catalog, approvals, batch, release, run_id)
+    finish_promotion(catalog, approvals, batch, release, run_id)
     return PublishedChange(release, release.parent_id, release.changed)
 
 
-def _finish(
+def finish_promotion(
     catalog: ReleaseCatalog,
     approvals: ApprovalStore,
     batch: BatchManifest,
     release: Release,
     run_id: str | None,
 ) -> None:
-    catalog.seal_batch(batch.batch_id, "promoted", allowed_from=("approved", "checked"))
+    """The bookkeeping after a batch's release became production: the batch is promoted, its approval
+    request too (with the release and the run). Idempotent."""
+    catalog.move_batch(batch.batch_id, BatchState.PROMOTED)
     if release.request_id is None:
         return
 
@@ -317,9 +341,10 @@ def roll_back(
     """Republish an earlier release, whole or some tables, atomically.
 
     With `rules` (rollback needs approval), `approved_by` must satisfy them the way a batch approval does
-    (allowlist, quorum, not the requester).
+    (allowlist, quorum, not the requester). Refused while a canary is open (roll the canary back first).
     """
     now = now or datetime.now(UTC)
+    refuse_while_open(catalog, f"roll production back to {to}")
     approvers = []
     if rules is not None:
         votes = [Vote(user_id=user, decision="approve", at=now, source="cli") for user in approved_by or []]

@@ -1,7 +1,9 @@
 """The approval sensor: each tick moves every open batch through the approval flow and launches the
-promotion of approved ones (one run per approval, by run key). It decides nothing itself: completion comes
-from the Dagster instance, everything else from the flow and its policy."""
+promotion of approved ones (one run per approval, by run key), straight to production or to a canary first.
+It decides nothing itself: completion comes from the Dagster instance, everything else from the flow and its
+policy. The canary health sensor launches a health check of the open canary at most once per interval."""
 
+import time
 from collections import defaultdict
 from collections.abc import Iterator
 from datetime import date, timedelta
@@ -29,11 +31,13 @@ from backfills.assets.launch import staged_targets
 from backfills.errors import BackfillsError
 from backfills.orchestration.approval_channels import ApprovalsResource
 from backfills.orchestration.approval_flow import ApprovalFlow, Completion, CompletionProbe
-from backfills.orchestration.jobs import PROMOTE_JOB, promote_batch_job
+from backfills.orchestration.jobs import CANARY_HEALTH_JOB, PROMOTE_JOB, canary_health_job, promote_batch_job
+from backfills.resources.canary import open_canary
 from backfills.resources.catalog_models import BatchManifest
 from backfills.resources.catalog_resource import CatalogResource
 
 APPROVAL_SENSOR = "approval_sensor"
+CANARY_HEALTH_SENSOR = "canary_health_sensor"
 RANGE_START_TAG = "dagster/asset_partition_range_start"
 RANGE_END_TAG = "dagster/asset_partition_range_end"
 PARTITION_TAG = "dagster/partition"
@@ -94,7 +98,13 @@ def dagster_completion(instance: DagsterInstance, asset_graph: BaseAssetGraph) -
     return probe
 
 
-def build_approval_sensor(interval_seconds: int) -> SensorDefinition:
+def build_approval_sensor(interval_seconds: int, canary_percent: float | None = None) -> SensorDefinition:
+    """The approval sensor; with `canary_percent`, an approved batch is published to a canary of that share
+    of the entities first (widened with expose_canary), else straight to production."""
+    promote_config: dict[str, object] = {"requested_by": APPROVAL_SENSOR}
+    if canary_percent is not None:
+        promote_config["canary_percent"] = canary_percent
+
     @sensor(
         name=APPROVAL_SENSOR,
         job=promote_batch_job,
@@ -102,7 +112,8 @@ def build_approval_sensor(interval_seconds: int) -> SensorDefinition:
         default_status=DefaultSensorStatus.RUNNING,
         description=(
             "Asks for approval of each complete, checked batch in the approvals channel, reads the "
-            "decisions, and launches promote_batch for approved batches."
+            "decisions, and launches promote_batch for approved batches"
+            + (f" (to a canary of {canary_percent:g}% first)." if canary_percent is not None else ".")
         ),
     )
     def approval_sensor(
@@ -128,14 +139,41 @@ def build_approval_sensor(interval_seconds: int) -> SensorDefinition:
             yield RunRequest(
                 run_key=due.run_key,
                 job_name=PROMOTE_JOB,
-                run_config={
-                    "ops": {
-                        "promote_op": {"config": {"batch_id": due.batch_id, "requested_by": APPROVAL_SENSOR}}
-                    }
-                },
+                run_config={"ops": {"promote_op": {"config": {"batch_id": due.batch_id, **promote_config}}}},
                 tags={BATCH_TAG: due.batch_id, REQUEST_TAG: due.request_id},
             )
         if not report.promotions:
             yield SkipReason("; ".join([*report.errors, *report.notes][:5]) or "no open batches")
 
     return approval_sensor
+
+
+def build_canary_health_sensor(interval_seconds: int) -> SensorDefinition:
+    """While a canary is open, a run of canary_health once per `interval_seconds` (the run key is the
+    canary's release and the interval, so a tick never launches a second run for the same interval)."""
+
+    @sensor(
+        name=CANARY_HEALTH_SENSOR,
+        job=canary_health_job,
+        minimum_interval_seconds=min(interval_seconds, 60),
+        default_status=DefaultSensorStatus.RUNNING,
+        description=(
+            f"While a canary is open, judges its slice against the control slice every {interval_seconds} s "
+            "(canary_health); a breach rolls it back and is told in the approvals channel."
+        ),
+    )
+    def canary_health_sensor(
+        context: SensorEvaluationContext, catalog: CatalogResource
+    ) -> Iterator[RunRequest | SkipReason]:
+        canary = open_canary(catalog.catalog())
+        if canary is None:
+            yield SkipReason("no canary is open")
+            return
+        window = int(time.time() // interval_seconds)
+        yield RunRequest(
+            run_key=f"canary-health:{canary.release_id}:{window}",
+            job_name=CANARY_HEALTH_JOB,
+            tags={BATCH_TAG: canary.batch_id},
+        )
+
+    return canary_health_sensor

@@ -34,11 +34,9 @@ from backfills.resources.catalog_models import (
     Release,
     ReleasedPartition,
 )
+from backfills.resources.lifecycle import BatchState, check_transition
 from backfills.resources.release_tree import ReleaseTree
 from backfills.resources.storage import ObjectStore
-
-# A batch takes partitions while its backfill runs, whatever its checks said so far; approval seals it.
-WRITABLE_BATCH_STATES = frozenset({"staging", "checked", "blocked"})
 
 BATCHES_PREFIX = "catalog/batches"
 RELEASES_PREFIX = "catalog/releases"
@@ -79,14 +77,14 @@ def _with_run(manifest: BatchManifest, run_id: str, requester: str | None) -> Ba
     return manifest
 
 
-def _check_state(manifest: BatchManifest) -> str:
+def _check_state(manifest: BatchManifest) -> BatchState:
     if manifest.blocking_failures():
-        return "blocked"
+        return BatchState.BLOCKED
     checked: dict[str, set[str]] = {}
     for record in manifest.checks:
         checked.setdefault(record.table, set()).update(record.partitions)
     complete = all(set(days) <= checked.get(table, set()) for table, days in manifest.tables.items())
-    return "checked" if manifest.tables and complete else "staging"
+    return BatchState.CHECKED if manifest.tables and complete else BatchState.STAGING
 
 
 def _released(record: PartitionRecord) -> ReleasedPartition:
@@ -141,7 +139,8 @@ class ReleaseCatalog:
         """Apply `change` to the batch's manifest with compare-and-swap, retrying when another writer won.
 
         `change` may run several times (once per attempt, each time on a fresh read), so it must not have
-        side effects beyond the manifest it returns. Exceptions it raises abort the update unchanged.
+        side effects beyond the manifest it returns. Exceptions it raises abort the update unchanged, and
+        so does a state change the batch's life cycle does not allow (IllegalTransitionError).
         """
         return self._update_batch(batch_id, change, create=None)
 
@@ -167,11 +166,13 @@ class ReleaseCatalog:
     def _changed(
         batch_id: str, change: Callable[[BatchManifest], BatchManifest], manifest: BatchManifest
     ) -> BatchManifest:
+        before = manifest.state  # `change` may edit the manifest in place
         updated = change(manifest)
         if updated.batch_id != batch_id:
             raise InvalidRequestError(
                 f"an update of batch {batch_id} returned the manifest of batch {updated.batch_id}"
             )
+        updated.state = check_transition(batch_id, before, updated.state)
         updated.updated_at = _now()
         return updated
 
@@ -193,9 +194,9 @@ class ReleaseCatalog:
         replaced: list[PartitionRecord] = []
 
         def add(manifest: BatchManifest) -> BatchManifest:
-            if manifest.state not in WRITABLE_BATCH_STATES:
+            if not manifest.state.accepts_partitions:
                 raise BatchSealedError(
-                    f"batch {batch_id} is {manifest.state!r}, so it accepts no more partitions (run {run_id} "
+                    f"batch {batch_id} is '{manifest.state}', so it accepts no more partitions (run {run_id} "
                     f"tried to stage {len(records)}); nothing was changed; launch a new backfill to stage "
                     "these partitions again"
                 )
@@ -255,9 +256,9 @@ class ReleaseCatalog:
         rerun = set(partitions)
 
         def add(manifest: BatchManifest) -> BatchManifest:
-            if manifest.state not in WRITABLE_BATCH_STATES:
+            if not manifest.state.accepts_partitions:
                 raise BatchSealedError(
-                    f"batch {batch_id} is {manifest.state!r}: its check verdicts can no longer change"
+                    f"batch {batch_id} is '{manifest.state}': its check verdicts can no longer change"
                 )
             kept = []
             for record in manifest.checks:
@@ -344,22 +345,16 @@ class ReleaseCatalog:
 
         return self._update_batch(batch_id, complete, create=lambda: self._new_batch(batch_id, None))
 
-    def seal_batch(self, batch_id: str, state: str, *, allowed_from: Iterable[str]) -> BatchManifest:
-        """Move a batch to a final state (approved, rejected, promoted) that accepts no more partitions."""
-        allowed = set(allowed_from)
+    def move_batch(self, batch_id: str, to: BatchState) -> BatchManifest:
+        """Move a batch to `to` along its life cycle (resources/lifecycle.py); moving it where it already is
+        changes nothing. IllegalTransitionError (a BatchSealedError) names both states when the life cycle
+        does not lead there, and nothing is written."""
 
-        def seal(manifest: BatchManifest) -> BatchManifest:
-            if manifest.state == state:
-                return manifest
-            if manifest.state not in allowed:
-                raise BatchSealedError(
-                    f"batch {batch_id} is {manifest.state!r}, so it cannot become {state!r} (only from "
-                    f"{', '.join(sorted(allowed))}); nothing was changed"
-                )
-            manifest.state = state
+        def move(manifest: BatchManifest) -> BatchManifest:
+            manifest.state = to
             return manifest
 
-        return self._update_batch(batch_id, seal, create=None)
+        return self._update_batch(batch_id, move, create=None)
 
     # Releases
 
@@ -641,6 +636,7 @@ class ReleaseCatalog:
             raise CurrentChangedError(
                 self._current_moved_message(release, self.current_release_id())
             ) from None
+        followed = self._follow_rollback(release) if release.kind == "rollback" else {}
         self.append_event(
             "promoted" if release.kind == "promotion" else "rolled_back",
             batch_id=release.batch_id,
@@ -658,9 +654,48 @@ class ReleaseCatalog:
                 "code_versions": {
                     table: code.model_dump() for table, code in sorted(release.code_versions.items())
                 },
+                **followed,
             },
         )
         return release
+
+    def _follow_rollback(self, release: Release) -> dict[str, list[str]]:
+        """Batch states after a rollback release became current: a promoted batch production now serves no
+        partition of is `rolled_back`, a rolled-back batch it serves again is `promoted`. Reads only the
+        days the rollback changed (in it and its parent) and the manifests of the batches found there."""
+        parent = self.get_release(release.parent_id) if release.parent_id else None
+        before: set[str] = set()
+        after: set[str] = set()
+        for table, days in release.changed.items():
+            if parent is not None:
+                before.update(entry.batch_id for entry in self.served(parent, table, days=days).values())
+            after.update(entry.batch_id for entry in self.served(release, table, days=days).values())
+        taken_away, restored = [], []
+        for batch_id in sorted(before - after):
+            manifest = self._manifest_or_none(batch_id)
+            if manifest and manifest.state == BatchState.PROMOTED and not self._serves(release, manifest):
+                self.move_batch(batch_id, BatchState.ROLLED_BACK)
+                taken_away.append(batch_id)
+        for batch_id in sorted(after - before):
+            manifest = self._manifest_or_none(batch_id)
+            if manifest and manifest.state == BatchState.ROLLED_BACK:
+                self.move_batch(batch_id, BatchState.PROMOTED)
+                restored.append(batch_id)
+        return {"batches_rolled_back": taken_away, "batches_promoted_again": restored}
+
+    def _manifest_or_none(self, batch_id: str) -> BatchManifest | None:
+        try:
+            return self.get_batch(batch_id)
+        except BatchNotFoundError:
+            return None
+
+    def _serves(self, release: Release, manifest: BatchManifest) -> bool:
+        """Whether the release serves any partition of the batch."""
+        return any(
+            entry.batch_id == manifest.batch_id
+            for table, days in manifest.tables.items()
+            for entry in self.served(release, table, days=days).values()
+        )
 
     @staticmethod
     def _current_moved_message(release: Release, current_id: str | None) -> str:

@@ -11,6 +11,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import AfterValidator, BaseModel, ConfigDict, Field
 
+from backfills.resources.lifecycle import BatchState
+
 
 def _as_utc(value: datetime) -> datetime:
     # A naive datetime is ambiguous (local time or UTC?), and catalog times decide order: refuse to guess.
@@ -116,14 +118,13 @@ class LaunchPlan(CatalogModel):
 class BatchManifest(CatalogModel):
     """Everything staged under one batch ID: table -> partition date -> record.
 
-    State: `staging`, `checked` or `blocked` while runs write (derived from the checks); then `approved`,
-    `rejected` or `promoted`, set by the approval flow, which seal the batch.
+    State: see `BatchState` (resources/lifecycle.py); the catalog changes it only along its transitions.
     """
 
     batch_id: str
     created_at: UtcDatetime
     updated_at: UtcDatetime
-    state: str = "staging"
+    state: BatchState = BatchState.STAGING
     requester: str | None = None
     runs: list[str] = []
     tables: dict[str, dict[str, PartitionRecord]] = {}
@@ -292,6 +293,42 @@ class CurrentPointer(CatalogModel):
 
     release_id: str
     updated_at: UtcDatetime
+
+
+CanaryStatus = Literal["open", "completed", "rolled_back"]
+
+
+class CanaryStep(CatalogModel):
+    """One step of a canary: opened at a percent, widened to one, completed (100) or rolled back; by whom or
+    what (a person, a job, the health guard) and when."""
+
+    action: Literal["opened", "widened", "completed", "rolled_back"]
+    percent: float
+    at: UtcDatetime
+    actor: str | None = None
+    reason: str | None = None
+
+
+class Canary(CatalogModel):
+    """The content of `catalog/CANARY`: the last canary release and how far it is exposed.
+
+    While `status` is "open", the entities in the slice (`slice_rule` over each table's entity key, at
+    `percent`) read `release_id`, a promotion release of `batch_id` staged on top of `base_release_id`, and
+    every other entity reads production. Completion makes `release_id` production; rollback closes it.
+    """
+
+    release_id: str
+    base_release_id: str | None
+    batch_id: str
+    percent: float
+    slice_rule: str
+    status: CanaryStatus = "open"
+    opened_at: UtcDatetime
+    steps: list[CanaryStep] = []
+
+    @property
+    def is_open(self) -> bool:
+        return self.status == "open"
 
 
 class AuditEvent(CatalogModel):

@@ -98,6 +98,10 @@ class Settings:
     partitions_end: str | None = None
     # BACKFILLS_ONLINE_STORE; by default a SQLite file under a local storage root, none under s3://.
     online_store_url: str | None = None
+    # BACKFILLS_CANARY_PERCENT: the approval sensor publishes approved batches to a canary of this share of
+    # the entities first (None: straight to production).
+    canary_percent: float | None = None
+    canary_health_interval_seconds: int = 600
 
     @property
     def uses_slack(self) -> bool:
@@ -128,6 +132,18 @@ def _online_store(storage_root: str) -> str | None:
     return f"sqlite:///{Path(storage_root).absolute() / 'online' / 'online.db'}"
 
 
+def _canary_percent() -> float | None:
+    if not os.environ.get("BACKFILLS_CANARY_PERCENT"):
+        return None
+    percent = _float("BACKFILLS_CANARY_PERCENT", 0.0)
+    if percent >= 100:
+        raise ConfigurationError(
+            f"BACKFILLS_CANARY_PERCENT={percent:g}: a canary is a share of the entities below 100; unset "
+            "it to promote straight to production"
+        )
+    return percent
+
+
 def load_settings() -> Settings:
     """Read every setting from the environment, with the embedded defaults."""
     token, channel = _slack()
@@ -153,4 +169,6 @@ def load_settings() -> Settings:
         sensor_interval_seconds=_int("BACKFILLS_SENSOR_INTERVAL_SECONDS", 30),
         partitions_end=_partitions_end(),
         online_store_url=_online_store(storage_root),
+        canary_percent=_canary_percent(),
+        canary_health_interval_seconds=_int("BACKFILLS_CANARY_HEALTH_SECONDS", 600),
     )

@@ -12,7 +12,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime, timedelta
 
-from backfills.resources.catalog import WRITABLE_BATCH_STATES, ReleaseCatalog
+from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.storage import StoredObject
 
 STAGING_PREFIX = "staging"
@@ -71,7 +71,7 @@ def find_orphans(
         _, table, batch_id, _ = prefix.split("/")
         last = max(item.modified for item in items)
         state = states.get(batch_id)
-        if state is not None and state not in WRITABLE_BATCH_STATES:
+        if state is not None and not state.accepts_partitions:
             removable, why = True, f"batch {batch_id} is {state}: no run writes into it any more"
         elif now - last >= grace:
             removable, why = (

@@ -3,7 +3,8 @@ of 100 keys is one HMGET.
 
 Per table, under the key prefix: `<table>:rows:<version>` (the rows), `<table>:versions` (version -> record,
 set only once every row is written), `<table>:synced` (version -> when it last became current) and
-`<table>:current`, the pointer readers follow. Lua scripts check and change these atomically.
+`<table>:current`, the pointer readers follow, and `<table>:canary`, the canary slice's route while a canary
+is open. Lua scripts check and change these atomically.
 """
 
 from __future__ import annotations
@@ -159,6 +160,15 @@ class RedisOnlineStore(OnlineStore):
     def _delete(self, table: str, versions: list[str]) -> list[str]:
         keys = [*self._table_keys(table), *(self._key(table, "rows", name) for name in versions)]
         return list(self._delete_script(keys=keys, args=versions))
+
+    def _route(self, table: str) -> str | None:
+        return self._redis.get(self._key(table, "canary"))
+
+    def _set_route(self, table: str, route: str | None) -> None:
+        if route is None:
+            self._redis.delete(self._key(table, "canary"))
+        else:
+            self._redis.set(self._key(table, "canary"), route)
 
     def close(self) -> None:
         self._redis.close()

@@ -1,7 +1,8 @@
 """The embedded online store: one SQLite file in WAL mode, shared by every process, with no server to run.
 
 Rows of every version sit in one table keyed by (table, version, entity key); a version's record is written
-after its rows; `online_current` holds the version readers are on. A switch is one BEGIN IMMEDIATE
+after its rows; `online_current` holds the version readers are on, `online_canary` the version the canary
+slice reads while a canary is open. A switch is one BEGIN IMMEDIATE
 transaction and a read one snapshot, so a reader sees one whole version whatever a sync does meanwhile.
 """
 
@@ -35,6 +36,10 @@ CREATE TABLE IF NOT EXISTS online_versions (
 CREATE TABLE IF NOT EXISTS online_current (
     table_name TEXT PRIMARY KEY,
     version TEXT NOT NULL
+);
+CREATE TABLE IF NOT EXISTS online_canary (
+    table_name TEXT PRIMARY KEY,
+    route_json TEXT NOT NULL
 );
 """
 # A writer waits this long for another process's transaction before giving up.
@@ -158,6 +163,19 @@ class SqliteOnlineStore(OnlineStore):
                 db.execute("DELETE FROM online_versions WHERE table_name = ? AND version = ?", (table, name))
                 db.execute("DELETE FROM online_rows WHERE table_name = ? AND version = ?", (table, name))
         return deleted
+
+    def _route(self, table: str) -> str | None:
+        row = self._db.execute(
+            "SELECT route_json FROM online_canary WHERE table_name = ?", (table,)
+        ).fetchone()
+        return row[0] if row else None
+
+    def _set_route(self, table: str, route: str | None) -> None:
+        with self._transaction("IMMEDIATE") as db:
+            if route is None:
+                db.execute("DELETE FROM online_canary WHERE table_name = ?", (table,))
+            else:
+                db.execute("INSERT OR REPLACE INTO online_canary VALUES (?, ?)", (table, route))
 
     def close(self) -> None:
         self._db.close()

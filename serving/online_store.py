@@ -23,6 +23,7 @@ from backfills.errors import (
     OnlineStoreError,
     OnlineVersionChangedError,
 )
+from backfills.resources.canary_slice import Channel, check_channel, check_percent, in_slice
 from backfills.serving.online_rows import RowEncoder
 
 ONLINE_STORE_VARIABLE = "BACKFILLS_ONLINE_STORE"
@@ -79,6 +80,24 @@ class OnlineVersion:
             written_at=datetime.fromisoformat(record["written_at"]),
             synced_at=datetime.fromisoformat(synced_at) if synced_at else None,
         )
+
+
+@dataclass(frozen=True)
+class CanaryRoute:
+    """Where the canary slice of an online table reads: a kept version (of the canary release), and the
+    share of entities the slice holds (resources/canary_slice.py decides which)."""
+
+    version: str
+    percent: float
+    release_id: str
+
+    def to_json(self) -> str:
+        return json.dumps({"version": self.version, "percent": self.percent, "release_id": self.release_id})
+
+    @classmethod
+    def from_json(cls, text: str) -> CanaryRoute:
+        record = json.loads(text)
+        return cls(version=record["version"], percent=record["percent"], release_id=record["release_id"])
 
 
 def _check_name(what: str, value: str) -> None:
@@ -175,28 +194,67 @@ class OnlineStore(ABC):
         return self._switch(table, version, expected_current, datetime.now(UTC))
 
     def prune(self, table: str, keep: int = DEFAULT_KEEP) -> list[str]:
-        """Delete the versions older than the newest `keep`, never the current one; return those deleted."""
+        """Delete the versions older than the newest `keep`, never the current one nor the one the canary
+        slice reads; return those deleted."""
         if keep < 1:
             raise InvalidRequestError(f"keep={keep}: an online table keeps at least its newest version")
-        older = [record.version for record in self.versions(table)[keep:]]
+        route = self.canary_route(table)
+        routed = route.version if route else None
+        older = [record.version for record in self.versions(table)[keep:] if record.version != routed]
         return self._delete(table, older) if older else []
+
+    # The canary channel
+
+    def route_canary(self, table: str, version: str, *, percent: float, release_id: str) -> CanaryRoute:
+        """Have the canary slice of `table` (at `percent`) read `version`, a completely written version of the
+        canary release; the rest of the entities keep reading the current version."""
+        _check_name("table", table)
+        _check_name("version", version)
+        if not self.has_version(table, version):
+            raise self._unwritten_error(table, version)
+        route = CanaryRoute(version=version, percent=check_percent(percent), release_id=release_id)
+        self._set_route(table, route.to_json())
+        return route
+
+    def clear_canary(self, table: str) -> None:
+        """Every entity of `table` reads the current version again."""
+        _check_name("table", table)
+        self._set_route(table, None)
+
+    def canary_route(self, table: str) -> CanaryRoute | None:
+        """Where the canary slice of `table` reads now; None when there is no canary."""
+        _check_name("table", table)
+        text = self._route(table)
+        return CanaryRoute.from_json(text) if text else None
 
     # Reading
 
     def get(
-        self, table: str, keys: Sequence[str], columns: Sequence[str] | None = None
+        self,
+        table: str,
+        keys: Sequence[str],
+        columns: Sequence[str] | None = None,
+        channel: Channel = "production",
     ) -> dict[str, dict[str, object] | None]:
         """The rows of `keys` (entity IDs) in the version readers are on, with all columns or `columns`;
-        None for a key it does not hold. One version answers the whole call, even while a sync switches."""
+        None for a key it does not hold. One version answers the whole call, even while a sync switches.
+        `channel="canary"`: while the table has a canary route, the keys of the canary slice are read from
+        the canary's version (one version answers all of them) and the others from the current one."""
         _check_name("table", table)
         _check_keys(keys)
-        record, found = self._read(table, None, keys)
+        route = self.canary_route(table) if check_channel(channel) == "canary" else None
+        exposed = {key for key in keys if route is not None and in_slice(key, route.percent)}
+        control = [key for key in keys if key not in exposed]
+        record, found = self._read(table, None, control)
         if record is None:
             raise OnlineStoreError(
                 f"table {table!r} was never synced to the online store at {self.describe()}, so it has no "
                 "current version to read: sync a release to it first"
             )
-        return _selected(record, keys, found, columns)
+        rows = _selected(record, control, found, columns)
+        if exposed and route is not None:
+            rows |= self.get_version(table, route.version, sorted(exposed), columns)
+        return {key: rows[key] for key in keys}
 
     def get_version(
         self, table: str, version: str, keys: Sequence[str], columns: Sequence[str] | None = None
@@ -289,6 +347,14 @@ class OnlineStore(ABC):
     @abstractmethod
     def _delete(self, table: str, versions: list[str]) -> list[str]:
         """Delete those complete versions readers are not on; return the deleted ones."""
+
+    @abstractmethod
+    def _route(self, table: str) -> str | None:
+        """The table's canary route (JSON), or None."""
+
+    @abstractmethod
+    def _set_route(self, table: str, route: str | None) -> None:
+        """Set (or, with None, remove) the table's canary route, atomically."""
 
     @abstractmethod
     def close(self) -> None:

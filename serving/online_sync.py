@@ -24,9 +24,9 @@ from pyspark.sql import SparkSession
 from backfills.assets.registry import FEATURES, feature_spec
 from backfills.errors import ObjectNotFoundError, OnlineParityError
 from backfills.resources.catalog import ReleaseCatalog
-from backfills.resources.catalog_models import Release
+from backfills.resources.catalog_models import Release, ReleasedPartition
 from backfills.resources.feature_store import PartitionFiles, read_partitions
-from backfills.serving.online_store import DEFAULT_KEEP, OnlineStore
+from backfills.serving.online_store import DEFAULT_KEEP, OnlineStore, OnlineVersion
 from backfills.serving.parity import DEFAULT_SAMPLE_SIZE, ParityResult, parity
 
 # Under the storage root, for `backfills online status`: each table's last sync, and the parity figures of
@@ -113,7 +113,10 @@ class _Sampled:
             yield row
 
 
-def _newest(catalog: ReleaseCatalog, release: Release, table: str) -> tuple[str, Any] | None:
+def newest_served(
+    catalog: ReleaseCatalog, release: Release, table: str
+) -> tuple[str, ReleasedPartition] | None:
+    """The newest partition of the table the release serves, with its entry; None if it serves none."""
     served = catalog.served(release, table)
     if not served:
         return None
@@ -135,11 +138,10 @@ def sync_table(
     (`session()`) is started only when rows must be loaded. Raises OnlineParityError, before switching,
     when the rows read back differ from the offline rows."""
     started = time.monotonic()
-    spec = feature_spec(table)
     now = datetime.now(UTC).isoformat()
     current = online.current(table)
     previous = current.version if current else None
-    newest = _newest(catalog, release, table)
+    newest = newest_served(catalog, release, table)
     if newest is None:
         return TableSync(table, release.release_id, "not_served", previous_version=previous, synced_at=now)
     day, entry = newest
@@ -150,6 +152,30 @@ def sync_table(
     if online.has_version(table, version):
         online.switch(table, version, expected_current=previous)
         return _done(base, "switched", started)
+    written, facts = load_version(
+        session, catalog, online, release, table, day, entry, sample_size=sample_size, readers_on=previous
+    )
+    online.switch(table, version, expected_current=previous)
+    online.prune(table, keep)
+    synced = _done(base, "loaded", started)
+    return TableSync(**{**asdict(synced), "keys_written": written.rows, "parity": facts})
+
+
+def load_version(
+    session: Callable[[], SparkSession],
+    catalog: ReleaseCatalog,
+    online: OnlineStore,
+    release: Release,
+    table: str,
+    day: str,
+    entry: ReleasedPartition,
+    *,
+    sample_size: int,
+    readers_on: str | None,
+) -> tuple[OnlineVersion, dict[str, Any]]:
+    """Write the partition's rows as the table's version of it (named by `online_version`) and read a sample
+    back against the offline rows; OnlineParityError (the version stays unused) when they differ."""
+    spec = feature_spec(table)
     [key] = spec.entity_keys
     frame = read_partitions(
         session(),
@@ -159,6 +185,7 @@ def sync_table(
         columns=spec.column_names,
     )
     rows = _Sampled((row.asDict() for row in frame.toLocalIterator()), key, entry.row_count, sample_size)
+    version = online_version(day, entry.content_hash)
     written = online.write_version(
         table,
         version,
@@ -169,15 +196,11 @@ def sync_table(
         content_hash=entry.content_hash,
     )
     result = parity(online, table, version, rows.sample, sample_size, offline_rows=entry.row_count)
-    facts = _parity_facts(result)
     if not result.passed:
         raise OnlineParityError(
-            f"{result.summary()}; not switched: readers stay on version {previous or 'none (never synced)'}"
+            f"{result.summary()}; not switched: readers stay on version {readers_on or 'none (never synced)'}"
         )
-    online.switch(table, version, expected_current=previous)
-    online.prune(table, keep)
-    synced = _done(base, "loaded", started)
-    return TableSync(**{**asdict(synced), "keys_written": written.rows, "parity": facts})
+    return written, _parity_facts(result)
 
 
 def _done(base: TableSync, action: Action, started: float) -> TableSync:
@@ -258,7 +281,7 @@ def online_status(catalog: ReleaseCatalog, online: OnlineStore) -> list[dict[str
     found = []
     for spec in FEATURES:
         current = online.current(spec.name)
-        newest = _newest(catalog, release, spec.name) if release else None
+        newest = newest_served(catalog, release, spec.name) if release else None
         wanted = online_version(newest[0], newest[1].content_hash) if newest else None
         load = loaded(catalog, spec.name, current.version) if current else None
         synced_at = current.synced_at if current else None

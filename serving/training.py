@@ -34,8 +34,10 @@ from pyspark.sql import DataFrame, SparkSession
 
 from backfills.assets.registry import feature_spec
 from backfills.errors import InvalidRequestError
+from backfills.resources.canary import open_canary
+from backfills.resources.canary_slice import Channel, check_channel, in_slice
 from backfills.resources.catalog import ReleaseCatalog
-from backfills.resources.catalog_models import ReleasedPartition
+from backfills.resources.catalog_models import Canary, ReleasedPartition
 from backfills.resources.feature_store import PartitionFiles, read_partitions
 from backfills.resources.storage import ObjectStore
 from backfills.specs import FeatureSpec
@@ -244,9 +246,56 @@ def build_training_set(
     entities: pd.DataFrame | DataFrame,
     features: Sequence[str],
     release: str | None = None,
+    *,
+    channel: Channel = "production",
 ) -> TrainingSet:
     """The training set of `entities` with `features` (`table.column`) as of `release` (default: the
-    current one, pinned by ID in the lineage). See the module's docstring for the semantics."""
+    current one, pinned by ID in the lineage). See the module's docstring for the semantics. Production
+    only, unless `channel="canary"` asks for the open canary: then the entity rows of its slice get their
+    features from the canary release (the lineage says which rows and which releases)."""
+    if check_channel(channel, release) == "canary":
+        canary = open_canary(ReleaseCatalog(store))
+        if canary is not None:
+            return _with_canary(spark, store, entities, features, canary)
+    return _training_set(spark, store, entities, features, release)
+
+
+def _with_canary(
+    spark: SparkSession,
+    store: ObjectStore,
+    entities: pd.DataFrame | DataFrame,
+    features: Sequence[str],
+    canary: Canary,
+) -> TrainingSet:
+    production = _training_set(spark, store, entities, features, None)
+    exposed = _training_set(spark, store, entities, features, canary.release_id)
+    key = production.lineage["entities"]["entity_key"]
+    mask = production.frame[key].map(lambda value: in_slice(value, canary.percent)).astype(bool)
+    frame = production.frame.copy()
+    for name in production.feature_types:
+        frame[name] = frame[name].where(~mask, exposed.frame[name])
+    lineage = production.lineage | {
+        "channel": "canary",
+        "canary": {
+            "release_id": canary.release_id,
+            "base_release_id": canary.base_release_id,
+            "batch_id": canary.batch_id,
+            "percent": canary.percent,
+            "slice_rule": canary.slice_rule,
+            "rows_in_slice": int(mask.sum()),
+            "tables": exposed.lineage["tables"],
+        },
+    }
+    return TrainingSet(frame=frame, lineage=lineage, feature_types=production.feature_types)
+
+
+def _training_set(
+    spark: SparkSession,
+    store: ObjectStore,
+    entities: pd.DataFrame | DataFrame,
+    features: Sequence[str],
+    release: str | None,
+) -> TrainingSet:
     catalog = ReleaseCatalog(store)
     wanted = parse_features(features)
     key = _entity_key(list(wanted))

@@ -45,6 +45,7 @@ from backfills.assets.registry import FEATURES
 from backfills.orchestration.jobs import PROMOTE_JOB
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import BatchManifest, Release
+from backfills.resources.lifecycle import BatchState
 from backfills.resources.storage import open_store
 
 FIRST_DAY = "2025-01-01"  # also BACKFILLS_PARTITIONS_START: the 7d and 30d windows start empty
@@ -169,7 +170,7 @@ def _previous_load(storage_root: Path, spark) -> str:
     )
     lake.catalog.mark_complete("load", lake.catalog.get_batch("load").partitions_by_table())
     release = lake.catalog.promote("load", actor="initial-load", reason="production before the test")
-    lake.catalog.seal_batch("load", "promoted", allowed_from=("checked",))
+    lake.catalog.move_batch("load", BatchState.PROMOTED)
     return release.release_id
 
 

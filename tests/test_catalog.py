@@ -24,11 +24,13 @@ from backfills.errors import (
 from backfills.resources.catalog import CURRENT_KEY, ReleaseCatalog
 from backfills.resources.catalog_models import (
     BatchManifest,
+    CheckRecord,
     ColumnSchema,
     PartitionRecord,
     Release,
     UpstreamSource,
 )
+from backfills.resources.lifecycle import BatchState
 from backfills.resources.storage import LocalObjectStore, ObjectStore
 
 DAILY = "customer_daily_txn"
@@ -268,9 +270,27 @@ def test_a_second_batch_for_the_same_days_never_changes_the_first_batch(catalog:
 
 def test_a_sealed_batch_refuses_new_partitions(catalog: ReleaseCatalog) -> None:
     stage(catalog, "b1", {DAILY: ["2025-01-01"]})
-    catalog.update_batch("b1", lambda manifest: manifest.model_copy(update={"state": "sealed"}))
+    catalog.record_checks(
+        "b1",
+        [
+            CheckRecord(
+                table=DAILY,
+                check="non_empty",
+                partitions=["2025-01-01"],
+                verdict="passed",
+                blocking=True,
+                summary="rows staged",
+                run_id="run-1",
+                checked_at=datetime.now(UTC),
+            )
+        ],
+        table=DAILY,
+        partitions=["2025-01-01"],
+        run_id="run-1",
+    )
+    catalog.move_batch("b1", BatchState.APPROVED)
 
-    with pytest.raises(BatchSealedError, match="batch b1 is 'sealed', so it accepts no more partitions"):
+    with pytest.raises(BatchSealedError, match="batch b1 is 'approved', so it accepts no more partitions"):
         catalog.record_partitions("b1", [record(DAILY, "2025-01-02", "b1", run_id="run-2")], run_id="run-2")
     manifest = catalog.get_batch("b1")
     assert manifest.partitions_by_table() == {DAILY: ["2025-01-01"]}
@@ -662,6 +682,8 @@ def test_audit_trail_comes_back_in_time_order_with_the_right_kinds(catalog: Rele
         "rolled_back_to": first.release_id,
         "reason": "7d looked wrong",
         **no_approval,
+        "batches_rolled_back": [],  # b2 was published by the catalog alone, never moved to promoted
+        "batches_promoted_again": [],
     }
 
     assert [event.kind for event in catalog.events(table=WEEKLY)] == ["staged", "promoted", "rolled_back"]

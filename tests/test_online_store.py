@@ -22,6 +22,7 @@ from backfills.errors import (
     OnlineStoreError,
     OnlineVersionChangedError,
 )
+from backfills.resources.canary_slice import in_slice
 from backfills.serving.online_redis import RedisOnlineStore
 from backfills.serving.online_sqlite import SqliteOnlineStore
 from backfills.serving.online_store import OnlineStore, OnlineVersion, open_online_store
@@ -286,6 +287,32 @@ def test_prune_keeps_the_newest_versions_and_never_the_current_one(store: Online
     assert store.prune(TABLE) == []  # three kept: the default
     with pytest.raises(InvalidRequestError, match="keep=0"):
         store.prune(TABLE, keep=0)
+
+
+def test_the_canary_slice_reads_its_routed_version_and_the_rest_the_current_one(store: OnlineStore) -> None:
+    for release in range(1, 5):
+        write(store, f"v{release}", customers(200, release))
+    store.switch(TABLE, "v1", expected_current=None)
+    keys = [f"C{index:06d}" for index in range(200)]
+    assert store.canary_route(TABLE) is None
+    assert store.get(TABLE, keys, channel="canary") == store.get(TABLE, keys)  # no canary: production
+
+    route = store.route_canary(TABLE, "v2", percent=20, release_id="rel-canary")
+    assert (route.version, route.percent) == ("v2", 20)
+    rows = store.get(TABLE, keys, ["txn_count_7d"], channel="canary")
+    exposed = [key for key in keys if in_slice(key, 20)]
+    assert 20 < len(exposed) < 60 and list(rows) == keys  # input order
+    for index, key in enumerate(keys):
+        expected = customer(index, 2 if key in exposed else 1)["txn_count_7d"]
+        assert rows[key] == {"txn_count_7d": expected}
+    assert store.get(TABLE, keys) == {key: read_back(customer(i, 1)) for i, key in enumerate(keys)}
+
+    assert store.prune(TABLE, keep=1) == ["v3"]  # never the current (v1) nor the canary's (v2)
+    with pytest.raises(OnlineStoreError, match="cannot switch online table .* to version v9"):
+        store.route_canary(TABLE, "v9", percent=20, release_id="rel-canary")
+    store.clear_canary(TABLE)
+    assert store.canary_route(TABLE) is None
+    assert store.get(TABLE, keys, channel="canary") == store.get(TABLE, keys)
 
 
 def test_rewriting_a_version_replaces_it_whole_but_never_the_one_readers_are_on(store: OnlineStore) -> None:

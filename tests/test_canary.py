@@ -1,0 +1,441 @@
+"""Canary releases: an approved batch serves a stable slice of entities first, in every reader alike (offline
+reads, training sets, the online store), widens without a new approval, completes into production in one
+switch or is rolled back, by an operator or by itself when its slice's model decisions degrade; every step
+recorded with who or what made it.
+
+Production is `base`: customer_daily_txn from Jan 9 and every table on Feb 7..8 (full 30-day windows, so the
+reference model's velocity ratios are ordinary). Two approved batches recompute customer_risk_profile on
+Feb 7..8: `again` from the same inputs (the same rows: a healthy canary), and `bad` from landing files of
+Feb 7..8 whose statuses were mostly flipped to declined, through all four tables (its gate's model-impact
+and diff thresholds set loose, so the canary is the last line of defence).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import random
+import shutil
+from datetime import UTC, date, datetime
+from pathlib import Path
+
+import pandas as pd
+import pyarrow.compute as pc
+import pyarrow.parquet as pq
+import pytest
+from conftest import Lake, make_lake
+from dagster import AssetKey, DagsterInstance, build_sensor_context
+from pyspark.sql import functions as F
+from slack_api import FakeSlack
+
+from backfills.assets.reader import FeatureReader
+from backfills.assets.registry import dependency_order, feature_spec
+from backfills.errors import (
+    BatchNotApprovedError,
+    CanaryConflictError,
+    CanaryNotOpenError,
+    CanaryUnhealthyError,
+    CurrentChangedError,
+    InvalidRequestError,
+)
+from backfills.orchestration.approval_channels import LocalChannel
+from backfills.orchestration.approval_flow import ApprovalFlow
+from backfills.orchestration.approval_message import Links
+from backfills.orchestration.approval_policy import ApprovalRules
+from backfills.orchestration.canary import HEALTH_GUARD, expose, promote_to_canary
+from backfills.orchestration.canary_health import canary_health
+from backfills.orchestration.cli import main
+from backfills.orchestration.definitions import build_definitions
+from backfills.orchestration.promotion import promote, roll_back
+from backfills.orchestration.sensors import APPROVAL_SENSOR, CANARY_HEALTH_SENSOR
+from backfills.resources import canary as canary_channel
+from backfills.resources.approvals_store import ApprovalStore
+from backfills.resources.canary_slice import in_slice, slice_column
+from backfills.resources.catalog_models import VoteRecord
+from backfills.resources.lifecycle import BatchState
+from backfills.serving.online_canary import sync_canary
+from backfills.serving.online_rows import stored_form
+from backfills.serving.online_store import open_online_store
+from backfills.serving.online_sync import sync_release
+from backfills.specs import DiffPolicy, ModelImpactPolicy
+
+PROFILE, SEVEN_DAY, DAILY = "customer_risk_profile", "customer_txn_7d", "customer_daily_txn"
+ALICE, BOB, CHANNEL = "U0ALICE", "U0BOB", "C0APPROVALS"
+FIRST_DAY, DAY_1, DAY_2 = date(2025, 1, 9), date(2025, 2, 7), date(2025, 2, 8)
+DAYS = [DAY_1.isoformat(), DAY_2.isoformat()]
+RULES = ApprovalRules(approvers=frozenset({BOB}))
+LOOSE = {
+    "diff_policy": DiffPolicy(changed_fraction_warn=1.0, psi_warn=100.0, psi_block=100.0),
+    "model_impact": ModelImpactPolicy(warn_flip_rate=1.0, block_flip_rate=1.0),
+}
+
+
+def _approve(lake: Lake, batch_id: str) -> None:
+    """Bob approves the batch through the local approval channel (`backfills approve`)."""
+    flow = ApprovalFlow(lake.catalog, LocalChannel(lambda _: None), RULES, Links("http://dagster.test"))
+    flow.process(batch_id, lambda manifest: None)
+    approvals = ApprovalStore(lake.store)
+    vote = VoteRecord(user_id=BOB, display_name="bob", decision="approve", at=datetime.now(UTC), source="cli")
+    approvals.update(
+        batch_id,
+        approvals.latest(batch_id).request_id,
+        lambda request: request.model_copy(update={"cli_votes": [*request.cli_votes, vote]}),
+    )
+    flow.process(batch_id, lambda manifest: None)
+    assert approvals.latest(batch_id).status == "approved"
+
+
+def _flip_statuses(lake: Lake, day: date) -> None:
+    """Four in five of the day's landed transactions declined: a corrupted delivery."""
+    [path] = (lake.root / "raw" / "transactions" / f"date={day.isoformat()}").glob("*.parquet")
+    table = pq.read_table(path)
+    flipped = [
+        status if index % 5 == 0 else "declined" for index, status in enumerate(table["status"].to_pylist())
+    ]
+    column = table.schema.get_field_index("status")
+    pq.write_table(table.set_column(column, table.schema.field(column), pc.cast(flipped, "string")), path)
+
+
+@pytest.fixture(scope="module")
+def canary_template(tmp_path_factory, generated_landing_zone: Path, spark) -> Path:
+    root = tmp_path_factory.mktemp("canary") / "lake"
+    shutil.copytree(generated_landing_zone / "raw", root / "raw")
+    lake = make_lake(root)
+    lake.stage(spark, DAILY, FIRST_DAY, DAY_2, "base", requester=ALICE)
+    for spec in dependency_order()[1:]:
+        lake.stage(spark, spec, DAY_1, DAY_2, "base", requester=ALICE)
+    lake.catalog.mark_complete("base", lake.catalog.get_batch("base").partitions_by_table())
+    _approve(lake, "base")
+    promote(lake.catalog, RULES, spark, "base", requested_by="ops")
+    lake.stage(spark, PROFILE, DAY_1, DAY_2, "again", requester=ALICE)
+    lake.catalog.mark_complete("again", {PROFILE: DAYS})
+    for day in (DAY_1, DAY_2):
+        _flip_statuses(lake, day)
+    for spec in dependency_order():
+        lake.stage(spark, dataclasses.replace(spec, **LOOSE), DAY_1, DAY_2, "bad", requester=ALICE)
+    lake.catalog.mark_complete("bad", {spec.name: DAYS for spec in dependency_order()})
+    for batch in ("again", "bad"):
+        _approve(lake, batch)
+    return root
+
+
+@pytest.fixture
+def lake(canary_template: Path, tmp_path: Path) -> Lake:
+    root = tmp_path / "lake"
+    shutil.copytree(canary_template, root)
+    return make_lake(root)
+
+
+def _by_key(frame) -> dict[tuple[str, str], dict]:
+    return {
+        (row["customer_id"], str(row["feature_date"])): json.loads(stored_form(row.asDict()))
+        for row in frame.collect()
+    }
+
+
+def _health(spark, lake: Lake):
+    return lambda canary: canary_health(spark, lake.catalog, canary)
+
+
+# The slice
+
+
+def test_the_slice_is_the_same_in_spark_and_python_and_only_grows(spark) -> None:
+    generator = random.Random(5)
+    keys = [f"c{n:05d}" for n in range(3000)] + ["ü-ñ-日本", "", "0042"]
+    keys += ["".join(generator.choices("abcdef0123456789", k=12)) for _ in range(500)]
+    frame = spark.createDataFrame(pd.DataFrame({"customer_id": keys}))
+    slices = {}
+    for percent in (1, 10, 33.33, 50, 100):
+        in_spark = {
+            row["customer_id"] for row in frame.where(slice_column(F.col("customer_id"), percent)).collect()
+        }
+        in_python = {key for key in keys if in_slice(key, percent)}
+        assert in_spark == in_python
+        assert abs(len(in_python) / len(keys) - percent / 100) < 0.03
+        slices[percent] = in_python
+    assert slices[1] <= slices[10] <= slices[33.33] <= slices[50] <= slices[100] == set(keys)
+    with pytest.raises(InvalidRequestError, match="more than 0 and at most 100"):
+        in_slice("c1", 0)
+    with pytest.raises(InvalidRequestError, match="more than two decimals"):
+        in_slice("c1", 12.345)
+
+
+# Readers
+
+
+def test_every_reader_gives_the_slice_the_canary_and_the_rest_production(
+    lake: Lake, spark, tmp_path: Path
+) -> None:
+    reader = FeatureReader(spark, lake.store)
+    production_before = _by_key(reader.read(DAILY, FIRST_DAY, DAY_2))
+    canary = promote_to_canary(lake.catalog, RULES, spark, "bad", 25, requested_by="ops")
+    assert lake.catalog.get_batch("bad").state == BatchState.CANARY
+    assert lake.catalog.current_release_id() == canary.base_release_id  # production did not move
+    assert _by_key(reader.read(DAILY, FIRST_DAY, DAY_2)) == production_before
+    exposed = _by_key(reader.read(DAILY, FIRST_DAY, DAY_2, release=canary.release_id))
+
+    def expected(percent: float) -> dict:
+        return {
+            (key, day): exposed[(key, day)] if in_slice(key, percent) else row
+            for (key, day), row in production_before.items()
+        } | {(key, day): row for (key, day), row in exposed.items() if in_slice(key, percent)}
+
+    through_canary = _by_key(reader.read(DAILY, FIRST_DAY, DAY_2, channel="canary"))
+    assert through_canary == expected(25) != production_before
+    changed = {key for (key, day), row in through_canary.items() if row != production_before.get((key, day))}
+    assert changed and all(in_slice(key, 25) for key in changed)
+
+    # Training sets: production unless asked; the slice's entity rows get the canary's features.
+    customers = sorted({key for key, _ in production_before})
+    entities = pd.DataFrame({"customer_id": customers, "event_ts": ["2025-02-09T00:00:00Z"] * len(customers)})
+    features = ["customer_txn_7d.declined_count_7d"]
+    plain = reader.training_set(entities, features)
+    mixed = reader.training_set(entities, features, channel="canary")
+    pinned = reader.training_set(entities, features, release=canary.release_id)
+    for index, key in enumerate(customers):
+        source = pinned if in_slice(key, 25) else plain
+        assert mixed.frame[features[0]][index] == source.frame[features[0]][index] or (
+            pd.isna(mixed.frame[features[0]][index]) and pd.isna(source.frame[features[0]][index])
+        )
+    assert "channel" not in plain.lineage
+    assert mixed.lineage["canary"]["release_id"] == canary.release_id
+    assert mixed.lineage["canary"]["rows_in_slice"] == sum(in_slice(key, 25) for key in customers)
+
+    # The online store: the slice's keys read the canary's newest partition, the others production's.
+    with open_online_store(f"sqlite:///{tmp_path / 'online.db'}") as online:
+        sync_release(lambda: spark, lake.catalog, online)
+        synced = {item.table: item.action for item in sync_canary(lambda: spark, lake.catalog, online)}
+        assert synced[DAILY] == "loaded" and synced[SEVEN_DAY] == "loaded"
+        newest = {(k, d): row for (k, d), row in through_canary.items() if d == DAY_2.isoformat()}
+        online_rows = online.get(DAILY, customers, channel="canary")
+        assert {key: row for key, row in online_rows.items() if row} == {
+            k: row for (k, _), row in newest.items()
+        }
+        assert online.get(DAILY, customers) == {
+            key: production_before.get((key, DAY_2.isoformat())) for key in customers
+        }
+
+        # Widening only adds entities, the same ones in every reader; narrowing is refused.
+        expose(lake.catalog, "bad", 50, requested_by="ops", health=None)
+        assert _by_key(reader.read(DAILY, FIRST_DAY, DAY_2, channel="canary")) == expected(50)
+        assert {item.table: item.action for item in sync_canary(lambda: spark, lake.catalog, online)}[
+            DAILY
+        ] == "routed"
+        wider = online.get(DAILY, customers, channel="canary")
+        assert all(wider[key] == online_rows[key] for key in customers if in_slice(key, 25))
+        assert online.canary_route(DAILY).percent == 50
+    with pytest.raises(InvalidRequestError, match="can only widen .* never narrow to 10%"):
+        expose(lake.catalog, "bad", 10, requested_by="ops", health=None)
+    assert canary_channel.open_canary(lake.catalog).percent == 50
+
+
+# Completion, rollback, health
+
+
+def test_a_healthy_canary_widens_and_completes_into_production_in_one_switch(lake: Lake, spark) -> None:
+    base = lake.catalog.current_release_id()
+    canary = promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="alice-ops")
+    widened = expose(lake.catalog, "again", 40, requested_by="bob-ops", health=_health(spark, lake))
+    assert widened.health.healthy and widened.published is None
+    [model] = widened.health.models
+    assert model.decline_rate_gap == 0 and model.score_mean_gap == 0  # the same rows as production
+    assert lake.catalog.current_release_id() == base
+
+    done = expose(lake.catalog, "again", 100, requested_by="carol-ops", health=_health(spark, lake))
+    current = lake.catalog.current_release()
+    assert current.release_id == canary.release_id == done.published.release.release_id
+    assert current.parent_id == base and current.approvers[0].user_id == BOB
+    assert lake.catalog.get_batch("again").state == BatchState.PROMOTED
+    assert ApprovalStore(lake.store).latest("again").status == "promoted"
+    last = canary_channel.last_canary(lake.catalog)
+    assert last.status == "completed" and [(s.action, s.percent, s.actor) for s in last.steps] == [
+        ("opened", 10, "alice-ops"),
+        ("widened", 40, "bob-ops"),
+        ("completed", 100, "carol-ops"),
+    ]
+    events = [(e.kind, e.actor) for e in lake.catalog.events(batch_id="again") if e.kind.startswith("canary")]
+    assert events == [
+        ("canary_opened", "alice-ops"),
+        ("canary_health", "bob-ops"),
+        ("canary_widened", "bob-ops"),
+        ("canary_health", "carol-ops"),
+        ("canary_completed", "carol-ops"),
+    ]
+    assert canary_channel.open_canary(lake.catalog) is None
+
+
+def test_a_rolled_back_canary_leaves_production_as_it_was(lake: Lake, spark) -> None:
+    reader = FeatureReader(spark, lake.store)
+    before = lake.catalog.current_release_id()
+    production = _by_key(reader.read(PROFILE, DAY_1, DAY_2))
+    promote_to_canary(lake.catalog, RULES, spark, "bad", 30, requested_by="ops")
+    with pytest.raises(CanaryConflictError, match="the canary of batch bad .* is open"):
+        promote(lake.catalog, RULES, spark, "again", requested_by="ops")
+    with pytest.raises(CanaryConflictError, match="cannot roll production back"):
+        roll_back(lake.catalog, to="previous", reason="oops", requested_by="ops")
+    with pytest.raises(CanaryConflictError, match="cannot open a canary of batch again"):
+        promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
+
+    canary_channel.roll_back(lake.catalog, actor="carol", reason="the numbers look odd")
+    assert lake.catalog.current_release_id() == before
+    assert _by_key(reader.read(PROFILE, DAY_1, DAY_2, channel="canary")) == production
+    assert lake.catalog.get_batch("bad").state == BatchState.ROLLED_BACK
+    [event] = [e for e in lake.catalog.events(batch_id="bad") if e.kind == "canary_rolled_back"]
+    assert event.actor == "carol" and event.details["reason"] == "the numbers look odd"
+    with pytest.raises(BatchNotApprovedError, match="bad is rolled_back"):
+        promote_to_canary(lake.catalog, RULES, spark, "bad", 10, requested_by="ops")
+    with pytest.raises(CanaryNotOpenError, match="no canary is open"):
+        canary_channel.roll_back(lake.catalog, actor="carol", reason="again")
+    promote(lake.catalog, RULES, spark, "again", requested_by="ops")  # production may move again
+
+
+def test_a_degraded_canary_slice_rolls_the_canary_back_by_itself(lake: Lake, spark) -> None:
+    reader = FeatureReader(spark, lake.store)
+    production = _by_key(reader.read(PROFILE, DAY_1, DAY_2))
+    promote_to_canary(lake.catalog, RULES, spark, "bad", 30, requested_by="ops")
+    with pytest.raises(CanaryUnhealthyError, match="(?s)UNHEALTHY.*decline rate gap") as error:
+        expose(lake.catalog, "bad", 60, requested_by="ops", health=_health(spark, lake))
+    assert "The canary was rolled back" in str(error.value)
+    last = canary_channel.last_canary(lake.catalog)
+    assert last.status == "rolled_back" and last.percent == 30  # never widened
+    assert last.steps[-1].actor == HEALTH_GUARD and "decline rate" in last.steps[-1].reason
+    assert lake.catalog.get_batch("bad").state == BatchState.ROLLED_BACK
+    [verdict] = [e for e in lake.catalog.events(batch_id="bad") if e.kind == "canary_health"]
+    assert verdict.details["healthy"] is False and verdict.actor == "ops"
+    [model] = verdict.details["models"]
+    assert model["canary"]["decline_rate"] > model["baseline"]["decline_rate"] + 0.05
+    assert _by_key(reader.read(PROFILE, DAY_1, DAY_2, channel="canary")) == production
+
+
+def test_a_canary_is_refused_completion_when_production_moved_under_it(lake: Lake, spark) -> None:
+    promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
+    moved = lake.catalog.promote("bad", actor="someone-bypassing-the-jobs")
+    with pytest.raises(CurrentChangedError, match="production moved .* since the canary of batch again"):
+        expose(lake.catalog, "again", 100, requested_by="ops", health=None)
+    with pytest.raises(CurrentChangedError, match="production moved"):
+        expose(lake.catalog, "again", 50, requested_by="ops", health=None)
+    assert lake.catalog.current_release_id() == moved.release_id
+    assert canary_channel.open_canary(lake.catalog).percent == 10
+
+
+def test_canary_steps_that_make_no_sense_are_refused(lake: Lake, spark) -> None:
+    with pytest.raises(CanaryNotOpenError, match="no canary was ever opened"):
+        expose(lake.catalog, "again", 50, requested_by="ops", health=None)
+    with pytest.raises(InvalidRequestError, match="a canary at 100% is a promotion"):
+        promote_to_canary(lake.catalog, RULES, spark, "again", 100, requested_by="ops")
+    with pytest.raises(InvalidRequestError, match="more than 0 and at most 100"):
+        promote_to_canary(lake.catalog, RULES, spark, "again", 150, requested_by="ops")
+    promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
+    with pytest.raises(CanaryConflictError, match="the open canary is of batch again, not bad"):
+        expose(lake.catalog, "bad", 50, requested_by="ops", health=None)
+    with pytest.raises(InvalidRequestError, match="never narrow to 10%"):
+        expose(lake.catalog, "again", 10, requested_by="ops", health=None)
+    with pytest.raises(InvalidRequestError, match="either|one of them"):
+        FeatureReader(spark, lake.store).read(PROFILE, DAY_1, DAY_2, release="r-x", channel="canary")
+
+
+# Through Dagster and the command
+
+
+def test_the_approval_sensor_publishes_to_a_canary_and_the_jobs_widen_and_complete_it(
+    lake: Lake, dagster_instance: DagsterInstance, tmp_path: Path
+) -> None:
+    settings = lake.settings(
+        approvers=frozenset({BOB}),
+        canary_percent=20.0,
+        online_store_url=f"sqlite:///{tmp_path / 'online.db'}",
+    )
+    defs = build_definitions(settings)
+    sensor = defs.resolve_sensor_def(APPROVAL_SENSOR)
+    context = build_sensor_context(instance=dagster_instance, definitions=defs, resources=defs.resources)
+    [request] = [
+        r for r in sensor.evaluate_tick(context).run_requests if r.tags["backfills/batch_id"] == "again"
+    ]
+    assert request.run_config["ops"]["promote_op"]["config"]["canary_percent"] == 20.0
+    promote_job = defs.resolve_job_def(request.job_name)
+    assert promote_job.execute_in_process(
+        run_config=request.run_config, instance=dagster_instance, tags=request.tags
+    ).success
+    canary = canary_channel.open_canary(lake.catalog)
+    assert (canary.batch_id, canary.percent, canary.steps[0].actor) == ("again", 20.0, APPROVAL_SENSOR)
+
+    health_sensor = defs.resolve_sensor_def(CANARY_HEALTH_SENSOR)
+    [health_request] = health_sensor.evaluate_tick(context).run_requests
+    assert health_request.run_key.startswith(f"canary-health:{canary.release_id}:")
+
+    expose_job = defs.resolve_job_def("expose_canary")
+    for percent in (50, 100):
+        config = {"batch_id": "again", "to_percent": percent, "requested_by": "ops"}
+        result = expose_job.execute_in_process(
+            run_config={"ops": {"expose_op": {"config": config}}}, instance=dagster_instance
+        )
+        assert result.success
+    assert lake.catalog.current_release_id() == canary.release_id
+    production_key = AssetKey(["production", PROFILE])
+    materialized = dagster_instance.fetch_materializations(production_key, limit=10).records
+    assert {record.asset_materialization.metadata["release_id"].value for record in materialized[:2]} == {
+        canary.release_id
+    }
+    assert health_sensor.evaluate_tick(context).skip_message == "no canary is open"
+
+
+def test_the_health_job_rolls_a_degraded_canary_back_and_tells_the_channel(
+    lake: Lake, spark, dagster_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    promote_to_canary(lake.catalog, RULES, spark, "bad", 30, requested_by="ops")
+    with FakeSlack() as slack:
+        slack.add_channel(CHANNEL, "feature-approvals")
+        monkeypatch.setenv("SLACK_BOT_TOKEN", slack.token)
+        defs = build_definitions(
+            lake.settings(slack_bot_token=slack.token, slack_channel=CHANNEL, slack_api_url=slack.base_url)
+        )
+        result = defs.resolve_job_def("canary_health").execute_in_process(
+            instance=dagster_instance,
+            raise_on_error=False,
+            tags={"dagster/sensor_name": CANARY_HEALTH_SENSOR},
+        )
+        messages = [m["text"] for m in slack.messages(CHANNEL)]
+    assert not result.success
+    assert len(messages) == 1 and messages[0].startswith("Canary rolled back automatically")
+    assert "decline rate gap" in messages[0]
+    assert canary_channel.last_canary(lake.catalog).status == "rolled_back"
+    [verdict] = [e for e in lake.catalog.events(batch_id="bad") if e.kind == "canary_health"]
+    assert verdict.actor == CANARY_HEALTH_SENSOR
+
+
+def test_the_commands_open_widen_show_and_roll_back_a_canary(
+    lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BACKFILLS_STORAGE_ROOT", str(lake.root))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("BACKFILLS_APPROVERS", BOB)
+    monkeypatch.setenv("BACKFILLS_ONLINE_STORE", "none")
+    (tmp_path / "dagster_home").mkdir()
+    assert main(["promote", "again", "--canary", "10", "--as", "alice-ops"]) == 0
+    assert "canary of batch again serves 10% of entities" in capsys.readouterr().out
+    assert main(["expose", "again", "--to", "30", "--as", "bob-ops"]) == 0
+    assert "serves 30% of entities" in capsys.readouterr().out
+    assert main(["rollback", "--to", "previous", "--reason", "x"]) == 2
+    assert "without --to removes it" in capsys.readouterr().err
+    assert main(["rollback", "--reason", "not today", "--as", "carol-ops"]) == 0
+    assert "rolled back: its slice reads production" in capsys.readouterr().out
+    assert main(["canary", "--format", "json"]) == 0
+    shown = json.loads(capsys.readouterr().out)
+    assert [(step["action"], step["actor"]) for step in shown["steps"]] == [
+        ("opened", "alice-ops"),
+        ("widened", "bob-ops"),
+        ("rolled_back", "carol-ops"),
+    ]
+    assert main(["rollback", "--reason", "nothing open"]) == 2
+    assert "name the release to roll production back to with --to" in capsys.readouterr().err
+    assert main(["audit", PROFILE, "--date", DAY_2.isoformat()]) == 0
+    trail = capsys.readouterr().out
+    for line in (
+        "canary opened: 10% of entities read this batch",
+        "canary health at 10%: healthy",
+        "canary widened from 10% to 30% of entities",
+        "canary rolled back at 30% of entities: not today",
+    ):
+        assert line in trail
+    assert feature_spec(PROFILE).canary_health.max_decline_rate_gap == 0.05
