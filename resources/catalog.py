@@ -38,6 +38,12 @@ from backfills.resources.lifecycle import BatchState, check_transition
 from backfills.resources.release_tree import ReleaseTree
 from backfills.resources.storage import ObjectStore
 
+# The first fields of a manifest as `dump` writes them (BatchManifest's field order); `batch_state` reads the
+# state from there.
+_MANIFEST_HEAD = re.compile(
+    rb'\A\{\s*"batch_id": "[^"]*",\s*"created_at": "[^"]*",\s*"updated_at": "[^"]*",\s*"state": "([a-z_]+)"'
+)
+
 BATCHES_PREFIX = "catalog/batches"
 RELEASES_PREFIX = "catalog/releases"
 AUDIT_PREFIX = "catalog/audit"
@@ -118,6 +124,19 @@ class ReleaseCatalog:
         except ObjectNotFoundError:
             raise BatchNotFoundError(self._missing_batch_message(batch_id)) from None
         return BatchManifest.model_validate_json(body)
+
+    def batch_state(self, batch_id: str) -> BatchState | None:
+        """The batch's state, or None when it has no manifest. Reads the state from the head of the manifest
+        as the catalog writes it (the first fields, before the partition records), so that a rollback can
+        follow a ten-year batch without parsing its records; any other layout is parsed in full."""
+        try:
+            body = self.store.get(self._batch_key(batch_id))
+        except ObjectNotFoundError:
+            return None
+        head = _MANIFEST_HEAD.match(body)
+        if head is not None:
+            return BatchState(head.group(1).decode())
+        return BatchManifest.model_validate_json(body).state
 
     def _missing_batch_message(self, batch_id: str) -> str:
         return (
@@ -672,22 +691,16 @@ class ReleaseCatalog:
             after.update(entry.batch_id for entry in self.served(release, table, days=days).values())
         taken_away, restored = [], []
         for batch_id in sorted(before - after):
-            manifest = self._manifest_or_none(batch_id)
-            if manifest and manifest.state == BatchState.PROMOTED and not self._serves(release, manifest):
+            if self.batch_state(batch_id) == BatchState.PROMOTED and not self._serves(
+                release, self.get_batch(batch_id)
+            ):
                 self.move_batch(batch_id, BatchState.ROLLED_BACK)
                 taken_away.append(batch_id)
         for batch_id in sorted(after - before):
-            manifest = self._manifest_or_none(batch_id)
-            if manifest and manifest.state == BatchState.ROLLED_BACK:
+            if self.batch_state(batch_id) == BatchState.ROLLED_BACK:
                 self.move_batch(batch_id, BatchState.PROMOTED)
                 restored.append(batch_id)
         return {"batches_rolled_back": taken_away, "batches_promoted_again": restored}
-
-    def _manifest_or_none(self, batch_id: str) -> BatchManifest | None:
-        try:
-            return self.get_batch(batch_id)
-        except BatchNotFoundError:
-            return None
 
     def _serves(self, release: Release, manifest: BatchManifest) -> bool:
         """Whether the release serves any partition of the batch."""

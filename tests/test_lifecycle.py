@@ -107,6 +107,24 @@ def test_staying_in_a_state_is_no_change(catalog: ReleaseCatalog) -> None:
         assert catalog.move_batch("b1", state).state == state
 
 
+def test_the_state_of_a_batch_is_read_as_stored_whatever_the_layout(catalog: ReleaseCatalog) -> None:
+    # A rollback reads the state of every batch it touches from the head of the manifest; a manifest laid out
+    # otherwise (compact, keys reordered, a nested "state" before the top-level one) is read in full.
+    assert catalog.batch_state("never-staged") is None
+    _checked(catalog, "b1", {DAILY: ["2024-01-02"]})
+    assert catalog.batch_state("b1") == BatchState.CHECKED == catalog.get_batch("b1").state
+    for state in BatchState:
+        _in_state(catalog, "b2", state)
+        assert catalog.batch_state("b2") == state
+    now = datetime.now(UTC).isoformat()
+    reordered = (
+        f'{{"plan": null, "checks": [], "tables": {{}}, "expected": {{"state": ["2024-01-02"]}}, '
+        f'"batch_id": "b3", "created_at": "{now}", "updated_at": "{now}", "state": "rolled_back"}}'
+    )
+    catalog.store.put(f"{BATCHES_PREFIX}/b3.json", reordered.encode())
+    assert catalog.batch_state("b3") == BatchState.ROLLED_BACK == catalog.get_batch("b3").state
+
+
 def test_a_refused_transition_is_a_sealed_batch_error_for_existing_callers(catalog: ReleaseCatalog) -> None:
     _in_state(catalog, "b1", BatchState.REJECTED)
     with pytest.raises(BatchSealedError, match="rejected is final"):
