@@ -3,10 +3,15 @@
 from __future__ import annotations
 
 import hashlib
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
 from datetime import date
+from pathlib import Path
 
 import pytest
-from conftest import Lake
+from conftest import Lake, make_lake
+from dagster import DagsterInstance
 
 from backfills.assets.factory import staging_key
 from backfills.assets.reader import FeatureReader
@@ -44,12 +49,40 @@ def _stage(lake: Lake, spark, table: str, start: date, end: date, batch: str):
     return lake.stage(spark, table, start, end, batch)
 
 
-def test_one_partition_per_run_and_one_range_run_give_identical_content_hashes(
-    lake: Lake, dagster_instance, spark
-) -> None:
+@dataclass
+class Layouts:
+    """Jan 1..3 of every table staged through Dagster in three run layouts, each its own batch: `range`
+    (one range run per table) alone on `range_instance`, then `single` (one partition per run) and `second`
+    (ranges of two days and one) on `other_instance`; and the files of `range` before the other two."""
+
+    lake: Lake
+    range_instance: DagsterInstance
+    other_instance: DagsterInstance
+    range_fingerprint: dict[str, str]
+
+
+@pytest.fixture(scope="module")
+def layouts(tmp_path_factory: pytest.TempPathFactory, generated_landing_zone: Path) -> Iterator[Layouts]:
+    """The backfills of the layout tests, run once for the module (each takes a run per table and layout):
+    the tests read what they left behind."""
+    base = tmp_path_factory.mktemp("layouts")
+    shutil.copytree(generated_landing_zone / "raw", base / "lake" / "raw")
+    lake = make_lake(base / "lake")
+    homes = base / "range_home", base / "other_home"
+    for home in homes:
+        home.mkdir()
     end = date(2025, 1, 3)
-    _backfill(lake, dagster_instance, JAN_1, end, per_run=3, batch="range")
-    _backfill(lake, dagster_instance, JAN_1, end, per_run=1, batch="single")
+    with DagsterInstance.local_temp(str(homes[0])) as range_instance:
+        _backfill(lake, range_instance, JAN_1, end, per_run=3, batch="range")
+        range_fingerprint = _fingerprint(lake, "range")
+        with DagsterInstance.local_temp(str(homes[1])) as other_instance:
+            _backfill(lake, other_instance, JAN_1, end, per_run=1, batch="single")
+            _backfill(lake, other_instance, JAN_1, end, per_run=2, batch="second")
+            yield Layouts(lake, range_instance, other_instance, range_fingerprint)
+
+
+def test_one_partition_per_run_and_one_range_run_give_identical_content_hashes(layouts: Layouts) -> None:
+    lake = layouts.lake
     ranged, single = _hashes(lake, "range"), _hashes(lake, "single")
     assert set(ranged) == {spec.name for spec in FEATURES}
     assert all(len(days) == 3 for days in ranged.values())
@@ -60,17 +93,15 @@ def test_one_partition_per_run_and_one_range_run_give_identical_content_hashes(
     assert len(lake.catalog.get_batch("single").runs) == 12
 
 
-def test_materializations_and_per_partition_observations_carry_batch_lineage(
-    lake: Lake, dagster_instance
-) -> None:
-    _backfill(lake, dagster_instance, JAN_1, date(2025, 1, 3), per_run=3, batch="meta")
+def test_materializations_and_per_partition_observations_carry_batch_lineage(layouts: Layouts) -> None:
+    lake, instance = layouts.lake, layouts.range_instance  # the instance of the `range` batch alone
     key = staging_key("customer_txn_7d")
-    materializations = dagster_instance.fetch_materializations(key, limit=10).records
+    materializations = instance.fetch_materializations(key, limit=10).records
     assert sorted(m.partition_key for m in materializations) == ["2025-01-01", "2025-01-02", "2025-01-03"]
     metadata = materializations[0].asset_materialization.metadata
-    manifest = lake.catalog.get_batch("meta")
+    manifest = lake.catalog.get_batch("range")
     records = manifest.tables["customer_txn_7d"]
-    assert metadata["batch_id"].value == "meta"
+    assert metadata["batch_id"].value == "range"
     assert metadata["partitions"].value == "2025-01-01..2025-01-03"
     assert metadata["dagster/row_count"].value == sum(r.row_count for r in records.values())
     assert metadata["content_hash_per_partition"].value == {day: r.content_hash for day, r in records.items()}
@@ -79,11 +110,11 @@ def test_materializations_and_per_partition_observations_carry_batch_lineage(
         {
             "table": "customer_daily_txn",
             "source": "batch",
-            "source_id": "meta",
+            "source_id": "range",
             "partitions": ["2025-01-01", "2025-01-02", "2025-01-03"],
         }
     ]
-    observations = dagster_instance.fetch_observations(key, limit=10).records
+    observations = instance.fetch_observations(key, limit=10).records
     observed = {o.partition_key: o.asset_observation.metadata["content_hash"].value for o in observations}
     assert observed == {day: r.content_hash for day, r in records.items()}
 
@@ -114,12 +145,11 @@ def _fingerprint(lake: Lake, batch: str) -> dict[str, str]:
     return {key: hashlib.sha256(lake.store.get(key)).hexdigest() for key in keys}
 
 
-def test_a_second_batch_for_the_same_days_never_changes_the_first(lake: Lake, dagster_instance) -> None:
-    _backfill(lake, dagster_instance, JAN_1, date(2025, 1, 3), per_run=3, batch="first")
-    before = _fingerprint(lake, "first")
-    _backfill(lake, dagster_instance, JAN_1, date(2025, 1, 3), per_run=2, batch="second")
-    assert _fingerprint(lake, "first") == before
-    assert _hashes(lake, "second") == _hashes(lake, "first")
+def test_a_second_batch_for_the_same_days_never_changes_the_first(layouts: Layouts) -> None:
+    # `single` and `second` were staged after `range`, for the same days, in other run layouts.
+    lake = layouts.lake
+    assert _fingerprint(lake, "range") == layouts.range_fingerprint
+    assert _hashes(lake, "second") == _hashes(lake, "range")
 
 
 def test_downstream_only_backfill_reads_the_current_release_and_a_full_one_its_own_staging(
