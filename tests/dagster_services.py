@@ -917,7 +917,7 @@ class DagsterServices:
             f"controller.DEFAULT_DAEMON_INTERVAL_SECONDS = {int(self.backfill_daemon_interval_seconds)}; "
             "from dagster._daemon.cli import main; sys.argv = ['dagster-daemon', *sys.argv[1:]]; main()"
         )
-        return [str(VENV_BIN / "python"), "-c", script, *command[1:]]
+        return [_tool("python"), "-c", script, *command[1:]]
 
     def _wait_for_code_location(self, deadline: float) -> None:
         last = "webserver not answering yet"
