@@ -61,9 +61,12 @@ def pytest_xdist_make_scheduler(config: pytest.Config, log: object) -> object:
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """The slow modules first, so that the quick ones fill the other worker's time instead of waiting
     behind them at the end (with `--no-loadscope-reorder`, the workers take modules in this order). The
-    order is the same in a run without workers."""
+    order is the same in a run without workers. Among the slow ones, the modules that run the Dagster
+    services come first and together: the operator's flow and the shared Spark Connect server stop after
+    their last test (tests/operator_flow.py), before the crash and Spark Connect modules start JVMs."""
     slow = {item.path for item in items if SLOW_MARKS & {mark.name for mark in item.iter_markers()}}
-    items.sort(key=lambda item: item.path not in slow)  # stable: file order within each kind
+    # Stable: file order within each kind.
+    items.sort(key=lambda item: (item.path not in slow, item.path.stem not in DAGSTER_SERVICE_MODULES))
 
 
 # Object stores: a local folder and the S3 API (moto in server mode over HTTP)

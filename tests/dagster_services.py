@@ -22,7 +22,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from contextlib import contextmanager, suppress
+from contextlib import ExitStack, contextmanager, suppress
 from dataclasses import dataclass, field
 from datetime import date, timedelta
 from pathlib import Path
@@ -35,7 +35,7 @@ from dagster import DagsterEventType, DagsterInstance
 from dagster._utils.error import SerializableErrorInfo
 from slack_api import FakeSlack
 
-from backfills.resources.connect_server import running_server
+from backfills.resources.connect_server import ConnectServer, running_server
 
 REPO_DIR = Path(__file__).resolve().parent.parent
 WORKSPACE_FILE = REPO_DIR / "workspace.yaml"
@@ -1093,17 +1093,24 @@ def iter_days(start: str, end: str) -> Iterator[str]:
 
 @contextmanager
 def governed_services(
-    base: Path, storage_root: Path, *, sensor_interval_seconds: int = 3, **options: Any
+    base: Path,
+    storage_root: Path,
+    *,
+    sensor_interval_seconds: int = 3,
+    connect: ConnectServer | None = None,
+    **options: Any,
 ) -> Iterator[tuple[DagsterServices, FakeSlack]]:
-    """The services as a team runs them: a shared Spark Connect server for the runs and an approvals
-    channel on the local Slack Web API (CHANNEL, with REQUESTER alice and APPROVER bob, the only
-    approver); its backfill daemon looks at backfills every BACKFILL_DAEMON_INTERVAL_SECONDS. `options` go
-    to DagsterServices. On exit everything is stopped, and no process the
-    services started (run workers, Spark JVMs) may be left."""
-    with (
-        FakeSlack() as slack,
-        running_server(port=0, driver_memory="1g", state_dir=base / "spark") as connect,
-    ):
+    """The services as a team runs them: a shared Spark Connect server for the runs (`connect`, or one
+    started for the block) and an approvals channel on the local Slack Web API (CHANNEL, with REQUESTER
+    alice and APPROVER bob, the only approver); its backfill daemon looks at backfills every
+    BACKFILL_DAEMON_INTERVAL_SECONDS. `options` go to DagsterServices. On exit everything is stopped, and
+    no process the services started (run workers, Spark JVMs) may be left."""
+    with ExitStack() as stack:
+        slack = stack.enter_context(FakeSlack())
+        if connect is None:
+            connect = stack.enter_context(
+                running_server(port=0, driver_memory="1g", state_dir=base / "spark")
+            )
         slack.add_channel(CHANNEL, "feature-approvals")
         slack.add_user(REQUESTER, "alice")
         slack.add_user(APPROVER, "bob")

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import time
 from collections.abc import Iterator
+from contextlib import ExitStack
 from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
@@ -45,6 +46,7 @@ from backfills.assets.registry import FEATURES
 from backfills.orchestration.jobs import PROMOTE_JOB
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import BatchManifest, Release
+from backfills.resources.connect_server import ConnectServer, running_server
 from backfills.resources.lifecycle import BatchState
 from backfills.resources.storage import open_store
 
@@ -188,25 +190,71 @@ def approval_requests(slack: FakeSlack) -> list[dict]:
     return [message for message in slack.messages(CHANNEL) if message.get("metadata")]
 
 
+# Session fixtures whose processes stop right after the last test that uses them rather than at the end of
+# the session: an idle daemon still ticks (backfills, sensors, run queue) and would take CPU from every
+# later module. Closed in the order listed (the services before the Spark Connect server they use).
+STOP_AFTER_LAST_USER = ("operator_backfill", "connect_server")
+_LAST_USER_OF = pytest.StashKey[list[str]]()
+_RUNNING: dict[str, ExitStack] = {}
+
+
+@pytest.hookimpl(trylast=True)  # after the order of the run is set and deselected tests are gone
+def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
+    for name in STOP_AFTER_LAST_USER:
+        users = [item for item in items if name in getattr(item, "fixturenames", ())]
+        if users:
+            users[-1].stash.setdefault(_LAST_USER_OF, []).append(name)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item, nextitem: pytest.Item | None):
+    result = yield
+    for name in item.stash.get(_LAST_USER_OF, []):
+        stack = _RUNNING.pop(name, None)
+        if stack is not None:
+            stack.close()
+    return result
+
+
+@pytest.fixture(scope="session")
+def connect_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[ConnectServer]:
+    """One Spark Connect server for the governed services of the session (the operator's flow, and the
+    launches of tests/test_launch_from_dialog.py): its JVM starts once, and the later deployment's runs
+    find it warm. Stopped after the last test that uses it."""
+    with ExitStack() as stack:
+        _RUNNING["connect_server"] = stack
+        yield stack.enter_context(
+            running_server(port=0, driver_memory="1g", state_dir=tmp_path_factory.mktemp("spark"))
+        )
+
+
 @pytest.fixture(scope="session")
 def operator_backfill(
-    tmp_path_factory: pytest.TempPathFactory, postgres_server: PostgresServer, spark
+    tmp_path_factory: pytest.TempPathFactory,
+    postgres_server: PostgresServer,
+    spark,
+    connect_server: ConnectServer,
 ) -> Iterator[OperatorBackfill]:
     """One backfill of every staged table for FIRST_DAY..LAST_DAY, launched like the UI does, and a faulty
-    one beside it, on a Postgres-backed instance; the services stay up for the session's tests, which read
-    what they left behind."""
+    one beside it, on a Postgres-backed instance; the services stay up for the tests that read what they
+    left behind, and stop after the last of them."""
     base = tmp_path_factory.mktemp("end_to_end")
     storage_root = base / "storage"
     previous_release_id = _previous_load(storage_root, spark)
     postgres_server.create_database(DAGSTER_DB)
-    with governed_services(
-        base,
-        storage_root,
-        sensor_interval_seconds=SENSOR_INTERVAL_SECONDS,
-        partitions_start=FIRST_DAY,
-        max_partitions_per_run=DAYS_PER_RUN,
-        instance_config={"storage": postgres_server.dagster_storage(DAGSTER_DB)},
-    ) as (services, slack):
+    with ExitStack() as stack:
+        _RUNNING["operator_backfill"] = stack
+        services, slack = stack.enter_context(
+            governed_services(
+                base,
+                storage_root,
+                sensor_interval_seconds=SENSOR_INTERVAL_SECONDS,
+                partitions_start=FIRST_DAY,
+                max_partitions_per_run=DAYS_PER_RUN,
+                connect=connect_server,
+                instance_config={"storage": postgres_server.dagster_storage(DAGSTER_DB)},
+            )
+        )
         launched_at = time.time()
         backfill_id = services.client.launch_partition_backfill(
             [staging_key(table).path for table in TABLES], FIRST_DAY, LAST_DAY, {REQUESTER_TAG: REQUESTER}

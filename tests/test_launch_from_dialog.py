@@ -36,6 +36,7 @@ from backfills.assets.generator import write_landing_zone
 from backfills.assets.registry import FEATURES
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import BatchManifest
+from backfills.resources.connect_server import ConnectServer
 
 pytestmark = pytest.mark.end_to_end
 
@@ -71,17 +72,17 @@ def _wait(services: DagsterServices, backfill_ids: dict[str, str]) -> dict[str, 
 
 
 @pytest.fixture(scope="module")
-def launches(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Launches]:
+def launches(tmp_path_factory: pytest.TempPathFactory, connect_server: ConnectServer) -> Iterator[Launches]:
     base = tmp_path_factory.mktemp("dialog")
     storage_root: Path = base / "storage"
     lake = make_lake(storage_root)
     write_landing_zone(
         lake.store, start=date.fromisoformat(FIRST_DAY), days=len(ALL_DAYS), customers=40, rows_per_day=200
     )
-    with governed_services(base, storage_root, partitions_start=FIRST_DAY, partitions_end=LAST_DAY) as (
-        services,
-        slack,
-    ):
+    # The session's Spark Connect server (tests/operator_flow.py): warm when the operator's flow ran first.
+    with governed_services(
+        base, storage_root, partitions_start=FIRST_DAY, partitions_end=LAST_DAY, connect=connect_server
+    ) as (services, slack):
         client, tags = services.client, {REQUESTER_TAG: REQUESTER}
         four = [staging_key(table).path for table in TABLES]
         ids = {
