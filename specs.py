@@ -166,14 +166,34 @@ class ModelImpactPolicy:
 
 
 @dataclass(frozen=True)
+class ColumnHealth:
+    """A table's own canary health check on one numeric feature column: its mean in the canary slice may
+    move by at most `max_mean_shift` (relative to the slice's production mean) and its null rate by at most
+    `max_null_rate_gap` (absolute), net of the difference the slices had in production."""
+
+    column: str
+    max_mean_shift: float = 0.25
+    max_null_rate_gap: float = 0.01
+
+    def __post_init__(self) -> None:
+        if self.max_mean_shift < 0 or not 0 <= self.max_null_rate_gap <= 1:
+            raise ValueError(
+                f"canary health of column {self.column}: max_mean_shift must be 0 or more and "
+                f"max_null_rate_gap between 0 and 1, got {self.max_mean_shift} and {self.max_null_rate_gap}"
+            )
+
+
+@dataclass(frozen=True)
 class CanaryHealthPolicy:
     """When an open canary is unhealthy (orchestration/canary_health.py): on the newest `days` partitions
     the canary changed, a reference model's decline rate or mean score in the canary slice moved against
-    the control slice, net of the difference the two slices had in production, by more than these."""
+    the control slice, net of the difference the two slices had in production, by more than these; or one
+    of the table's own `columns` checks breached."""
 
     max_decline_rate_gap: float = 0.05
     max_score_mean_gap: float = 0.05
     days: int = 3
+    columns: tuple[ColumnHealth, ...] = ()
 
     def __post_init__(self) -> None:
         if not 0 <= self.max_decline_rate_gap <= 1 or not 0 <= self.max_score_mean_gap <= 1:
@@ -249,6 +269,16 @@ class FeatureSpec:
     model_impact: ModelImpactPolicy = ModelImpactPolicy()
     # When a canary release of this table is unhealthy and rolled back by itself.
     canary_health: CanaryHealthPolicy = CanaryHealthPolicy()
+
+    def __post_init__(self) -> None:
+        unknown = [
+            check.column for check in self.canary_health.columns if check.column not in self.column_names
+        ]
+        if unknown:
+            raise ValueError(
+                f"{self.name}: canary health checks name {', '.join(unknown)}, which are not columns of the "
+                f"table ({', '.join(self.column_names)})"
+            )
 
     @property
     def column_names(self) -> list[str]:

@@ -7,7 +7,9 @@ from backfills.assets.models import CARD_RISK_FEATURES, card_risk_score
 from backfills.errors import UnknownTableError
 from backfills.specs import (
     RAW_TRANSACTIONS,
+    CanaryHealthPolicy,
     Column,
+    ColumnHealth,
     FeatureInput,
     FeatureSpec,
     KeyCoverage,
@@ -214,6 +216,8 @@ FEATURES: tuple[FeatureSpec, ...] = (
     FeatureSpec(
         name=PROFILE,
         reference_models=(CARD_RISK,),
+        # Besides the model: a canary whose slice's 7-day decline rate moves by a quarter is rolled back.
+        canary_health=CanaryHealthPolicy(columns=(ColumnHealth("decline_rate_7d", max_mean_shift=0.25),)),
         description="Velocity of the last 7 days against the 30-day baseline, with risk flags and a tier.",
         owner="team:risk-models",
         inputs=(FeatureInput(WEEKLY), FeatureInput(MONTHLY)),

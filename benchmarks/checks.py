@@ -901,7 +901,7 @@ def render(
         f"{total_seconds / 60:.1f} minutes. Figures are medians of {_times(args.repetitions, 'repetition')}, "
         "with the smallest and largest in brackets. How to read them: benchmarks/README.md.",
         "",
-        f"Every check of `{args.table}` ({', '.join(first.checks)}, and the output contract) over "
+        f"Every check of `{args.table}` ({', '.join(first.checks)}) over "
         f"{first.staged_days} staged days ({first.rows:,} rows) against the floor: hand-written Spark passes "
         f"that compute the same verdicts. Goals: checks within {GOAL_OVER_FLOOR}x of the floor, and under "
         f"{GOAL_SHARE_OF_FEATURES:.0%} of the cost of computing the features, with and without a release "

@@ -5,11 +5,14 @@ changes, and compare the two.
 Two slices of a population differ a little even when nothing changed, so each gap is taken net of the gap the
 same two slices had in production (the slice's own production rows, the `baseline`): a decline rate gap of
 (canary - control) - (baseline - control), and the same for the mean score. A gap above the table's
-`CanaryHealthPolicy` is a breach. Free of Dagster: the jobs, the sensor and `expose` call it.
+`CanaryHealthPolicy` is a breach. The health checks a table declares on its own columns (`ColumnHealth`:
+the column's mean and null rate) are judged the same way, net of the baseline. Free of Dagster: the jobs,
+the sensor and `expose` call it.
 """
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
@@ -21,7 +24,7 @@ from backfills.assets.registry import FEATURES
 from backfills.resources.canary_slice import slice_column
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import Canary
-from backfills.specs import FeatureSpec, ReferenceModel
+from backfills.specs import ColumnHealth, FeatureSpec, ReferenceModel
 
 SIDE = "__side"
 CANARY, CONTROL, BASELINE = "canary", "control", "baseline"
@@ -52,18 +55,52 @@ class ModelHealth:
 
 
 @dataclass(frozen=True)
+class ColumnSides:
+    """A column's mean and null rate on one side."""
+
+    mean: float | None
+    null_rate: float | None
+
+
+@dataclass(frozen=True)
+class ColumnHealthResult:
+    """One of a table's own health checks (`ColumnHealth`): the three sides, the net shifts, the breaches."""
+
+    table: str
+    column: str
+    days: list[str]
+    canary: ColumnSides
+    control: ColumnSides
+    baseline: ColumnSides
+    mean_shift: float | None  # net gap of the mean, relative to the slice's production mean
+    null_rate_gap: float | None
+    breaches: list[str] = field(default_factory=list)
+
+    def describe(self) -> str:
+        return (
+            f"{self.column} of {self.table} {self.days[0]}..{self.days[-1]}: mean "
+            f"{_number(self.canary.mean)} in the canary slice, {_number(self.control.mean)} in the control "
+            f"slice, {_number(self.baseline.mean)} in the canary slice before; net shift "
+            f"{_rate(self.mean_shift)}, null rate gap {_rate(self.null_rate_gap)}"
+            + (f"; {'; '.join(self.breaches)}" if self.breaches else "")
+        )
+
+
+@dataclass(frozen=True)
 class CanaryHealth:
-    """The verdict on a canary at one moment: every model compared, and what could not be compared."""
+    """The verdict on a canary at one moment: every model and column health check compared, and what could
+    not be compared."""
 
     batch_id: str
     release_id: str
     percent: float
     models: list[ModelHealth]
     notes: list[str]
+    columns: list[ColumnHealthResult] = field(default_factory=list)
 
     @property
     def healthy(self) -> bool:
-        return not any(model.breaches for model in self.models)
+        return not any(item.breaches for item in [*self.models, *self.columns])
 
     def describe(self) -> str:
         verdict = "healthy" if self.healthy else "UNHEALTHY"
@@ -79,6 +116,7 @@ class CanaryHealth:
                 f"{_rate(model.decline_rate_gap)}, mean score gap {_rate(model.score_mean_gap)}"
                 + (f"; {'; '.join(model.breaches)}" if model.breaches else "")
             )
+        lines.extend(item.describe() for item in self.columns)
         lines.extend(self.notes)
         return "\n".join(lines)
 
@@ -88,6 +126,10 @@ class CanaryHealth:
 
 def _rate(value: float | None) -> str:
     return "-" if value is None else f"{value:.2%}"
+
+
+def _number(value: float | None) -> str:
+    return "-" if value is None else f"{value:.4g}"
 
 
 def _gap(canary: float | None, baseline: float | None, control: float | None) -> float | None:
@@ -145,28 +187,81 @@ def _model_health(model: ReferenceModel, spec: FeatureSpec, sides: DataFrame, da
     )
 
 
-def canary_health(spark: SparkSession, catalog: ReleaseCatalog, canary: Canary) -> CanaryHealth:
+def _column_health(
+    checks: Sequence[ColumnHealth], spec: FeatureSpec, sides: DataFrame, days: list[str]
+) -> list[ColumnHealthResult]:
+    """The table's own health checks, all columns in one aggregation over the sides."""
+    figures = {
+        row[SIDE]: row
+        for row in sides.groupBy(SIDE)
+        .agg(
+            *(F.avg(F.col(check.column).cast("double")).alias(f"mean_{n}") for n, check in enumerate(checks)),
+            *(
+                F.avg(F.col(check.column).isNull().cast("double")).alias(f"nulls_{n}")
+                for n, check in enumerate(checks)
+            ),
+        )
+        .collect()
+    }
+    results = []
+    for n, check in enumerate(checks):
+        canary, control, baseline = (
+            ColumnSides(
+                _rounded(figures[side][f"mean_{n}"]) if side in figures else None,
+                _rounded(figures[side][f"nulls_{n}"]) if side in figures else None,
+            )
+            for side in (CANARY, CONTROL, BASELINE)
+        )
+        gap = _gap(canary.mean, baseline.mean, control.mean)
+        shift = None if gap is None or not baseline.mean else round(gap / abs(baseline.mean), 6)
+        null_gap = _gap(canary.null_rate, baseline.null_rate, control.null_rate)
+        breaches = []
+        if shift is not None and abs(shift) > check.max_mean_shift:
+            breaches.append(
+                f"the mean of {check.column} moved {shift:+.2%}, beyond {check.max_mean_shift:.2%}"
+            )
+        if null_gap is not None and abs(null_gap) > check.max_null_rate_gap:
+            breaches.append(
+                f"the null rate of {check.column} moved {null_gap:+.2%}, beyond {check.max_null_rate_gap:.2%}"
+            )
+        results.append(
+            ColumnHealthResult(
+                spec.name, check.column, days, canary, control, baseline, shift, null_gap, breaches
+            )
+        )
+    return results
+
+
+def _rounded(value: float | None) -> float | None:
+    return None if value is None else round(value, 6)
+
+
+def canary_health(
+    spark: SparkSession, catalog: ReleaseCatalog, canary: Canary, specs: Sequence[FeatureSpec] = FEATURES
+) -> CanaryHealth:
     """Judge the canary on the newest partitions (the table's `canary_health.days`) it changes that
-    production also serves, for every table with reference models."""
+    production also serves, for every table with reference models or health checks of its own."""
     release = catalog.get_release(canary.release_id)
     production = catalog.current_release()
     reader = FeatureReader(spark, catalog.store)
-    models, notes = [], []
-    for spec in FEATURES:
-        if not spec.reference_models:
+    models, columns, notes = [], [], []
+    for spec in specs:
+        if not spec.reference_models and not spec.canary_health.columns:
             continue
         changed = release.changed.get(spec.name, [])
         served = catalog.served(production, spec.name, days=changed) if production and changed else {}
         days = sorted(served)[-spec.canary_health.days :]
         if not days:
             notes.append(
-                f"{spec.name}: the canary changes no partition production serves, so its models have "
-                "nothing to compare"
+                f"{spec.name}: the canary changes no partition production serves, so its models and health "
+                "checks have nothing to compare"
             )
             continue
         sides = _sides(reader, spec, canary, production.release_id, days).cache()
         try:
             models.extend(_model_health(model, spec, sides, days) for model in spec.reference_models)
+            if spec.canary_health.columns:
+                columns.extend(_column_health(spec.canary_health.columns, spec, sides, days))
         finally:
             sides.unpersist()
-    return CanaryHealth(canary.batch_id, canary.release_id, canary.percent, models, notes)
+    return CanaryHealth(canary.batch_id, canary.release_id, canary.percent, models, notes, columns)

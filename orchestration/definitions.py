@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-from datetime import date
 
 from dagster import (
     AssetSelection,
@@ -25,7 +24,14 @@ from backfills.assets.factory import (
 )
 from backfills.assets.registry import FEATURES
 from backfills.orchestration.approval_channels import ApprovalsResource
-from backfills.orchestration.freshness_checks import build_freshness_checks, build_freshness_sensor
+from backfills.orchestration.freshness_checks import (
+    FRESHNESS_JOB,
+    FRESHNESS_SENSOR,
+    FreshnessResource,
+    build_freshness_checks,
+    build_freshness_sensor,
+    freshness_check_key,
+)
 from backfills.orchestration.jobs import (
     DRILLS_ASSET,
     canary_health_job,
@@ -74,8 +80,12 @@ def online_resource(settings: Settings) -> OnlineStoreResource:
 
 def build_definitions(settings: Settings) -> Definitions:
     partitions = daily_partitions(settings.partitions_start, settings.partitions_end)
-    last_partition = date.fromisoformat(settings.partitions_end) if settings.partitions_end else None
     feature_assets = build_feature_assets(FEATURES, partitions, settings.max_partitions_per_run)
+    check_freshness = define_asset_job(
+        FRESHNESS_JOB,
+        selection=AssetSelection.checks(*(freshness_check_key(spec.name) for spec in FEATURES)),
+        description=f"Evaluates the freshness check of production tables; launched by {FRESHNESS_SENSOR}.",
+    )
     stage_features = define_asset_job(
         STAGE_FEATURES_JOB,
         selection=AssetSelection.assets(*feature_assets),
@@ -103,6 +113,7 @@ def build_definitions(settings: Settings) -> Definitions:
             canary_health_job,
             rollback_release_job,
             rollback_drill_job,
+            check_freshness,
         ],
         schedules=[
             ScheduleDefinition(
@@ -114,11 +125,11 @@ def build_definitions(settings: Settings) -> Definitions:
                 description="The weekly rollback drill (turn it on in the UI; off by default).",
             )
         ],
-        asset_checks=build_freshness_checks(last_partition),
+        asset_checks=build_freshness_checks(),
         sensors=[
             build_approval_sensor(settings.sensor_interval_seconds, settings.canary_percent),
             build_canary_health_sensor(settings.canary_health_interval_seconds),
-            build_freshness_sensor(last_partition),
+            build_freshness_sensor(),
         ],
         # Feature steps share the run's process and its Spark session instead of one JVM per step.
         executor=in_process_executor,
@@ -127,6 +138,7 @@ def build_definitions(settings: Settings) -> Definitions:
             "catalog": CatalogResource(storage_root=settings.storage_root),
             "approvals": approvals_resource(settings),
             "online": online_resource(settings),
+            "freshness": FreshnessResource(last_partition=settings.partitions_end),
         },
     )
 

@@ -1,5 +1,7 @@
 """Freshness in the Dagster UI and the approvals channel: a `freshness` check on each production table, and
-a sensor that evaluates it every few minutes and tells the channel about a late table once per day.
+a sensor that judges the tables every few minutes, launches the `check_freshness` job for the tables whose
+verdict changed (so the check's result is an execution the UI shows, with its figures), and tells the channel
+about a late table once per day.
 
 Dagster's FreshnessPolicy (1.13) judges an asset by when it was last materialized, not by which partition is
 newest: promoting a correction to an old partition would make a table look fresh. So freshness is an asset
@@ -15,29 +17,70 @@ from datetime import UTC, date, datetime
 
 from dagster import (
     AssetCheckEvaluation,
+    AssetCheckKey,
     AssetCheckResult,
     AssetChecksDefinition,
     AssetCheckSeverity,
+    ConfigurableResource,
     DefaultSensorStatus,
+    RunRequest,
     SensorDefinition,
     SensorEvaluationContext,
     SkipReason,
     asset_check,
     sensor,
 )
+from pydantic import Field
 
 from backfills.assets.factory import production_key
 from backfills.assets.registry import FEATURES
 from backfills.errors import BackfillsError
 from backfills.orchestration.approval_channels import ApprovalsResource
 from backfills.orchestration.approval_message import ChannelMessage
+from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.serving.freshness import TableFreshness, freshness, table_freshness
 from backfills.serving.online_resource import OnlineStoreResource
+from backfills.serving.online_store import OnlineStore
 from backfills.specs import FeatureSpec
 
 FRESHNESS_CHECK = "freshness"
 FRESHNESS_SENSOR = "freshness_sensor"
+FRESHNESS_JOB = "check_freshness"
+
+
+class FreshnessResource(ConfigurableResource):
+    """Judges production tables (and their online copies) against their freshness SLAs."""
+
+    last_partition: str | None = Field(
+        default=None,
+        description="The last landed day (BACKFILLS_PARTITIONS_END): no partition after it is ever due.",
+    )
+
+    def _last(self) -> date | None:
+        return date.fromisoformat(self.last_partition) if self.last_partition else None
+
+    def judge(self, catalog: ReleaseCatalog, online: OnlineStore | None) -> list[TableFreshness]:
+        return freshness(catalog, now=datetime.now(UTC), last_partition=self._last(), online=online)
+
+    def judge_table(
+        self, catalog: ReleaseCatalog, spec: FeatureSpec, online: OnlineStore | None
+    ) -> TableFreshness:
+        return table_freshness(
+            catalog, spec, now=datetime.now(UTC), last_partition=self._last(), online=online
+        )
+
+
+def evaluation(item: TableFreshness) -> AssetCheckEvaluation:
+    """The table's freshness check result, for a run that changed production (promotion, rollback, sync)."""
+    return AssetCheckEvaluation(
+        asset_key=production_key(item.table),
+        check_name=FRESHNESS_CHECK,
+        passed=not item.late,
+        severity=AssetCheckSeverity.WARN,
+        description=item.describe(),
+        metadata=_metadata(item),
+    )
 
 
 def _metadata(item: TableFreshness) -> dict[str, object]:
@@ -61,22 +104,22 @@ def _metadata(item: TableFreshness) -> dict[str, object]:
     return metadata
 
 
-def _freshness_check(spec: FeatureSpec, last_partition: date | None) -> AssetChecksDefinition:
+def _freshness_check(spec: FeatureSpec) -> AssetChecksDefinition:
     @asset_check(
         asset=production_key(spec.name),
         name=FRESHNESS_CHECK,
         description=(
             f"The newest partition of {spec.name} in production and in the online store is the newest due: "
-            f"day D by D+1 00:00 UTC + {spec.serving.due_hours:g}h. A warning, evaluated every few minutes "
-            f"by {FRESHNESS_SENSOR}."
+            f"day D by D+1 00:00 UTC + {spec.serving.due_hours:g}h. A warning, evaluated by every promotion "
+            f"and rollback, and by {FRESHNESS_SENSOR} when the verdict changes as time passes."
         ),
         blocking=False,
     )
-    def check(catalog: CatalogResource, online: OnlineStoreResource) -> AssetCheckResult:
+    def check(
+        catalog: CatalogResource, online: OnlineStoreResource, freshness: FreshnessResource
+    ) -> AssetCheckResult:
         with online.opened() as store:
-            item = table_freshness(
-                catalog.catalog(), spec, now=datetime.now(UTC), last_partition=last_partition, online=store
-            )
+            item = freshness.judge_table(catalog.catalog(), spec, store)
         return AssetCheckResult(
             passed=not item.late,
             severity=AssetCheckSeverity.WARN,
@@ -87,18 +130,29 @@ def _freshness_check(spec: FeatureSpec, last_partition: date | None) -> AssetChe
     return check
 
 
-def build_freshness_checks(last_partition: date | None) -> list[AssetChecksDefinition]:
-    return [_freshness_check(spec, last_partition) for spec in FEATURES]
+def build_freshness_checks() -> list[AssetChecksDefinition]:
+    return [_freshness_check(spec) for spec in FEATURES]
 
 
-def build_freshness_sensor(last_partition: date | None, interval_seconds: int = 300) -> SensorDefinition:
+def freshness_check_key(table: str) -> AssetCheckKey:
+    return AssetCheckKey(production_key(table), FRESHNESS_CHECK)
+
+
+def _verdict(item: TableFreshness) -> str:
+    """What the check says about the table, without the hours overdue that grow on every tick."""
+    figures = {key: value for key, value in _metadata(item).items() if not key.endswith("_hours_overdue")}
+    return json.dumps(figures | {"late": item.late}, sort_keys=True, default=str)
+
+
+def build_freshness_sensor(interval_seconds: int = 300) -> SensorDefinition:
     @sensor(
         name=FRESHNESS_SENSOR,
+        job_name=FRESHNESS_JOB,
         minimum_interval_seconds=interval_seconds,
         default_status=DefaultSensorStatus.RUNNING,
         description=(
-            "Judges each production table (and its online copy) against its freshness SLA, records the "
-            "verdict as the table's freshness check when it changes, and tells the approvals channel about a "
+            "Judges each production table (and its online copy) against its freshness SLA, runs the "
+            "table's freshness check when the verdict changes, and tells the approvals channel about a "
             "late table once per day."
         ),
     )
@@ -107,27 +161,17 @@ def build_freshness_sensor(last_partition: date | None, interval_seconds: int = 
         catalog: CatalogResource,
         online: OnlineStoreResource,
         approvals: ApprovalsResource,
-    ) -> Iterator[SkipReason]:
+        freshness: FreshnessResource,
+    ) -> Iterator[RunRequest | SkipReason]:
         cursor = json.loads(context.cursor) if context.cursor else {}
         verdicts: dict[str, str] = cursor.get("verdicts", {})
         told: dict[str, str] = cursor.get("told", {})
         now = datetime.now(UTC)
         with online.opened() as store:
-            items = freshness(catalog.catalog(), now=now, last_partition=last_partition, online=store)
+            items = freshness.judge(catalog.catalog(), store)
+        changed = [item.table for item in items if verdicts.get(item.table) != _verdict(item)]
+        verdicts.update({item.table: _verdict(item) for item in items})
         for item in items:
-            signature = json.dumps(_metadata(item) | {"late": item.late}, sort_keys=True, default=str)
-            if verdicts.get(item.table) != signature:
-                context.instance.report_runless_asset_event(
-                    AssetCheckEvaluation(
-                        asset_key=production_key(item.table),
-                        check_name=FRESHNESS_CHECK,
-                        passed=not item.late,
-                        severity=AssetCheckSeverity.WARN,
-                        description=item.describe(),
-                        metadata=_metadata(item),
-                    )
-                )
-                verdicts[item.table] = signature
             if item.late and told.get(item.table) != now.date().isoformat():
                 try:
                     approvals.channel(context.log.info).announce(
@@ -140,6 +184,13 @@ def build_freshness_sensor(last_partition: date | None, interval_seconds: int = 
                     )
         context.update_cursor(json.dumps({"verdicts": verdicts, "told": told}, sort_keys=True))
         late = [item.table for item in items if item.late]
-        yield SkipReason(f"late: {', '.join(late)}" if late else "every table is fresh")
+        if changed:
+            yield RunRequest(
+                run_key=f"freshness-{now.isoformat()}",
+                asset_check_keys=[freshness_check_key(table) for table in changed],
+                tags={"backfills/freshness_changed": ", ".join(changed)},
+            )
+        else:
+            yield SkipReason(f"late: {', '.join(late)}" if late else "every table is fresh")
 
     return freshness_sensor

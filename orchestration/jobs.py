@@ -34,6 +34,8 @@ from backfills.orchestration.approval_message import ChannelMessage
 from backfills.orchestration.canary import HealthJudge, expose, judge, promote_to_canary
 from backfills.orchestration.canary_health import canary_health
 from backfills.orchestration.drills import deep_rows, run_drill
+from backfills.orchestration.freshness_checks import FreshnessResource
+from backfills.orchestration.freshness_checks import evaluation as freshness_evaluation
 from backfills.orchestration.promotion import PublishedChange, production_facts, promote, roll_back
 from backfills.resources import canary as canary_channel
 from backfills.resources.approvals_store import ApprovalStore
@@ -41,6 +43,7 @@ from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import ApprovalRequest
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.resources.spark import SparkResource
+from backfills.serving.freshness import TableFreshness
 from backfills.serving.online_canary import sync_canary
 from backfills.serving.online_resource import OnlineStoreResource
 from backfills.serving.online_sync import sync_release
@@ -368,10 +371,12 @@ def sync_online_op(
     online: OnlineStoreResource,
     spark: SparkResource,
     approvals: ApprovalsResource,
+    freshness: FreshnessResource,
 ) -> None:
     store = online.open()
     if store is None:
         context.log.info("no online store is configured (BACKFILLS_ONLINE_STORE): nothing to sync")
+        _record_freshness(context, freshness.judge(catalog.catalog(), None))
         return
     with store:
         try:
@@ -383,8 +388,16 @@ def sync_online_op(
             channel = approvals.channel(context.log.info)
             _tell(context, lambda: channel.announce(ChannelMessage(text=text, blocks=[])))
             raise
+        judged = freshness.judge(catalog.catalog(), store)
     for sync in synced:
         context.log_event(AssetObservation(asset_key=online_key(sync.table), metadata=sync.metadata()))
+    _record_freshness(context, judged)
+
+
+def _record_freshness(context: OpExecutionContext, judged: list[TableFreshness]) -> None:
+    """Production just changed: each table's freshness check is evaluated in this run, after the change."""
+    for item in judged:
+        context.log_event(freshness_evaluation(item))
 
 
 @op(description="Drill a rollback on a shadow pointer (readers unaffected): every partition restorable?")

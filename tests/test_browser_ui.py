@@ -3,7 +3,7 @@ browser download) against the real webserver, on the operator's flow of tests/op
 promotion: the asset graph shows raw -> staging -> production; a check shows one result per partition, with
 its numbers beside their thresholds; a production partition shows its release, batch, approvers and code
 version; the backfill's page shows its runs; the faulty backfill's failed raw input contract shows its
-figures and offending rows.
+figures and offending rows; each production table shows whether it is fresh or late.
 
 On failure a test saves a screenshot of the page under its pytest temp dir and prints the path. With
 BACKFILLS_SCREENSHOTS_DIR set (`make screenshots`), the pages the README shows are saved there.
@@ -25,7 +25,9 @@ from operator_flow import DAYS, FAULTY_FIRST, OperatorBackfill, Promotion, faile
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
 from backfills.assets.factory import production_key, staging_key
+from backfills.assets.registry import FEATURES
 from backfills.assets.staging import RAW_INPUT_CHECK
+from backfills.orchestration.freshness_checks import FRESHNESS_CHECK
 
 pytestmark = pytest.mark.end_to_end
 
@@ -172,3 +174,21 @@ def test_the_backfill_page_shows_its_runs(page, operator_backfill: OperatorBackf
         page.get_by_text(run.run_id[:8]).first.wait_for()
     assert re.search("Completed|Success", page.content())
     _keep(page, "backfill_runs")
+
+
+def test_each_production_table_shows_whether_it_is_fresh_or_late(
+    page, operator_backfill: OperatorBackfill, promotion: Promotion
+):
+    """The freshness sensor judged every production table against its SLA when the daemon started and ran
+    their `freshness` checks in a run: each shows that verdict (fresh or late, production and online) as its
+    latest execution, with its figures."""
+    for spec in FEATURES:
+        _open(
+            page,
+            _asset_url(
+                operator_backfill, production_key(spec.name), view="checks", checkDetail=FRESHNESS_CHECK
+            ),
+        )
+        page.get_by_text("production_days_behind", exact=True).first.wait_for()
+        page.get_by_text(re.compile(rf"^{spec.name} \(expected .*production (fresh|LATE)")).first.wait_for()
+    _keep(page, "freshness")

@@ -57,7 +57,7 @@ from backfills.serving.online_canary import sync_canary
 from backfills.serving.online_rows import stored_form
 from backfills.serving.online_store import open_online_store
 from backfills.serving.online_sync import sync_release
-from backfills.specs import DiffPolicy, ModelImpactPolicy
+from backfills.specs import CanaryHealthPolicy, ColumnHealth, DiffPolicy, ModelImpactPolicy
 
 PROFILE, SEVEN_DAY, DAILY = "customer_risk_profile", "customer_txn_7d", "customer_daily_txn"
 ALICE, BOB, CHANNEL = "U0ALICE", "U0BOB", "C0APPROVALS"
@@ -240,6 +240,13 @@ def test_a_healthy_canary_widens_and_completes_into_production_in_one_switch(lak
     assert widened.health.healthy and widened.published is None
     [model] = widened.health.models
     assert model.decline_rate_gap == 0 and model.score_mean_gap == 0  # the same rows as production
+    [column] = widened.health.columns  # the profile's own check (registry): the same rows, no shift
+    assert (column.column, column.mean_shift, column.null_rate_gap, column.breaches) == (
+        "decline_rate_7d",
+        0,
+        0,
+        [],
+    )
     assert lake.catalog.current_release_id() == base
 
     done = expose(lake.catalog, "again", 100, requested_by="carol-ops", health=_health(spark, lake))
@@ -305,7 +312,51 @@ def test_a_degraded_canary_slice_rolls_the_canary_back_by_itself(lake: Lake, spa
     assert verdict.details["healthy"] is False and verdict.actor == "ops"
     [model] = verdict.details["models"]
     assert model["canary"]["decline_rate"] > model["baseline"]["decline_rate"] + 0.05
+    [column] = verdict.details["columns"]  # the profile's own check saw it too
+    assert column["column"] == "decline_rate_7d" and column["mean_shift"] > 0.25 and column["breaches"]
     assert _by_key(reader.read(PROFILE, DAY_1, DAY_2, channel="canary")) == production
+
+
+def _profile_judged_by(check: ColumnHealth):
+    """The profile with no reference model, judged by one health check of its own."""
+    return dataclasses.replace(
+        feature_spec(PROFILE), reference_models=(), canary_health=CanaryHealthPolicy(columns=(check,))
+    )
+
+
+def test_a_health_check_a_table_declares_rolls_a_canary_back_on_its_own(lake: Lake, spark) -> None:
+    promote_to_canary(lake.catalog, RULES, spark, "bad", 30, requested_by="ops")
+    loose = _profile_judged_by(ColumnHealth("decline_rate_7d", max_mean_shift=100, max_null_rate_gap=1))
+    widened = expose(
+        lake.catalog,
+        "bad",
+        40,
+        requested_by="ops",
+        health=lambda c: canary_health(spark, lake.catalog, c, [loose]),
+    )
+    assert widened.health.healthy and widened.health.models == []
+    [column] = widened.health.columns
+    canary, baseline = column.canary.mean, column.baseline.mean
+    assert column.mean_shift == round((canary - baseline) / baseline, 6) > 0.25  # net of the control slice
+    strict = _profile_judged_by(ColumnHealth("decline_rate_7d", max_mean_shift=0.25))
+    with pytest.raises(
+        CanaryUnhealthyError, match="the mean of decline_rate_7d moved \\+[0-9.]+%, beyond 25.00%"
+    ):
+        expose(
+            lake.catalog,
+            "bad",
+            60,
+            requested_by="ops",
+            health=lambda c: canary_health(spark, lake.catalog, c, [strict]),
+        )
+    last = canary_channel.last_canary(lake.catalog)
+    assert last.status == "rolled_back" and last.percent == 40 and last.steps[-1].actor == HEALTH_GUARD
+    assert "decline_rate_7d" in last.steps[-1].reason
+
+
+def test_a_health_check_on_a_column_the_table_does_not_have_is_refused() -> None:
+    with pytest.raises(ValueError, match="customer_risk_profile: canary health checks name decline_rate_9d"):
+        _profile_judged_by(ColumnHealth("decline_rate_9d"))
 
 
 def test_a_canary_is_refused_completion_when_production_moved_under_it(lake: Lake, spark) -> None:

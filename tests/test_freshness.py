@@ -19,7 +19,7 @@ from backfills.assets.factory import production_key
 from backfills.assets.registry import feature_spec
 from backfills.orchestration.cli import main
 from backfills.orchestration.definitions import build_definitions
-from backfills.orchestration.freshness_checks import FRESHNESS_CHECK, FRESHNESS_SENSOR
+from backfills.orchestration.freshness_checks import FRESHNESS_CHECK, FRESHNESS_JOB, FRESHNESS_SENSOR
 from backfills.serving.freshness import expected_partition, freshness, table_freshness
 from backfills.serving.online_sqlite import SqliteOnlineStore
 from backfills.serving.online_sync import sync_release
@@ -84,7 +84,7 @@ def test_the_online_store_is_judged_by_the_partition_readers_are_on(lake: Lake, 
         assert [item.table for item in after if item.late] == []
 
 
-def test_the_sensor_records_the_check_and_tells_the_channel_once_a_day(
+def test_the_sensor_runs_the_check_when_a_verdict_changes_and_tells_the_channel_once_a_day(
     lake: Lake, tmp_path: Path, dagster_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
 ):
     lake.catalog.promote("jan", actor="operator", reason="freshness tests")  # 2025 data, judged today: late
@@ -101,20 +101,30 @@ def test_the_sensor_records_the_check_and_tells_the_channel_once_a_day(
         )
         sensor = defs.resolve_sensor_def(FRESHNESS_SENSOR)
         cursor = None
+        ticks = []
         for _ in range(2):
             context = build_sensor_context(
                 instance=dagster_instance, definitions=defs, resources=defs.resources, cursor=cursor
             )
-            result = sensor.evaluate_tick(context)
-            cursor = result.cursor
+            ticks.append(sensor.evaluate_tick(context))
+            cursor = ticks[-1].cursor
         notices = [m["text"] for m in slack.messages(CHANNEL) if m["text"].startswith("Late:")]
     assert sorted(text.split()[1] for text in notices) == sorted(TABLES)  # once each, not once per tick
-    for table in TABLES:
-        key = AssetCheckKey(production_key(table), FRESHNESS_CHECK)
-        records = dagster_instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
-        assert len(records) == 1  # the verdict did not change on the second tick
-        evaluation = records[0].event.dagster_event.event_specific_data
+    keys = {AssetCheckKey(production_key(table), FRESHNESS_CHECK) for table in TABLES}
+    [request] = ticks[0].run_requests
+    assert set(request.asset_check_keys) == keys  # every verdict is new on the first tick
+    assert ticks[1].run_requests == []  # nothing changed on the second: no run
+    assert sensor.job_name == FRESHNESS_JOB
+    result = defs.resolve_job_def(FRESHNESS_JOB).execute_in_process(
+        instance=dagster_instance, resources=defs.resources
+    )
+    assert result.success
+    for key in keys:  # the check's result is an execution in a run, which the UI shows with its figures
+        [record] = dagster_instance.event_log_storage.get_asset_check_execution_history(key, limit=10)
+        assert record.run_id == result.run_id
+        evaluation = record.event.dagster_event.event_specific_data
         assert not evaluation.passed and evaluation.metadata["production_partition"].value == "2025-01-04"
+        assert evaluation.severity.value == "WARN"
 
 
 def test_the_command_prints_the_lag_of_production_and_online(

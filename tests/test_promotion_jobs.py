@@ -17,6 +17,7 @@ from test_approvals import ALICE, BOB, CAROL, CHANNEL, TABLES
 
 from backfills.assets.reader import FeatureReader
 from backfills.orchestration.definitions import build_definitions
+from backfills.orchestration.freshness_checks import FRESHNESS_CHECK
 from backfills.orchestration.sensors import APPROVAL_SENSOR
 from backfills.serving.online_rows import stored_form
 from backfills.serving.online_store import open_online_store
@@ -133,6 +134,11 @@ def test_the_rollback_job_records_the_rollback_on_the_tables_it_changed(
         instance=dagster_instance,
     )
     assert result.success
+    # The run judged each table's freshness after the change: the check's latest execution is this run's.
+    judged = {e.asset_key.path[-1]: e for e in result.get_asset_check_evaluations()}
+    assert sorted(judged) == sorted(TABLES) and {e.check_name for e in judged.values()} == {FRESHNESS_CHECK}
+    daily = judged["customer_daily_txn"].metadata["production_partition"].value
+    assert daily == lake.catalog.last_served_day(lake.catalog.current_release(), "customer_daily_txn")
     current = lake.catalog.current_release()
     assert current.kind == "rollback" and current.rolled_back_to == first.release_id
     daily = dagster_instance.fetch_materializations(
