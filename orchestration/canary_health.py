@@ -195,9 +195,12 @@ def _column_health(
         row[SIDE]: row
         for row in sides.groupBy(SIDE)
         .agg(
-            *(F.avg(F.col(check.column).cast("double")).alias(f"mean_{n}") for n, check in enumerate(checks)),
             *(
-                F.avg(F.col(check.column).isNull().cast("double")).alias(f"nulls_{n}")
+                F.round(F.avg(F.col(check.column).cast("double")), 6).alias(f"mean_{n}")
+                for n, check in enumerate(checks)
+            ),
+            *(
+                F.round(F.avg(F.col(check.column).isNull().cast("double")), 6).alias(f"nulls_{n}")
                 for n, check in enumerate(checks)
             ),
         )
@@ -207,8 +210,8 @@ def _column_health(
     for n, check in enumerate(checks):
         canary, control, baseline = (
             ColumnSides(
-                _rounded(figures[side][f"mean_{n}"]) if side in figures else None,
-                _rounded(figures[side][f"nulls_{n}"]) if side in figures else None,
+                figures[side][f"mean_{n}"] if side in figures else None,
+                figures[side][f"nulls_{n}"] if side in figures else None,
             )
             for side in (CANARY, CONTROL, BASELINE)
         )
@@ -230,10 +233,6 @@ def _column_health(
             )
         )
     return results
-
-
-def _rounded(value: float | None) -> float | None:
-    return None if value is None else round(value, 6)
 
 
 def canary_health(

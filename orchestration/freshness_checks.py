@@ -71,15 +71,20 @@ class FreshnessResource(ConfigurableResource):
         )
 
 
+def _outcome(item: TableFreshness) -> dict[str, object]:
+    """What the check records about a table, as a check result or as an evaluation logged by a run."""
+    return {
+        "passed": not item.late,
+        "severity": AssetCheckSeverity.WARN,
+        "description": item.describe(),
+        "metadata": _metadata(item),
+    }
+
+
 def evaluation(item: TableFreshness) -> AssetCheckEvaluation:
     """The table's freshness check result, for a run that changed production (promotion, rollback, sync)."""
     return AssetCheckEvaluation(
-        asset_key=production_key(item.table),
-        check_name=FRESHNESS_CHECK,
-        passed=not item.late,
-        severity=AssetCheckSeverity.WARN,
-        description=item.describe(),
-        metadata=_metadata(item),
+        asset_key=production_key(item.table), check_name=FRESHNESS_CHECK, **_outcome(item)
     )
 
 
@@ -120,12 +125,7 @@ def _freshness_check(spec: FeatureSpec) -> AssetChecksDefinition:
     ) -> AssetCheckResult:
         with online.opened() as store:
             item = freshness.judge_table(catalog.catalog(), spec, store)
-        return AssetCheckResult(
-            passed=not item.late,
-            severity=AssetCheckSeverity.WARN,
-            description=item.describe(),
-            metadata=_metadata(item),
-        )
+        return AssetCheckResult(**_outcome(item))
 
     return check
 
@@ -169,8 +169,9 @@ def build_freshness_sensor(interval_seconds: int = 300) -> SensorDefinition:
         now = datetime.now(UTC)
         with online.opened() as store:
             items = freshness.judge(catalog.catalog(), store)
-        changed = [item.table for item in items if verdicts.get(item.table) != _verdict(item)]
-        verdicts.update({item.table: _verdict(item) for item in items})
+        judged = {item.table: _verdict(item) for item in items}
+        changed = [table for table, verdict in judged.items() if verdicts.get(table) != verdict]
+        verdicts.update(judged)
         for item in items:
             if item.late and told.get(item.table) != now.date().isoformat():
                 try:
