@@ -143,9 +143,10 @@ _OUTCOME_TEXT = {
     "expired": "Expired: {summary}. Nothing is promoted; launch the backfill again to ask anew.",
     "superseded": "Superseded: {summary}. Nothing is promoted.",
 }
+# One line, once per reply: how to decide in a way that counts.
 _NOT_COUNTED_TEXT = (
-    "{name}'s reply was not counted: {reason}. To decide, reply `approve` or `reject` (optionally "
-    "`approve: reason`), or react."
+    "{name}'s reply was not counted: {reason}. To approve, reply exactly `approve` (nothing else) or react "
+    ":white_check_mark:; to reject, reply `reject: reason` or react :x:."
 )
 
 

@@ -155,8 +155,8 @@ def request_message(
         "" if batch.requester else " (one more than usual: nobody is named as requester)"
     )
     ways = (
-        "React :white_check_mark: to approve or :x: to reject, or reply `approve` / `reject` in this thread "
-        "(`approve: reason` to give a reason; a reply with a question or a condition is not a vote)."
+        "React :white_check_mark: to approve or :x: to reject, or reply in this thread: exactly `approve` "
+        "(nothing else) approves, `reject: reason` rejects; any other reply is not a vote."
         if request.channel == "slack"
         else f"Run `backfills approve {batch.batch_id} --as USER` (or `backfills reject`)."
     )

@@ -152,15 +152,22 @@ def test_votes_that_do_not_count_never_promote_and_say_why(
     assert lake.catalog.current_release_id() is None
 
 
-def test_replies_that_are_not_clear_decisions_never_approve_and_are_recorded_once_with_why(
-    lake: Lake, slack: FakeSlack
+HOW_TO_DECIDE = (
+    "To approve, reply exactly `approve` (nothing else) or react :white_check_mark:; to reject, reply "
+    "`reject: reason` or react :x:."
+)
+
+
+def test_conditional_approvals_never_approve_and_the_thread_is_told_once_how_to_approve(
+    lake: Lake, slack: FakeSlack, spark
 ) -> None:
     flow = _flow(lake, slack)
     _tick(flow)
     [message] = _requests(slack)
+    slack.reply(CHANNEL, message["ts"], BOB, "approve: as long as CI passes")
+    slack.reply(CHANNEL, message["ts"], CAROL, "Approve: I guess")
     slack.reply(CHANNEL, message["ts"], BOB, "Approve? not yet")
-    slack.reply(CHANNEL, message["ts"], CAROL, "lgtm after the fix lands")
-    slack.reply(CHANNEL, message["ts"], MALLORY, "approve?")  # not an approver: recorded, not answered
+    slack.reply(CHANNEL, message["ts"], MALLORY, "approve: checked the diff")  # not an approver: not told
     slack.reply(CHANNEL, message["ts"], CAROL, "looking at the 30d table now")  # chatter: not recorded
     for _ in range(3):
         assert _tick(flow) is None
@@ -168,47 +175,47 @@ def test_replies_that_are_not_clear_decisions_never_approve_and_are_recorded_onc
     request = _request(lake)
     assert request.status == "pending" and request.votes == []
     assert lake.catalog.get_batch("jan").state == "checked"
-    assert [(reply.user_id, reply.display_name, reply.text) for reply in request.not_votes] == [
-        (BOB, "bob", "Approve? not yet"),
-        (CAROL, "carol", "lgtm after the fix lands"),
-        (MALLORY, "mallory", "approve?"),
+    with pytest.raises(BatchNotApprovedError, match="pending"):
+        promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops")
+    not_just = 'it is not just "approve", "approved" or "lgtm"'
+    assert [(reply.user_id, reply.display_name, reply.text, reply.reason) for reply in request.not_votes] == [
+        (BOB, "bob", "approve: as long as CI passes", not_just),
+        (CAROL, "carol", "Approve: I guess", not_just),
+        (BOB, "bob", "Approve? not yet", "it contains a question mark"),
+        (MALLORY, "mallory", "approve: checked the diff", not_just),
     ]
-    assert request.not_votes[0].reason == "it contains a question mark"
-    assert '"lgtm" is followed by words without a separator ("after the fix lands")' in (
-        request.not_votes[1].reason
-    )
     assert request.not_votes[0].permalink == message_permalink(slack, message)
     trail = [e for e in audit_trail(lake.catalog, "customer_daily_txn") if e.event == "reply_not_counted"]
     assert [(entry.actor, entry.batch_id) for entry in trail] == [
         (BOB, "jan"),
         (CAROL, "jan"),
+        (BOB, "jan"),
         (MALLORY, "jan"),
     ]
-    assert (
-        trail[0].what == 'reply by bob not counted as a vote: "Approve? not yet": it contains a question mark'
-    )
+    assert trail[0].what == f'reply by bob not counted as a vote: "approve: as long as CI passes": {not_just}'
     told = [reply["text"] for reply in slack.thread(CHANNEL, message["ts"]) if reply.get("bot_id")]
-    assert told == [
-        "bob's reply was not counted: it contains a question mark. To decide, reply `approve` or `reject` "
-        "(optionally `approve: reason`), or react.",
-        f"carol's reply was not counted: {request.not_votes[1].reason}. To decide, reply `approve` or "
-        "`reject` (optionally `approve: reason`), or react.",
+    assert told == [  # once per reply, however many passes read it, each one line
+        f"bob's reply was not counted: {not_just}. {HOW_TO_DECIDE}",
+        f"carol's reply was not counted: {not_just}. {HOW_TO_DECIDE}",
+        f"bob's reply was not counted: it contains a question mark. {HOW_TO_DECIDE}",
     ]
+    assert not any("\n" in line for line in told)
 
-    slack.reply(CHANNEL, message["ts"], BOB, "approve: checked the diff")
+    slack.reply(CHANNEL, message["ts"], BOB, "Approve")
     assert _tick(flow) is not None
     request = _request(lake)
     assert request.status == "approved" and [approver.user_id for approver in request.approvers] == [BOB]
     [approved] = [event for event in lake.catalog.events(batch_id="jan") if event.kind == "approved"]
     assert [reply["text"] for reply in approved.details["not_votes"]] == [
+        "approve: as long as CI passes",
+        "Approve: I guess",
         "Approve? not yet",
-        "lgtm after the fix lands",
-        "approve?",
+        "approve: checked the diff",
     ]
     not_counted = [
         event for event in lake.catalog.events(batch_id="jan") if event.kind == "reply_not_counted"
     ]
-    assert len(not_counted) == 3  # still once each, after four passes
+    assert len(not_counted) == 4  # still once each, after four passes
 
 
 def test_an_expired_request_cannot_be_approved_any_more(lake: Lake, slack: FakeSlack) -> None:
@@ -233,7 +240,7 @@ def test_a_rejection_promotes_nothing_tells_the_thread_and_keeps_the_batch(
     flow = _flow(lake, slack)
     _tick(flow)
     [message] = _requests(slack)
-    slack.reply(CHANNEL, message["ts"], CAROL, "Rejected: the 7d spend looks off")
+    slack.reply(CHANNEL, message["ts"], CAROL, "Rejected - not yet, the 7d spend looks off")  # any reason
     slack.react(CHANNEL, message["ts"], BOB, "white_check_mark")
     assert _tick(flow) is None
     assert _request(lake).status == "rejected"
