@@ -67,12 +67,18 @@ class Clock:
         return self.at
 
 
-def _flow(lake: Lake, slack: FakeSlack, clock: Clock | None = None, **rules: object) -> ApprovalFlow:
+def _flow(
+    lake: Lake,
+    slack: FakeSlack,
+    clock: Clock | None = None,
+    approvers: frozenset[str] = frozenset({BOB, CAROL, DAVE, ROBOT}),
+    **rules: object,
+) -> ApprovalFlow:
     client = SlackClient(slack.token, base_url=slack.base_url, timeout=0.5, backoff=0.01)
     return ApprovalFlow(
         lake.catalog,
         SlackChannel(client, CHANNEL),
-        ApprovalRules(approvers=frozenset({BOB, CAROL, DAVE, ROBOT}), **rules),
+        ApprovalRules(approvers=approvers, **rules),
         Links("http://dagster.test"),
         now=clock or Clock(),
     )
@@ -150,6 +156,102 @@ def test_votes_that_do_not_count_never_promote_and_say_why(
     with pytest.raises(BatchNotApprovedError, match="pending"):
         promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops")
     assert lake.catalog.current_release_id() is None
+
+
+def test_whoever_reran_partitions_into_someone_elses_batch_cannot_approve_it(
+    lake: Lake, slack: FakeSlack, spark
+) -> None:
+    flow = _flow(lake, slack)
+    _tick(flow)
+    [message] = _requests(slack)
+    # Bob reruns Jan 1 into Alice's batch: the same content, so the same request.
+    lake.stage(spark, "customer_daily_txn", JAN_1, JAN_1, "jan", requester=BOB)
+    batch = lake.catalog.get_batch("jan")
+    assert (batch.requester, batch.contributors, batch.state) == (ALICE, [ALICE, BOB], "checked")
+
+    slack.react(CHANNEL, message["ts"], BOB, "white_check_mark")
+    assert _tick(flow) is None
+    request = _request(lake)
+    assert request.status == "pending" and len(_requests(slack)) == 1
+    [vote] = request.votes
+    assert not vote.counted
+    assert vote.ignored_because == f"{BOB} (bob) staged partitions of this batch and cannot approve it"
+    assert "bob's approval was ignored because bob staged partitions of the batch" in request.decision_summary
+    with pytest.raises(BatchNotApprovedError, match="bob staged partitions of the batch"):
+        promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops")
+
+    slack.react(CHANNEL, message["ts"], CAROL, "white_check_mark")  # who wrote nothing into it
+    assert _tick(flow) is not None
+    assert [approver.user_id for approver in _request(lake).approvers] == [CAROL]
+
+
+def _rerun(lake: Lake, batch: str, requester: str) -> None:
+    """A run tagged `requester` that records Jan 1 of customer_daily_txn into `batch` again, with the same
+    content (as a deterministic rerun has): the batch's fingerprint, hence its request, stay the same."""
+    record = lake.catalog.get_batch(batch).tables["customer_daily_txn"]["2025-01-01"]
+    run_id = f"run-{requester}"
+    rerun = record.model_copy(update={"run_id": run_id})
+    lake.catalog.record_partitions(batch, [rerun], run_id=run_id, requester=requester)
+
+
+def test_a_rerun_recorded_while_votes_are_read_cannot_carry_the_approval_at_promotion(
+    lake: Lake, slack: FakeSlack, spark
+) -> None:
+    flow = _flow(lake, slack)
+    _tick(flow)
+    [message] = _requests(slack)
+    slack.react(CHANNEL, message["ts"], BOB, "white_check_mark")
+    read_votes = flow.channel.read_votes
+
+    def bob_reruns_meanwhile(*args: object):
+        _rerun(lake, "jan", BOB)
+        return read_votes(*args)  # type: ignore[arg-type]
+
+    flow.channel.read_votes = bob_reruns_meanwhile  # type: ignore[method-assign]
+    assert _tick(flow) is not None  # the flow judged the batch as it had read it: Alice's alone
+    assert lake.catalog.get_batch("jan").contributors == [ALICE, BOB]
+
+    with pytest.raises(BatchNotApprovedError) as refused:
+        promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops")
+    assert "bob's approval was ignored because bob staged partitions of the batch" in str(refused.value)
+    assert f'not everyone who wrote into the batch is known: "{BOB}"' in str(refused.value)
+    assert lake.catalog.current_release_id() is None
+
+
+def test_a_display_name_as_requester_tag_is_resolved_through_the_user_list_or_counts_as_unknown(
+    lake: Lake, slack: FakeSlack, spark
+) -> None:
+    slack.add_user(ALICE, "alice", real_name="Alice Smith")
+    lake.stage(spark, "customer_daily_txn", JAN_1, JAN_1, "named", requester="Alice Smith")
+    lake.catalog.mark_complete("named", {"customer_daily_txn": ["2025-01-01"]})
+    flow = _flow(lake, slack, approvers=frozenset({ALICE, BOB, CAROL}))
+    _tick(flow, "named")
+    [message] = _requests(slack)
+    assert "1 approval needed" in message["text"]
+
+    # Alice Smith is U0ALICE (users.list): she requested the batch and cannot approve it.
+    slack.react(CHANNEL, message["ts"], ALICE, "white_check_mark")
+    assert _tick(flow, "named") is None
+    request = _request(lake, "named")
+    assert request.contributors == {"Alice Smith": ALICE}
+    [vote] = request.votes
+    assert vote.ignored_because == f"{ALICE} (alice) requested this batch and cannot approve it"
+
+    # A rerun tagged with a name no member has: whoever it is could be any approver, so one more is needed.
+    _rerun(lake, "named", "Alice Smth")
+    slack.react(CHANNEL, message["ts"], BOB, "white_check_mark")
+    assert _tick(flow, "named") is None
+    request = _request(lake, "named")
+    assert request.status == "pending"
+    assert request.contributors == {"Alice Smith": ALICE, "Alice Smth": None}
+    assert request.decision_summary == (
+        "pending: 1 of 2 approvals (bob); 2 approvals are required, one more than the quorum of 1, because "
+        'not everyone who wrote into the batch is known: "Alice Smth"; alice\'s approval was ignored because '
+        "alice requested the batch"
+    )
+    slack.react(CHANNEL, message["ts"], CAROL, "white_check_mark")
+    assert _tick(flow, "named") is not None
+    assert [approver.user_id for approver in _request(lake, "named").approvers] == [BOB, CAROL]
 
 
 HOW_TO_DECIDE = (
