@@ -7,7 +7,7 @@ A channel only carries messages and reads what people did; the approval policy d
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from typing import Literal, Protocol
@@ -19,7 +19,7 @@ from backfills.orchestration.approval_message import ChannelMessage, Links
 from backfills.orchestration.approval_policy import ApprovalRules
 from backfills.orchestration.decision_grammar import reaction_decision, read_reply
 from backfills.resources.catalog_models import ApprovalRequest, NotAVote, VoteRecord
-from backfills.resources.slack import SlackClient, SlackReply
+from backfills.resources.slack import SlackClient, SlackReply, is_user_id
 
 LOCAL_ONLY = "local approval channel (for local use only: set SLACK_BOT_TOKEN and BACKFILLS_SLACK_CHANNEL"
 LOCAL_ONLY += " to take approvals in Slack)"
@@ -65,6 +65,10 @@ class ApprovalChannel(Protocol):
     def announce(self, message: ChannelMessage) -> None:
         """A message of its own in the channel (a blocked batch, a rollback)."""
 
+    def approver_ids(self, tags: Iterable[str]) -> dict[str, str | None]:
+        """The user ID of this channel that each requester tag written on a batch stands for; None for a
+        tag that stands for no one, or for more than one."""
+
 
 class LocalChannel:
     """Requests and outcomes go to the log (the CLI prints them); votes are those of `backfills approve`."""
@@ -90,6 +94,10 @@ class LocalChannel:
 
     def announce(self, message: ChannelMessage) -> None:
         self.say(f"[local approvals] {message.text}")
+
+    def approver_ids(self, tags: Iterable[str]) -> dict[str, str | None]:
+        # `backfills approve --as USER` names people as they are written: a tag is its own identity.
+        return {tag: tag for tag in tags}
 
 
 class SlackChannel:
@@ -184,6 +192,19 @@ class SlackChannel:
     def announce(self, message: ChannelMessage) -> None:
         self.client.post(self.channel, message.text, message.blocks)
 
+    def approver_ids(self, tags: Iterable[str]) -> dict[str, str | None]:
+        """A user ID (U…, W…) is itself; an e-mail address is looked up (users.lookupByEmail); any other
+        text must be exactly the user name, display name or real name of one member (users.list)."""
+        return {tag: self._user_id(tag.strip()) for tag in tags}
+
+    def _user_id(self, written: str) -> str | None:
+        if is_user_id(written):
+            return written
+        if "@" in written:
+            return self.client.user_id_by_email(written)
+        named = self.client.user_ids_named(written)
+        return next(iter(named)) if len(named) == 1 else None
+
 
 class ApprovalsResource(ConfigurableResource):
     """The approvals channel and rules: Slack when a bot token is configured, else the local channel."""
@@ -195,7 +216,9 @@ class ApprovalsResource(ConfigurableResource):
     approver_group: str | None = Field(
         default=None, description="Slack user group whose members may approve."
     )
-    quorum: int = Field(default=1, description="Approvals needed (one more without a known requester).")
+    quorum: int = Field(
+        default=1, description="Approvals needed (one more when anyone who wrote into the batch is unknown)."
+    )
     expiry_hours: float = Field(default=72.0, description="Hours a request stays open.")
     rollback_requires_approval: bool = Field(default=False, description="Whether rollback needs approvers.")
     dagster_url: str = Field(default="http://127.0.0.1:3000", description="Base URL of the Dagster UI.")

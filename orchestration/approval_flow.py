@@ -23,7 +23,14 @@ from backfills.orchestration.approval_message import (
     incomplete_message,
     request_message,
 )
-from backfills.orchestration.approval_policy import ApprovalRules, PolicyDecision, RequestFacts, Vote, decide
+from backfills.orchestration.approval_policy import (
+    ApprovalRules,
+    PolicyDecision,
+    Vote,
+    decide,
+    required_approvals,
+)
+from backfills.orchestration.contributors import contributor_tags, request_facts
 from backfills.resources.approvals_store import ApprovalStore, request_id_for
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import ApprovalRequest, BatchManifest, NotAVote, Release, VoteRecord
@@ -143,9 +150,10 @@ _OUTCOME_TEXT = {
     "expired": "Expired: {summary}. Nothing is promoted; launch the backfill again to ask anew.",
     "superseded": "Superseded: {summary}. Nothing is promoted.",
 }
+# One line, once per reply: how to decide in a way that counts.
 _NOT_COUNTED_TEXT = (
-    "{name}'s reply was not counted: {reason}. To decide, reply `approve` or `reject` (optionally "
-    "`approve: reason`), or react."
+    "{name}'s reply was not counted: {reason}. To approve, reply exactly `approve` (nothing else) or react "
+    ":white_check_mark:; to reject, reply `reject: reason` or react :x:."
 )
 
 
@@ -264,6 +272,7 @@ class ApprovalFlow:
         except ApprovalNotFoundError:
             pass
         now = self.now()
+        identities = self._identities(batch)
         self.approvals.create(
             ApprovalRequest(
                 request_id=request_id,
@@ -271,9 +280,10 @@ class ApprovalFlow:
                 fingerprint=fingerprint,
                 requester=batch.requester,
                 channel=self.channel.kind,
+                contributors=identities,
                 created_at=now,
                 expires_at=now + self.rules.expires_after,
-                required=self.rules.quorum + (0 if batch.requester else 1),
+                required=required_approvals(request_facts(batch, now, identities), self.rules),
             )
         )
         return self.approvals.get(batch.batch_id, request_id)
@@ -349,23 +359,33 @@ class ApprovalFlow:
         reading = self.channel.read_votes(request, now)
         request = self._note_not_votes(batch, request, reading.not_votes)
         observed = merge_votes(request.votes, reading.votes)
-        facts = RequestFacts(
-            batch_id=batch.batch_id,
-            requester=batch.requester,
-            requested_at=request.created_at,
+        # Resolved on every reading: a rerun may add a contributor without changing the batch's content.
+        identities = self._identities(batch)
+        facts = request_facts(
+            batch,
+            request.created_at,
+            identities,
             superseded_by=newer_batch_serving(self.catalog, batch, self.catalog.current_release()),
         )
         decision = decide(facts, policy_votes(observed), self.rules, now)
-        votes = _judged(observed, decision)
+        judged = {
+            "votes": _judged(observed, decision),
+            "contributors": identities,
+            "required": decision.required,
+        }
         if decision.outcome == "pending":
 
             def note_votes(current: ApprovalRequest) -> ApprovalRequest:
                 if current.status != "pending":
                     return current
-                return current.model_copy(update={"votes": votes, "decision_summary": decision.summary})
+                return current.model_copy(update={**judged, "decision_summary": decision.summary})
 
             return self.approvals.update(batch.batch_id, request.request_id, note_votes)
-        return self._close(batch, request, decision.outcome, decision.summary, votes, decision.decided_at)
+        return self._close(batch, request, decision.outcome, decision.summary, judged, decision.decided_at)
+
+    def _identities(self, batch: BatchManifest) -> dict[str, str | None]:
+        """The user ID of the channel that each requester tag of the batch stands for (None: no one)."""
+        return self.channel.approver_ids(contributor_tags(batch))
 
     def _note_not_votes(
         self, batch: BatchManifest, request: ApprovalRequest, read: Sequence[NotAVote]
@@ -409,10 +429,11 @@ class ApprovalFlow:
         request: ApprovalRequest,
         outcome: str,
         summary: str,
-        votes: list[VoteRecord] | None = None,
+        judged: dict[str, object] | None = None,
         decided_at: datetime | None = None,
     ) -> ApprovalRequest:
-        """Record a final outcome (catalog first: the batch is sealed before anyone is told)."""
+        """Record a final outcome, with what the policy judged it on (the votes, the contributors and the
+        approvals required) when it decided (catalog first: the batch is sealed before anyone is told)."""
 
         def close(current: ApprovalRequest) -> ApprovalRequest:
             if current.status not in OPEN_REQUEST_STATES:
@@ -421,9 +442,8 @@ class ApprovalFlow:
                 "status": outcome,
                 "decision_summary": summary,
                 "decided_at": decided_at or self.now(),
+                **(judged or {}),
             }
-            if votes is not None:
-                update["votes"] = votes
             return current.model_copy(update=update)
 
         closed = self.approvals.update(batch.batch_id, request.request_id, close)
@@ -450,9 +470,10 @@ class ApprovalFlow:
         they can decide in a way that counts; a failure to tell is retried on the next pass."""
         if request.status != "pending":
             return
+        facts = request_facts(batch, request.created_at, request.contributors)
         for record in request.not_votes:
             notice = f"not_counted:{record.user_id}:{record.at.isoformat()}"
-            may_decide = record.user_id in self.rules.approvers and record.user_id != batch.requester
+            may_decide = record.user_id in self.rules.approvers and not facts.wrote_into_batch(record.user_id)
             if not may_decide or notice in request.notices:
                 continue
             name = record.display_name or record.user_id

@@ -9,7 +9,10 @@ from typing import Any
 
 from backfills.checks.diff_check import DIFF_CHECK
 from backfills.checks.summary import batch_check_summary
+from backfills.orchestration.approval_policy import why_one_more
+from backfills.orchestration.contributors import request_facts
 from backfills.resources.catalog_models import ApprovalRequest, BatchManifest
+from backfills.resources.slack import is_user_id
 from backfills.specs import day_ranges
 
 # Slack refuses a section text over 3000 characters; leave room for the markup.
@@ -128,7 +131,7 @@ def _checks(batch: BatchManifest) -> list[str]:
 
 def _who(user: str | None) -> str:
     # Slack renders <@U123> as the user's name; a name that is not a user ID is shown as it is.
-    if user and user[:1] in ("U", "W") and user.isalnum() and user.upper() == user:
+    if user and is_user_id(user):
         return f"<@{user}>"
     return user or "unknown (no backfills/requester tag)"
 
@@ -151,18 +154,20 @@ def request_message(
     changes = _changes(batch) + not_recomputed(batch)
     impact = model_impact(batch)
     checks = _checks(batch)
+    unknown = why_one_more(request_facts(batch, request.created_at, request.contributors))
     needed = f"{request.required} approval{'s' if request.required != 1 else ''} needed" + (
-        "" if batch.requester else " (one more than usual: nobody is named as requester)"
+        f" (one more than usual: {unknown})" if unknown else ""
     )
     ways = (
-        "React :white_check_mark: to approve or :x: to reject, or reply `approve` / `reject` in this thread "
-        "(`approve: reason` to give a reason; a reply with a question or a condition is not a vote)."
+        "React :white_check_mark: to approve or :x: to reject, or reply in this thread: exactly `approve` "
+        "(nothing else) approves, `reject: reason` rejects; any other reply is not a vote."
         if request.channel == "slack"
         else f"Run `backfills approve {batch.batch_id} --as USER` (or `backfills reject`)."
     )
     how = (
-        f"{ways} {needed}, from {', '.join(_who(user) for user in sorted(approvers))}; the requester cannot "
-        f"approve their own batch; any rejection rejects. Expires {request.expires_at:%Y-%m-%d %H:%M} UTC."
+        f"{ways} {needed}, from {', '.join(_who(user) for user in sorted(approvers))}; no one who wrote into "
+        "the batch (its requester or anyone who reran partitions of it) can decide on it; any rejection "
+        f"rejects. Expires {request.expires_at:%Y-%m-%d %H:%M} UTC."
     )
     dagster = f"<{links.batch(batch.batch_id)}|Batch in Dagster> · " + " · ".join(
         f"<{links.asset('staging', table)}|{table}>" for table in sorted(batch.tables)

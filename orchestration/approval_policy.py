@@ -92,14 +92,19 @@ class ApprovalRules:
 class RequestFacts:
     """What the policy needs to know about one approval request.
 
-    `requester` is the user ID of who launched the backfill, None when unknown. `superseded_by` names a newer
-    promoted batch covering the same partitions.
+    `requester` is the user ID of who launched the backfill, None when unknown. `contributors` are the user
+    IDs of everyone else who wrote into the batch (a rerun into someone else's batch makes its author one);
+    `unknown_contributors` names, as written, those who wrote into it but are no known user (a run that
+    named nobody, a name no user ID resolves to). `superseded_by` names a newer promoted batch covering the
+    same partitions.
     """
 
     batch_id: str
     requester: str | None
     requested_at: datetime
     superseded_by: str | None = None
+    contributors: frozenset[str] = frozenset()
+    unknown_contributors: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         if not self.batch_id:
@@ -108,7 +113,32 @@ class RequestFacts:
             raise InvalidRequestError(
                 f"batch {self.batch_id}: requester must be a user ID, or None when unknown, not ''"
             )
+        object.__setattr__(self, "contributors", frozenset(self.contributors))
+        if "" in self.contributors:
+            raise InvalidRequestError(
+                f"batch {self.batch_id}: contributors must be user IDs, not '' (name an unknown one in "
+                "unknown_contributors)"
+            )
         _require_aware(self.requested_at, f"approval request for batch {self.batch_id}")
+
+    def wrote_into_batch(self, user_id: str) -> bool:
+        """Whether the user requested the batch or wrote into it: such a user may not decide on it."""
+        return user_id == self.requester or user_id in self.contributors
+
+
+def required_approvals(request: RequestFacts, rules: ApprovalRules) -> int:
+    """The quorum, or one more when who requested or wrote into the batch is not all known: one of the
+    approvers could be one of them."""
+    return rules.quorum if why_one_more(request) is None else rules.quorum + 1
+
+
+def why_one_more(request: RequestFacts) -> str | None:
+    """Why the request needs one approval more than the quorum, in the users' words; None when it does not."""
+    if request.unknown_contributors:
+        return f"not everyone who wrote into the batch is known: {', '.join(request.unknown_contributors)}"
+    if request.requester is None:
+        return "the batch's requester is unknown"
+    return None
 
 
 @dataclass(frozen=True)
@@ -143,9 +173,10 @@ def decide(
     """Decide an approval request from every vote seen on it so far.
 
     Which votes count, in this order:
-    - Votes from bots, from deactivated accounts, from the requester (who can neither approve nor reject their
-      own batch) and from users not on the allowlist are ignored. With no known requester, `quorum + 1`
-      approvals are required, since one of the approvers could be the requester.
+    - Votes from bots, from deactivated accounts, from the requester and everyone else who wrote into the
+      batch (who can neither approve nor reject what they wrote) and from users not on the allowlist are
+      ignored. With no known requester, or anyone unknown among those who wrote into the batch,
+      `quorum + 1` approvals are required, since one of the approvers could be one of them.
     - Votes dated before the request, or after it expired (`requested_at + expires_after`), are ignored.
       The deadline itself is inclusive: the request is open up to and including `expires_at`.
     - Each user counts once: their latest remaining vote, so they can change their mind until the deadline.
@@ -165,7 +196,7 @@ def decide(
     """
     _require_aware(now, f"the time of the decision on batch {request.batch_id}")
     expires_at = request.requested_at + rules.expires_after
-    required = rules.quorum if request.requester is not None else rules.quorum + 1
+    required = required_approvals(request, rules)
 
     ignored: list[IgnoredVote] = []
     notes: list[str] = []
@@ -241,11 +272,16 @@ def _exclusion(
             f"{_who(vote)} is a deactivated account; votes from deactivated accounts do not count",
             f"{ignored_because} {_name(vote)}'s account is deactivated",
         )
+    verb = "approve" if vote.decision == "approve" else "reject"
     if vote.user_id == request.requester:
-        verb = "approve" if vote.decision == "approve" else "reject"
         return (
             f"{_who(vote)} requested this batch and cannot {verb} it",
             f"{ignored_because} {_name(vote)} requested the batch",
+        )
+    if vote.user_id in request.contributors:
+        return (
+            f"{_who(vote)} staged partitions of this batch and cannot {verb} it",
+            f"{ignored_because} {_name(vote)} staged partitions of the batch",
         )
     if vote.user_id not in rules.approvers:
         return (
@@ -304,12 +340,11 @@ def _summary(
         if approvals:
             head += f" ({_names(approvals)})"
     clauses = [head]
-    if request.requester is None and outcome != "rejected":
-        clauses.append(
-            f"{required} approvals are required, one more than the quorum of {rules.quorum}, "
-            "because the batch's requester is unknown"
-        )
-    eligible = rules.approvers - {request.requester}
+    unknown = why_one_more(request)
+    if unknown is not None and outcome != "rejected":
+        more = f"{required} approvals are required, one more than the quorum of {rules.quorum}"
+        clauses.append(f"{more}, because {unknown}")
+    eligible = {user for user in rules.approvers if not request.wrote_into_batch(user)}
     if outcome in ("pending", "expired") and required > len(eligible):
         clauses.append(f"it can never be approved: only {len(eligible)} allowlisted approvers may vote on it")
     clauses.extend(dict.fromkeys(notes))

@@ -24,6 +24,7 @@ from backfills.errors import (
 )
 from backfills.orchestration.approval_flow import newer_batch_serving, policy_votes
 from backfills.orchestration.approval_policy import ApprovalRules, RequestFacts, Vote, decide
+from backfills.orchestration.contributors import request_facts
 from backfills.resources.approvals_store import ApprovalStore
 from backfills.resources.canary import refuse_while_open
 from backfills.resources.catalog import ReleaseCatalog
@@ -86,7 +87,9 @@ def verify_approval(
             "only a complete batch can be promoted"
         )
     request = _approved_request(approvals, batch)
-    facts = RequestFacts(batch_id=batch.batch_id, requester=batch.requester, requested_at=request.created_at)
+    # Everyone who wrote into the batch, as the request last resolved them: one it never resolved (written
+    # in since) is refused as written and counts as unknown.
+    facts = request_facts(batch, request.created_at, request.contributors)
     decision = decide(facts, policy_votes(request.votes), rules, now)
     if decision.outcome != "approved":
         raise BatchNotApprovedError(

@@ -206,7 +206,8 @@ class ReleaseCatalog:
         """Make completely written partitions visible in the batch (creating its manifest if needed).
 
         One record per table and partition: a rerun replaces the earlier record. The first run that names a
-        requester sets it. Returns the new manifest and the records replaced by a different attempt, whose
+        requester sets it; every run's requester (None: the run named none) becomes a contributor, who may
+        not approve the batch. Returns the new manifest and the records replaced by a different attempt, whose
         files the batch no longer references (the caller may delete them).
         """
         self._check_records(batch_id, records)
@@ -228,6 +229,8 @@ class ReleaseCatalog:
             manifest.tables = {
                 table: dict(sorted(dates.items())) for table, dates in sorted(manifest.tables.items())
             }
+            if requester not in manifest.contributors:
+                manifest.contributors.append(requester)
             return _with_run(manifest, run_id, requester)
 
         manifest = self._update_batch(batch_id, add, create=lambda: self._new_batch(batch_id, requester))

@@ -9,7 +9,7 @@ import hashlib
 from datetime import UTC, date, datetime
 from typing import Annotated, Any, Literal
 
-from pydantic import AfterValidator, BaseModel, ConfigDict, Field
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, model_validator
 
 from backfills.resources.lifecycle import BatchState
 
@@ -125,7 +125,10 @@ class BatchManifest(CatalogModel):
     created_at: UtcDatetime
     updated_at: UtcDatetime
     state: BatchState = BatchState.STAGING
-    requester: str | None = None
+    requester: str | None = None  # the first requester a run named, for display
+    # Who wrote into the batch: the `backfills/requester` tag of every run that recorded partitions in it,
+    # once each, first seen first; None stands for runs that had no tag. None of them may approve it.
+    contributors: list[str | None] = []
     runs: list[str] = []
     tables: dict[str, dict[str, PartitionRecord]] = {}
     checks: list[CheckRecord] = []
@@ -134,6 +137,14 @@ class BatchManifest(CatalogModel):
     expected: dict[str, list[PartitionDate]] = {}
     completion_note: str | None = None  # why an incomplete batch cannot be approved (failed runs, ...)
     plan: LaunchPlan | None = None  # set by the first run of a Dagster backfill
+
+    @model_validator(mode="before")
+    @classmethod
+    def _contributors_of_older_manifests(cls, stored: Any) -> Any:
+        # Manifests written before contributors were recorded know only their requester.
+        if isinstance(stored, dict) and "contributors" not in stored and stored.get("tables"):
+            return {**stored, "contributors": [stored.get("requester")]}
+        return stored
 
     def partition(self, table: str, date: str) -> PartitionRecord | None:
         """The record of one staged partition, or None if the batch has not staged it."""
@@ -386,6 +397,10 @@ class ApprovalRequest(CatalogModel):
     fingerprint: str
     requester: str | None
     channel: Literal["slack", "local"]
+    # Who wrote into the batch (the requester tags of its runs) -> the user ID each resolves to in the
+    # channel (None: no user), as of the latest reading; None on requests made before contributors were
+    # resolved, whose tags are taken as user IDs.
+    contributors: dict[str, str | None] | None = None
     created_at: UtcDatetime
     expires_at: UtcDatetime
     status: RequestStatus = "posting"

@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import logging
 import random
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -74,10 +75,18 @@ _SETUP_PROBLEMS: dict[str, str] = {
     "no_such_subteam": "Slack has no user group {usergroup}; check the approvers' user group ID (S…)",
 }
 
+# A Slack user ID as the Web API writes it: U… for a member, W… for an Enterprise Grid member.
+_USER_ID = re.compile(r"[UW][A-Z0-9]{2,}")
+
 # How a read that fails on the network looks: refused or reset connections (URLError, ConnectionError) and a
 # response that never comes. urllib raises a read timeout as a bare TimeoutError, which slack_sdk's
 # ConnectionErrorRetryHandler does not retry by default.
 _NETWORK_ERRORS: tuple[type[Exception], ...] = (URLError, ConnectionError, TimeoutError, HTTPException)
+
+
+def is_user_id(text: str) -> bool:
+    """Whether `text` is written as a Slack user ID (U…, W…), rather than a name or an e-mail address."""
+    return _USER_ID.fullmatch(text) is not None
 
 
 @dataclass(frozen=True)
@@ -167,6 +176,7 @@ class SlackClient:
             ],
         )
         self._users: dict[str, SlackUser] = {}
+        self._ids_by_name: dict[str, frozenset[str]] | None = None
 
     def __repr__(self) -> str:
         return (
@@ -298,6 +308,39 @@ class SlackClient:
             )
         return self._users[user_id]
 
+    def user_id_by_email(self, email: str) -> str | None:
+        """The user ID of the workspace member with this e-mail address (users.lookupByEmail), or None."""
+        try:
+            response = self._read("users.lookupByEmail", self._reader.users_lookupByEmail, email=email)
+        except _NoSuchUser:
+            return None
+        return str(response["user"]["id"])
+
+    def user_ids_named(self, name: str) -> frozenset[str]:
+        """The IDs of the workspace members whose user name, display name or real name is exactly `name`.
+
+        The member list (users.list) is read once per SlackClient, like `user`.
+        """
+        if self._ids_by_name is None:
+            ids_by_name: dict[str, set[str]] = {}
+            cursor: str | None = None
+            while True:
+                page = self._read("users.list", self._reader.users_list, limit=PAGE_SIZE, cursor=cursor)
+                for member in page.get("members") or []:
+                    profile = member.get("profile") or {}
+                    for known_as in (
+                        member.get("name"),
+                        profile.get("display_name"),
+                        profile.get("real_name"),
+                    ):
+                        if known_as:
+                            ids_by_name.setdefault(known_as, set()).add(str(member["id"]))
+                cursor = (page.get("response_metadata") or {}).get("next_cursor")
+                if not cursor:
+                    break
+            self._ids_by_name = {known_as: frozenset(ids) for known_as, ids in ids_by_name.items()}
+        return self._ids_by_name.get(name, frozenset())
+
     def usergroup_members(self, usergroup_id: str) -> frozenset[str]:
         """The user IDs of the enabled members of a user group (e.g. the approvers' group)."""
         response = self._read(
@@ -352,6 +395,8 @@ class SlackClient:
         self, method: str, response: SlackResponse, params: dict[str, Any], *, unanswered: str
     ) -> BackfillsError:
         error = str(response.get("error") or "") if isinstance(response.data, dict) else ""
+        if response.status_code == 200 and error == "users_not_found":
+            return _NoSuchUser(f"Slack {method}: no such user")
         if response.status_code == 200 and error in _SETUP_PROBLEMS:
             advice = _SETUP_PROBLEMS[error].format(
                 method=method,
@@ -376,6 +421,10 @@ class SlackClient:
                 f"Slack {method} failed with HTTP {response.status_code}{unanswered}"
             )
         return SlackUnavailableError(f"Slack {method} failed: {error or 'no error code in the answer'}")
+
+
+class _NoSuchUser(BackfillsError):
+    """A look-up found no workspace member: an answer, not a failure."""
 
 
 class _ProportionalJitter(Jitter):

@@ -140,16 +140,26 @@ class FakeSlack:
     # Workspace setup and what people do in the Slack app
 
     def add_user(
-        self, user_id: str, display_name: str, *, is_bot: bool = False, deleted: bool = False
+        self,
+        user_id: str,
+        display_name: str,
+        *,
+        is_bot: bool = False,
+        deleted: bool = False,
+        real_name: str | None = None,
+        email: str | None = None,
     ) -> None:
-        """A workspace member (or bot user) that users.info can describe."""
+        """A workspace member (or bot user) that users.info, users.list and users.lookupByEmail describe."""
         with self._lock:
+            profile = {"display_name": display_name, "real_name": real_name or display_name}
+            if email is not None:
+                profile["email"] = email
             self._users[user_id] = {
                 "id": user_id,
                 "name": display_name.lower().replace(" ", "."),
                 "deleted": deleted,
                 "is_bot": is_bot,
-                "profile": {"display_name": display_name, "real_name": display_name},
+                "profile": profile,
             }
 
     def add_channel(self, channel_id: str, name: str) -> None:
@@ -343,6 +353,17 @@ class FakeSlack:
             raise _Refused("user_not_found")
         return {"user": json.loads(json.dumps(user))}
 
+    def _users_list(self, params: dict[str, Any]) -> dict[str, Any]:
+        page, next_cursor = self._page(json.loads(json.dumps(list(self._users.values()))), params)
+        return {"members": page, "response_metadata": {"next_cursor": next_cursor}}
+
+    def _users_lookup_by_email(self, params: dict[str, Any]) -> dict[str, Any]:
+        email = str(params.get("email") or "").lower()
+        for user in self._users.values():
+            if user["profile"].get("email", "").lower() == email:
+                return {"user": json.loads(json.dumps(user))}
+        raise _Refused("users_not_found")
+
     def _usergroups_users_list(self, params: dict[str, Any]) -> dict[str, Any]:
         members = self._usergroups.get(str(params.get("usergroup")))
         if members is None:
@@ -358,6 +379,8 @@ class FakeSlack:
             "conversations.replies": self._conversations_replies,
             "reactions.get": self._reactions_get,
             "users.info": self._users_info,
+            "users.list": self._users_list,
+            "users.lookupByEmail": self._users_lookup_by_email,
             "usergroups.users.list": self._usergroups_users_list,
         }
 

@@ -16,6 +16,8 @@ from backfills.orchestration.approval_policy import (
     Vote,
     decide,
 )
+from backfills.orchestration.contributors import request_facts
+from backfills.resources.catalog_models import BatchManifest
 
 REQUESTED_AT = datetime(2025, 3, 3, 9, 0, tzinfo=UTC)
 EXPIRES_AT = REQUESTED_AT + timedelta(hours=72)
@@ -36,9 +38,15 @@ def vote(user: str, decision: Decision = "approve", minutes: float = 10, **field
     )
 
 
-def request(requester: str | None = "U_BOB", superseded_by: str | None = None) -> RequestFacts:
+def request(
+    requester: str | None = "U_BOB", superseded_by: str | None = None, **facts: object
+) -> RequestFacts:
     return RequestFacts(
-        batch_id="b-9f2c", requester=requester, requested_at=REQUESTED_AT, superseded_by=superseded_by
+        batch_id="b-9f2c",
+        requester=requester,
+        requested_at=REQUESTED_AT,
+        superseded_by=superseded_by,
+        **facts,  # type: ignore[arg-type]
     )
 
 
@@ -145,6 +153,71 @@ def test_known_requester_needs_exactly_the_quorum() -> None:
     result = decide(request(requester="U_BOB"), [vote("U_ALICE"), vote("U_CAROL")], TWO_OF_TEAM, NOW)
 
     assert (result.outcome, result.required) == ("approved", 2)
+
+
+def test_no_one_who_wrote_into_the_batch_can_approve_or_reject_it() -> None:
+    # Alice reran partitions into Bob's batch: she is a contributor, as Bob is its requester.
+    votes = [vote("U_ALICE"), vote("U_CAROL", minutes=20), vote("U_ALICE", "reject", minutes=30)]
+
+    result = decide(request(contributors=frozenset({"U_ALICE"})), votes, TWO_OF_TEAM, NOW)
+
+    assert (result.outcome, result.required) == ("pending", 2)
+    assert [v.user_id for v in result.approvals] == ["U_CAROL"] and result.rejections == ()
+    assert reasons(result) == [
+        "U_ALICE (alice) staged partitions of this batch and cannot approve it",
+        "U_ALICE (alice) staged partitions of this batch and cannot reject it",
+    ]
+    assert result.summary == (
+        "pending: 1 of 2 approvals (carol); alice's approval was ignored because alice staged partitions of "
+        "the batch; alice's rejection was ignored because alice staged partitions of the batch"
+    )
+
+
+def test_anyone_unknown_among_who_wrote_into_the_batch_needs_one_more_approval_and_is_named() -> None:
+    unknown = ('"Alice Smth"', "a run without a backfills/requester tag")
+    two = [vote("U_ALICE"), vote("U_CAROL", minutes=20)]
+
+    pending = decide(request(unknown_contributors=unknown), two, TWO_OF_TEAM, NOW)
+    approved = decide(
+        request(unknown_contributors=unknown), [*two, vote("U_DAVE", minutes=30)], TWO_OF_TEAM, NOW
+    )
+
+    assert (pending.outcome, pending.required) == ("pending", 3)
+    assert pending.summary == (
+        "pending: 2 of 3 approvals (alice and carol); 3 approvals are required, one more than the quorum "
+        'of 2, because not everyone who wrote into the batch is known: "Alice Smth", a run without a '
+        "backfills/requester tag"
+    )
+    assert (approved.outcome, approved.required) == ("approved", 3)
+
+
+def test_a_batch_everyone_on_the_allowlist_wrote_into_says_it_can_never_be_approved() -> None:
+    facts = request(contributors=frozenset({"U_ALICE", "U_CAROL"}))
+
+    result = decide(facts, [vote("U_DAVE")], TWO_OF_TEAM, NOW)
+
+    assert "it can never be approved: only 1 allowlisted approvers may vote on it" in result.summary
+
+
+def test_who_wrote_into_a_batch_is_judged_by_the_user_ids_their_tags_resolve_to() -> None:
+    batch = BatchManifest(
+        batch_id="b-9f2c",
+        created_at=REQUESTED_AT,
+        updated_at=REQUESTED_AT,
+        requester="Bob Jones",
+        contributors=["Bob Jones", "alice@example.com", None, "U_DAVE"],
+    )
+    # As the channel resolved them at the last reading; U_DAVE's rerun came in after it.
+    resolved = {"Bob Jones": "U_BOB", "alice@example.com": "U_ALICE"}
+
+    facts = request_facts(batch, REQUESTED_AT, resolved)
+
+    assert (facts.requester, facts.contributors) == ("U_BOB", {"U_ALICE", "U_DAVE"})
+    assert facts.unknown_contributors == ("a run without a backfills/requester tag", '"U_DAVE"')
+    result = decide(facts, [vote("U_BOB"), vote("U_ALICE"), vote("U_DAVE")], TWO_OF_TEAM, NOW)
+    assert (result.outcome, result.approvals, result.required) == ("pending", (), 3)
+    # A request recorded before contributors were resolved takes each tag as the user ID it names.
+    assert request_facts(batch, REQUESTED_AT, None).requester == "Bob Jones"
 
 
 # Each user counts once

@@ -67,12 +67,18 @@ class Clock:
         return self.at
 
 
-def _flow(lake: Lake, slack: FakeSlack, clock: Clock | None = None, **rules: object) -> ApprovalFlow:
+def _flow(
+    lake: Lake,
+    slack: FakeSlack,
+    clock: Clock | None = None,
+    approvers: frozenset[str] = frozenset({BOB, CAROL, DAVE, ROBOT}),
+    **rules: object,
+) -> ApprovalFlow:
     client = SlackClient(slack.token, base_url=slack.base_url, timeout=0.5, backoff=0.01)
     return ApprovalFlow(
         lake.catalog,
         SlackChannel(client, CHANNEL),
-        ApprovalRules(approvers=frozenset({BOB, CAROL, DAVE, ROBOT}), **rules),
+        ApprovalRules(approvers=approvers, **rules),
         Links("http://dagster.test"),
         now=clock or Clock(),
     )
@@ -152,15 +158,118 @@ def test_votes_that_do_not_count_never_promote_and_say_why(
     assert lake.catalog.current_release_id() is None
 
 
-def test_replies_that_are_not_clear_decisions_never_approve_and_are_recorded_once_with_why(
-    lake: Lake, slack: FakeSlack
+def test_whoever_reran_partitions_into_someone_elses_batch_cannot_approve_it(
+    lake: Lake, slack: FakeSlack, spark
 ) -> None:
     flow = _flow(lake, slack)
     _tick(flow)
     [message] = _requests(slack)
+    # Bob reruns Jan 1 into Alice's batch: the same content, so the same request.
+    lake.stage(spark, "customer_daily_txn", JAN_1, JAN_1, "jan", requester=BOB)
+    batch = lake.catalog.get_batch("jan")
+    assert (batch.requester, batch.contributors, batch.state) == (ALICE, [ALICE, BOB], "checked")
+
+    slack.react(CHANNEL, message["ts"], BOB, "white_check_mark")
+    assert _tick(flow) is None
+    request = _request(lake)
+    assert request.status == "pending" and len(_requests(slack)) == 1
+    [vote] = request.votes
+    assert not vote.counted
+    assert vote.ignored_because == f"{BOB} (bob) staged partitions of this batch and cannot approve it"
+    assert "bob's approval was ignored because bob staged partitions of the batch" in request.decision_summary
+    with pytest.raises(BatchNotApprovedError, match="bob staged partitions of the batch"):
+        promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops")
+
+    slack.react(CHANNEL, message["ts"], CAROL, "white_check_mark")  # who wrote nothing into it
+    assert _tick(flow) is not None
+    assert [approver.user_id for approver in _request(lake).approvers] == [CAROL]
+
+
+def _rerun(lake: Lake, batch: str, requester: str) -> None:
+    """A run tagged `requester` that records Jan 1 of customer_daily_txn into `batch` again, with the same
+    content (as a deterministic rerun has): the batch's fingerprint, hence its request, stay the same."""
+    record = lake.catalog.get_batch(batch).tables["customer_daily_txn"]["2025-01-01"]
+    run_id = f"run-{requester}"
+    rerun = record.model_copy(update={"run_id": run_id})
+    lake.catalog.record_partitions(batch, [rerun], run_id=run_id, requester=requester)
+
+
+def test_a_rerun_recorded_while_votes_are_read_cannot_carry_the_approval_at_promotion(
+    lake: Lake, slack: FakeSlack, spark
+) -> None:
+    flow = _flow(lake, slack)
+    _tick(flow)
+    [message] = _requests(slack)
+    slack.react(CHANNEL, message["ts"], BOB, "white_check_mark")
+    read_votes = flow.channel.read_votes
+
+    def bob_reruns_meanwhile(*args: object):
+        _rerun(lake, "jan", BOB)
+        return read_votes(*args)  # type: ignore[arg-type]
+
+    flow.channel.read_votes = bob_reruns_meanwhile  # type: ignore[method-assign]
+    assert _tick(flow) is not None  # the flow judged the batch as it had read it: Alice's alone
+    assert lake.catalog.get_batch("jan").contributors == [ALICE, BOB]
+
+    with pytest.raises(BatchNotApprovedError) as refused:
+        promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops")
+    assert "bob's approval was ignored because bob staged partitions of the batch" in str(refused.value)
+    assert f'not everyone who wrote into the batch is known: "{BOB}"' in str(refused.value)
+    assert lake.catalog.current_release_id() is None
+
+
+def test_a_display_name_as_requester_tag_is_resolved_through_the_user_list_or_counts_as_unknown(
+    lake: Lake, slack: FakeSlack, spark
+) -> None:
+    slack.add_user(ALICE, "alice", real_name="Alice Smith")
+    lake.stage(spark, "customer_daily_txn", JAN_1, JAN_1, "named", requester="Alice Smith")
+    lake.catalog.mark_complete("named", {"customer_daily_txn": ["2025-01-01"]})
+    flow = _flow(lake, slack, approvers=frozenset({ALICE, BOB, CAROL}))
+    _tick(flow, "named")
+    [message] = _requests(slack)
+    assert "1 approval needed" in message["text"]
+
+    # Alice Smith is U0ALICE (users.list): she requested the batch and cannot approve it.
+    slack.react(CHANNEL, message["ts"], ALICE, "white_check_mark")
+    assert _tick(flow, "named") is None
+    request = _request(lake, "named")
+    assert request.contributors == {"Alice Smith": ALICE}
+    [vote] = request.votes
+    assert vote.ignored_because == f"{ALICE} (alice) requested this batch and cannot approve it"
+
+    # A rerun tagged with a name no member has: whoever it is could be any approver, so one more is needed.
+    _rerun(lake, "named", "Alice Smth")
+    slack.react(CHANNEL, message["ts"], BOB, "white_check_mark")
+    assert _tick(flow, "named") is None
+    request = _request(lake, "named")
+    assert request.status == "pending"
+    assert request.contributors == {"Alice Smith": ALICE, "Alice Smth": None}
+    assert request.decision_summary == (
+        "pending: 1 of 2 approvals (bob); 2 approvals are required, one more than the quorum of 1, because "
+        'not everyone who wrote into the batch is known: "Alice Smth"; alice\'s approval was ignored because '
+        "alice requested the batch"
+    )
+    slack.react(CHANNEL, message["ts"], CAROL, "white_check_mark")
+    assert _tick(flow, "named") is not None
+    assert [approver.user_id for approver in _request(lake, "named").approvers] == [BOB, CAROL]
+
+
+HOW_TO_DECIDE = (
+    "To approve, reply exactly `approve` (nothing else) or react :white_check_mark:; to reject, reply "
+    "`reject: reason` or react :x:."
+)
+
+
+def test_conditional_approvals_never_approve_and_the_thread_is_told_once_how_to_approve(
+    lake: Lake, slack: FakeSlack, spark
+) -> None:
+    flow = _flow(lake, slack)
+    _tick(flow)
+    [message] = _requests(slack)
+    slack.reply(CHANNEL, message["ts"], BOB, "approve: as long as CI passes")
+    slack.reply(CHANNEL, message["ts"], CAROL, "Approve: I guess")
     slack.reply(CHANNEL, message["ts"], BOB, "Approve? not yet")
-    slack.reply(CHANNEL, message["ts"], CAROL, "lgtm after the fix lands")
-    slack.reply(CHANNEL, message["ts"], MALLORY, "approve?")  # not an approver: recorded, not answered
+    slack.reply(CHANNEL, message["ts"], MALLORY, "approve: checked the diff")  # not an approver: not told
     slack.reply(CHANNEL, message["ts"], CAROL, "looking at the 30d table now")  # chatter: not recorded
     for _ in range(3):
         assert _tick(flow) is None
@@ -168,47 +277,47 @@ def test_replies_that_are_not_clear_decisions_never_approve_and_are_recorded_onc
     request = _request(lake)
     assert request.status == "pending" and request.votes == []
     assert lake.catalog.get_batch("jan").state == "checked"
-    assert [(reply.user_id, reply.display_name, reply.text) for reply in request.not_votes] == [
-        (BOB, "bob", "Approve? not yet"),
-        (CAROL, "carol", "lgtm after the fix lands"),
-        (MALLORY, "mallory", "approve?"),
+    with pytest.raises(BatchNotApprovedError, match="pending"):
+        promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops")
+    not_just = 'it is not just "approve", "approved" or "lgtm"'
+    assert [(reply.user_id, reply.display_name, reply.text, reply.reason) for reply in request.not_votes] == [
+        (BOB, "bob", "approve: as long as CI passes", not_just),
+        (CAROL, "carol", "Approve: I guess", not_just),
+        (BOB, "bob", "Approve? not yet", "it contains a question mark"),
+        (MALLORY, "mallory", "approve: checked the diff", not_just),
     ]
-    assert request.not_votes[0].reason == "it contains a question mark"
-    assert '"lgtm" is followed by words without a separator ("after the fix lands")' in (
-        request.not_votes[1].reason
-    )
     assert request.not_votes[0].permalink == message_permalink(slack, message)
     trail = [e for e in audit_trail(lake.catalog, "customer_daily_txn") if e.event == "reply_not_counted"]
     assert [(entry.actor, entry.batch_id) for entry in trail] == [
         (BOB, "jan"),
         (CAROL, "jan"),
+        (BOB, "jan"),
         (MALLORY, "jan"),
     ]
-    assert (
-        trail[0].what == 'reply by bob not counted as a vote: "Approve? not yet": it contains a question mark'
-    )
+    assert trail[0].what == f'reply by bob not counted as a vote: "approve: as long as CI passes": {not_just}'
     told = [reply["text"] for reply in slack.thread(CHANNEL, message["ts"]) if reply.get("bot_id")]
-    assert told == [
-        "bob's reply was not counted: it contains a question mark. To decide, reply `approve` or `reject` "
-        "(optionally `approve: reason`), or react.",
-        f"carol's reply was not counted: {request.not_votes[1].reason}. To decide, reply `approve` or "
-        "`reject` (optionally `approve: reason`), or react.",
+    assert told == [  # once per reply, however many passes read it, each one line
+        f"bob's reply was not counted: {not_just}. {HOW_TO_DECIDE}",
+        f"carol's reply was not counted: {not_just}. {HOW_TO_DECIDE}",
+        f"bob's reply was not counted: it contains a question mark. {HOW_TO_DECIDE}",
     ]
+    assert not any("\n" in line for line in told)
 
-    slack.reply(CHANNEL, message["ts"], BOB, "approve: checked the diff")
+    slack.reply(CHANNEL, message["ts"], BOB, "Approve")
     assert _tick(flow) is not None
     request = _request(lake)
     assert request.status == "approved" and [approver.user_id for approver in request.approvers] == [BOB]
     [approved] = [event for event in lake.catalog.events(batch_id="jan") if event.kind == "approved"]
     assert [reply["text"] for reply in approved.details["not_votes"]] == [
+        "approve: as long as CI passes",
+        "Approve: I guess",
         "Approve? not yet",
-        "lgtm after the fix lands",
-        "approve?",
+        "approve: checked the diff",
     ]
     not_counted = [
         event for event in lake.catalog.events(batch_id="jan") if event.kind == "reply_not_counted"
     ]
-    assert len(not_counted) == 3  # still once each, after four passes
+    assert len(not_counted) == 4  # still once each, after four passes
 
 
 def test_an_expired_request_cannot_be_approved_any_more(lake: Lake, slack: FakeSlack) -> None:
@@ -233,7 +342,7 @@ def test_a_rejection_promotes_nothing_tells_the_thread_and_keeps_the_batch(
     flow = _flow(lake, slack)
     _tick(flow)
     [message] = _requests(slack)
-    slack.reply(CHANNEL, message["ts"], CAROL, "Rejected: the 7d spend looks off")
+    slack.reply(CHANNEL, message["ts"], CAROL, "Rejected - not yet, the 7d spend looks off")  # any reason
     slack.react(CHANNEL, message["ts"], BOB, "white_check_mark")
     assert _tick(flow) is None
     assert _request(lake).status == "rejected"

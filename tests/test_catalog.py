@@ -6,6 +6,7 @@ Every test runs on a local folder and on the S3 API (moto), except those that ne
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -21,7 +22,7 @@ from backfills.errors import (
     PreconditionFailedError,
     ReleaseNotFoundError,
 )
-from backfills.resources.catalog import CURRENT_KEY, ReleaseCatalog
+from backfills.resources.catalog import BATCHES_PREFIX, CURRENT_KEY, ReleaseCatalog
 from backfills.resources.catalog_models import (
     BatchManifest,
     CheckRecord,
@@ -148,6 +149,27 @@ def test_rerunning_a_partition_replaces_its_record(catalog: ReleaseCatalog) -> N
     assert manifest.partition_count() == 2
     assert catalog.get_batch("b1").partition(DAILY, "2025-01-01") == rerun
     assert manifest.runs == ["run-1", "run-2"]
+
+
+def test_every_run_that_writes_into_a_batch_is_a_contributor_and_older_manifests_still_load(
+    catalog: ReleaseCatalog,
+) -> None:
+    catalog.record_partitions("b1", [record(DAILY, "2025-01-01", "b1")], run_id="run-1", requester="alice")
+    rerun = record(DAILY, "2025-01-01", "b1", attempt="a2", run_id="run-2")
+    catalog.record_partitions("b1", [rerun], run_id="run-2", requester="bob")  # into alice's batch
+    catalog.record_partitions("b1", [record(DAILY, "2025-01-02", "b1", run_id="run-3")], run_id="run-3")
+    catalog.record_partitions(
+        "b1", [record(DAILY, "2025-01-03", "b1", run_id="run-4")], run_id="run-4", requester="alice"
+    )
+
+    manifest = catalog.get_batch("b1")
+    assert (manifest.requester, manifest.contributors) == ("alice", ["alice", "bob", None])
+
+    key = f"{BATCHES_PREFIX}/b1.json"
+    older = json.loads(catalog.store.get(key))
+    del older["contributors"]  # as manifests were written before contributors were recorded
+    catalog.store.put(key, json.dumps(older).encode())
+    assert catalog.get_batch("b1").contributors == ["alice"]
 
 
 def test_recording_the_same_attempt_again_reports_no_files_to_delete(catalog: ReleaseCatalog) -> None:

@@ -10,6 +10,7 @@ import pytest
 from slack_api import ApiError, FakeSlack, RateLimited, ServerError, Timeout
 
 from backfills.errors import SlackConfigurationError, SlackUnavailableError
+from backfills.orchestration.approval_channels import SlackChannel
 from backfills.resources.slack import (
     REQUEST_EVENT_TYPE,
     PostedMessage,
@@ -377,3 +378,48 @@ def test_approvers_user_group_members_are_read(slack: FakeSlack, client: SlackCl
     assert client.usergroup_members("S0APPROVERS") == frozenset({ALICE, BOB})
     with pytest.raises(SlackConfigurationError, match="no user group S0NOGROUP"):
         client.usergroup_members("S0NOGROUP")
+
+
+# Who wrote into a batch, as Slack user IDs
+
+
+def test_requester_tags_resolve_to_slack_user_ids_or_to_no_one(slack: FakeSlack, client: SlackClient) -> None:
+    slack.max_page_size = 2  # the member list comes in pages
+    slack.add_user(CAROL, "carol", real_name="Carol Smith", email="carol@example.com")
+    slack.add_user("U0CAROLJ", "cj", real_name="Carol Jones")
+    slack.add_user("U0CAROLJ2", "Carol Jones")  # a display name that is another member's real name
+    tags = [
+        BOB,  # a user ID is itself
+        "W0GRIDUSER",  # so is an Enterprise Grid one, without a look-up
+        "Carol@Example.com",  # an e-mail address, looked up
+        "nobody@example.com",
+        "Carol Smith",  # a real name, exactly one member's
+        "Alice",  # a display name
+        "Carol Jones",  # two members: ambiguous
+        "carol smith",  # not exactly any name
+    ]
+
+    resolved = SlackChannel(client, CHANNEL).approver_ids(tags)
+
+    assert resolved == {
+        BOB: BOB,
+        "W0GRIDUSER": "W0GRIDUSER",
+        "Carol@Example.com": CAROL,
+        "nobody@example.com": None,
+        "Carol Smith": CAROL,
+        "Alice": ALICE,
+        "Carol Jones": None,
+        "carol smith": None,
+    }
+    assert len(slack.calls_of("users.lookupByEmail")) == 2
+    assert len(slack.calls_of("users.list")) == 3  # 6 members in pages of 2, read once for every name
+    assert slack.calls_of("users.info") == []
+
+
+def test_looking_up_e_mail_addresses_without_the_scope_names_the_scope_to_add(
+    slack: FakeSlack, client: SlackClient
+) -> None:
+    slack.inject("users.lookupByEmail", ApiError("missing_scope", needed="users:read.email"))
+
+    with pytest.raises(SlackConfigurationError, match="lacks the users:read.email scope"):
+        SlackChannel(client, CHANNEL).approver_ids(["carol@example.com"])
