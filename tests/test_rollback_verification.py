@@ -5,12 +5,12 @@ refuses it, naming the partition, unless forced with a reason, which the release
 
 from __future__ import annotations
 
-import shutil
 from pathlib import Path
 
 import pytest
-from conftest import Lake, make_lake
+from conftest import Lake
 from tampering import change_one_byte
+from test_drills import _jan_file, lake  # noqa: F401  (production `fix` on top of `jan`)
 
 from backfills.errors import RestoredContentChangedError
 from backfills.orchestration.audit import audit_trail
@@ -20,26 +20,11 @@ from backfills.orchestration.promotion import roll_back
 DAILY = "customer_daily_txn"
 
 
-@pytest.fixture
-def lake(staged_template: Path, tmp_path: Path) -> Lake:
-    """Production `fix` (customer_daily_txn Jan 3..6) on top of `jan` (every table, Jan 1..4)."""
-    root = tmp_path / "lake"
-    shutil.copytree(staged_template, root)
-    lake = make_lake(root)
-    lake.catalog.promote("jan", actor="operator", reason="rollback tests")
-    lake.catalog.promote("fix", actor="operator", reason="rollback tests")
-    return lake
-
-
-def _jan_file(lake: Lake, day: str) -> tuple[str, Path]:
-    [key] = lake.catalog.get_batch("jan").tables[DAILY][day].files
-    return key, lake.root / key
-
-
 def test_a_rollback_onto_a_file_changed_since_staging_is_refused_naming_the_partition(lake: Lake) -> None:
     before = lake.catalog.current_release_id()
     releases = lake.catalog.list_releases()
-    key, path = _jan_file(lake, "2025-01-03")
+    path = _jan_file(lake, "2025-01-03")
+    key = path.relative_to(lake.root).as_posix()
     change_one_byte(path)  # same size: only the checksum can tell
     with pytest.raises(RestoredContentChangedError) as refused:
         roll_back(lake.catalog, to="previous", reason="fix looks wrong", requested_by="ops")
@@ -59,17 +44,8 @@ def test_a_forced_rollback_onto_a_changed_file_goes_through_and_is_recorded_as_f
     monkeypatch.setenv("BACKFILLS_ONLINE_STORE", "none")
     (tmp_path / "dagster_home").mkdir()
     jan = lake.catalog.get_release(lake.catalog.current_release().parent_id)
-    _, path = _jan_file(lake, "2025-01-04")
-    change_one_byte(path)
-    rollback = [
-        "rollback",
-        "--to",
-        "previous",
-        "--reason",
-        "fix double-counts; Jan 4 restaged next",
-        "--as",
-        "carol",
-    ]
+    change_one_byte(_jan_file(lake, "2025-01-04"))
+    rollback = ["rollback", "--to", "previous", "--reason", "Jan 4 restaged next", "--as", "carol"]
     assert main(rollback) == 2
     error = capsys.readouterr().err
     assert "RestoredContentChangedError" in error and f"{DAILY} 2025-01-04" in error
@@ -78,7 +54,7 @@ def test_a_forced_rollback_onto_a_changed_file_goes_through_and_is_recorded_as_f
 
     current = lake.catalog.current_release()
     assert current.rolled_back_to == jan.release_id and current.forced
-    assert current.reason == "fix double-counts; Jan 4 restaged next"
+    assert current.reason == "Jan 4 restaged next"
     [rolled_back] = [e for e in lake.catalog.events() if e.kind == "rolled_back"]
     assert rolled_back.details["forced"] is True and rolled_back.release_id == current.release_id
     [forced] = [e for e in lake.catalog.events() if e.kind == "rollback_forced"]
