@@ -133,8 +133,8 @@ def expose(
     """Widen the open canary of the batch to `percent`; at 100, complete it: its release becomes production
     (compare-and-swap of CURRENT from the canary's base), recorded as a promotion, once the checks a
     promotion makes pass (`completion_checks`; other code deployed is accepted only with `force` and a
-    `reason`, recorded on the completion). The canary's health is judged first (`health`, None to skip): a
-    breach rolls it back instead (CanaryUnhealthyError)."""
+    `reason`, recorded on the completion). Then, before the step, the canary's health is judged (`health`,
+    None to skip): a breach rolls it back instead (CanaryUnhealthyError)."""
     check_percent(percent)
     last = canary_channel.last_canary(catalog)
     if (
@@ -149,7 +149,7 @@ def expose(
     verdict = None
     facts: dict[str, object] = {}
     if canary is not None and canary.batch_id == batch_id:
-        # Before judging: nothing to judge it for.
+        # Refusals before judging: a step refused needs no verdict.
         if percent < 100:
             canary_channel.refuse_narrowing(canary, percent)
         elif catalog.current_release_id() != canary.release_id:  # else a retry after the swap

@@ -31,7 +31,7 @@ from py4j.protocol import Py4JJavaError
 from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 
-from backfills.errors import InvalidRequestError, OnlineStoreError, ReleaseNotFoundError
+from backfills.errors import CurrentChangedError, InvalidRequestError, OnlineStoreError, ReleaseNotFoundError
 from backfills.orchestration.promotion import restore_check, row_problems
 from backfills.resources.catalog import Pointer, ReleaseCatalog
 from backfills.resources.catalog_models import PartitionRecord, Release
@@ -178,7 +178,11 @@ def run_drill(
         shadow = catalog.rollback(
             target.release_id, actor=actor, reason=f"rollback drill {drill_id}", pointer=DRILL_POINTER
         )
-        restored = catalog.current_release(DRILL_POINTER) or shadow  # what readers of the shadow read
+        restored = catalog.current_release(DRILL_POINTER)  # what readers of the shadow read
+        if restored != shadow:
+            raise CurrentChangedError(
+                f"another drill moved {DRILL_POINTER_KEY} during drill {drill_id}: run one drill at a time"
+            )
         check = restore_check(catalog, restored)
         problems = [*_differences(catalog, restored, target), *check.problems]
         if deep_check is not None:
