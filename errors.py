@@ -108,6 +108,11 @@ class CodeVersionChangedError(BackfillsError):
     """Promotion refused: a table's deployed code is not the code that staged (and was approved for) it."""
 
 
+class RestoredContentChangedError(BackfillsError):
+    """Rollback refused: files of the partitions it would restore no longer match what their batches recorded
+    at staging (changed, missing, or recorded with another content hash)."""
+
+
 class StaleBatchError(BackfillsError):
     """Promotion refused: production already serves newer batches for some of the batch's partitions."""
 

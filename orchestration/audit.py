@@ -82,8 +82,12 @@ def _describe(event: AuditEvent) -> str:
     if kind == "rolled_back":
         return (
             f"rolled back to release {d.get('rolled_back_to')} (previous {d.get('previous_release_id')}): "
-            f"{d.get('reason')}"
+            f"{d.get('reason')}" + ("; FORCED over files changed since staging" if d.get("forced") else "")
         )
+    if kind == "rollback_forced":
+        problems = d.get("problems") or []
+        shown = "; ".join(problems[:3])
+        return f"rollback forced over {len(problems)} file problems ({shown}): {d.get('reason')}"
     if kind == "promotion_refused":
         return str(d.get("error"))
     if kind.startswith("canary_"):
@@ -102,7 +106,8 @@ def _canary_step(kind: str, d: dict[str, Any]) -> str:
     if kind == "canary_widened":
         return f"canary widened from {d.get('previous_percent'):g}% to {d.get('percent'):g}% of entities"
     if kind == "canary_completed":
-        return "canary completed: its release became production"
+        forced = f"; FORCED over other code deployed: {d.get('reason')}" if d.get("forced") else ""
+        return "canary completed: its release became production" + forced
     if kind == "canary_rolled_back":
         reason = (str(d.get("reason") or "").splitlines() or [""])[0]
         return f"canary rolled back at {d.get('percent'):g}% of entities: {reason}"

@@ -3,7 +3,8 @@ it into production or roll it back, with the canary's health judged at every ste
 itself). Free of Dagster: the jobs in `orchestration/jobs.py` and the CLI drive it.
 
 Widening needs no new approval (the approval covered the batch), but every step is an audit event with who or
-what made it.
+what made it. Completing is a promotion: the approval is judged again, the deployed code compared with the
+code that staged the batch, and the files it publishes verified, before CURRENT moves.
 """
 
 from __future__ import annotations
@@ -14,10 +15,23 @@ from datetime import UTC, datetime
 
 from pyspark.sql import SparkSession
 
-from backfills.errors import CanaryUnhealthyError
+from backfills.errors import (
+    BatchNotApprovedError,
+    CanaryUnhealthyError,
+    CodeVersionChangedError,
+    StagedContentChangedError,
+)
 from backfills.orchestration.approval_policy import ApprovalRules
 from backfills.orchestration.canary_health import CanaryHealth
-from backfills.orchestration.promotion import PublishedChange, finish_promotion, verified_publication
+from backfills.orchestration.promotion import (
+    PublishedChange,
+    code_versions,
+    finish_promotion,
+    judge_approval,
+    verified_publication,
+    verify_code,
+    verify_content,
+)
 from backfills.resources import canary as canary_channel
 from backfills.resources.approvals_store import ApprovalStore
 from backfills.resources.canary_slice import check_percent
@@ -104,16 +118,23 @@ def judge(catalog: ReleaseCatalog, canary: Canary, health: HealthJudge, *, actor
 
 def expose(
     catalog: ReleaseCatalog,
+    rules: ApprovalRules,
+    spark: SparkSession,
     batch_id: str,
     percent: float,
     *,
     requested_by: str | None,
     health: HealthJudge | None,
+    force: bool = False,
+    reason: str | None = None,
     run_id: str | None = None,
+    now: datetime | None = None,
 ) -> Exposure:
     """Widen the open canary of the batch to `percent`; at 100, complete it: its release becomes production
-    (compare-and-swap of CURRENT from the canary's base), recorded as a promotion. The canary's health is
-    judged first (`health`, None to skip): a breach rolls it back instead (CanaryUnhealthyError)."""
+    (compare-and-swap of CURRENT from the canary's base), recorded as a promotion, once the checks a
+    promotion makes pass (`completion_checks`; other code deployed is accepted only with `force` and a
+    `reason`, recorded on the completion). Then, before the step, the canary's health is judged (`health`,
+    None to skip): a breach rolls it back instead (CanaryUnhealthyError)."""
     check_percent(percent)
     last = canary_channel.last_canary(catalog)
     if (
@@ -126,14 +147,53 @@ def expose(
         return _completed(catalog, last, None, run_id)  # a retry after a crash: finish the bookkeeping
     canary = canary_channel.open_canary(catalog)
     verdict = None
-    if canary is not None and canary.batch_id == batch_id and health is not None:
+    facts: dict[str, object] = {}
+    if canary is not None and canary.batch_id == batch_id:
+        # Refusals before judging: a step refused needs no verdict.
         if percent < 100:
-            canary_channel.refuse_narrowing(canary, percent)  # before judging: nothing to judge it for
-        verdict = judge(catalog, canary, health, actor=requested_by)
+            canary_channel.refuse_narrowing(canary, percent)
+        elif catalog.current_release_id() != canary.release_id:  # else a retry after the swap
+            facts = completion_checks(
+                catalog, rules, spark, canary, force=force, reason=reason, now=now or datetime.now(UTC)
+            )
+        if health is not None:
+            verdict = judge(catalog, canary, health, actor=requested_by)
     if percent < 100:
         return Exposure(canary_channel.widen(catalog, batch_id, percent, actor=requested_by), verdict)
-    canary, _ = canary_channel.complete(catalog, batch_id, actor=requested_by)
+    canary, _ = canary_channel.complete(catalog, batch_id, actor=requested_by, reason=reason, details=facts)
     return _completed(catalog, canary, verdict, run_id)
+
+
+def completion_checks(
+    catalog: ReleaseCatalog,
+    rules: ApprovalRules,
+    spark: SparkSession,
+    canary: Canary,
+    *,
+    force: bool,
+    reason: str | None,
+    now: datetime,
+) -> dict[str, object]:
+    """What a promotion checks, checked again before the canary's release becomes production: the batch's
+    approval judged now (expired, superseded or vetoed since?), the deployed code against the code that
+    staged the batch (other code only with `force` and a reason), and the staged files the release publishes
+    (sizes and checksums; rows with Spark only for partitions staged before checksums were kept). Returns
+    the facts the completion records; a refusal leaves the canary open and production unchanged."""
+    batch = catalog.get_batch(canary.batch_id)
+    try:
+        judge_approval(ApprovalStore(catalog.store), rules, batch, now)
+        code = code_versions(batch)
+        verify_code(batch, code, force=force, reason=reason)
+        verify_content(spark, catalog.store, batch)
+    except (BatchNotApprovedError, CodeVersionChangedError, StagedContentChangedError) as error:
+        raise type(error)(
+            f"{error} The canary of batch {canary.batch_id} stays open at {canary.percent:g}% of entities, "
+            "production is unchanged; to take the canary away: `backfills rollback --reason ...`"
+        ) from None
+    return {
+        "forced": any(versions.changed for versions in code.values()),
+        "code_versions": {table: versions.model_dump() for table, versions in sorted(code.items())},
+    }
 
 
 def _completed(

@@ -611,9 +611,11 @@ def _canary_status(settings: Settings) -> str:
 def cmd_expose(args: argparse.Namespace, settings: Settings) -> None:
     from backfills.assets.factory import BATCH_TAG
 
-    config: dict[str, object] = {"batch_id": args.batch, "to_percent": args.to}
+    config: dict[str, object] = {"batch_id": args.batch, "to_percent": args.to, "force": args.force}
     if args.as_user:
         config["requested_by"] = args.as_user
+    if args.reason:
+        config["reason"] = args.reason
     run_id = _run_job(settings, "expose_canary", "expose_op", config, {BATCH_TAG: args.batch})
     print(f"expose_canary run {run_id}: {_canary_status(settings)}")
 
@@ -644,7 +646,7 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
         )
     if canary is None and args.to is None:
         raise InvalidRequestError("no canary is open: name the release to roll production back to with --to")
-    config: dict[str, object] = {"reason": args.reason}
+    config: dict[str, object] = {"reason": args.reason, "force": args.force}
     if args.to is not None:
         config["to_release"] = args.to
     if args.tables:
@@ -860,6 +862,12 @@ def build_parser() -> argparse.ArgumentParser:
         "--to", required=True, type=_percent, metavar="PERCENT", help="the new share, up to 100"
     )
     expose.add_argument("--as", dest="as_user", metavar="USER", help="who widens it")
+    expose.add_argument("--reason", help="why (recorded on the completion step)")
+    expose.add_argument(
+        "--force",
+        action="store_true",
+        help="complete under other code than staged the batch (needs --reason; recorded)",
+    )
     expose.set_defaults(run=cmd_expose)
 
     canary = commands.add_parser("canary", help="the last canary: batch, release, share, every step and who")
@@ -878,6 +886,11 @@ def build_parser() -> argparse.ArgumentParser:
     rollback.add_argument("--tables", help="comma-separated tables to roll back (default: all)")
     rollback.add_argument("--as", dest="as_user", metavar="USER", help="who asks for the rollback")
     rollback.add_argument("--approved-by", help="comma-separated approvers, when rollback needs approval")
+    rollback.add_argument(
+        "--force",
+        action="store_true",
+        help="restore partitions whose files changed since staging (recorded with --reason)",
+    )
     rollback.set_defaults(run=cmd_rollback)
 
     audit = commands.add_parser("audit", help="history of a table or partition: batches, checks, decisions")

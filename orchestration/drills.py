@@ -1,34 +1,47 @@
 """Rollback drills: prove, without touching what readers read, that a rollback to a release would restore it.
 
-A drill points a shadow pointer (`catalog/DRILL`, which no reader follows) at the target release, checks
-that every partition the release serves is restorable (each file present with the size and checksum the
-batch recorded when it was staged, and the partition's content hash the same in the release and in its
-batch's manifest; with `deep`, the rows are hashed again with Spark), notes for each table whether the
-online store still keeps the version a rollback would switch back to (else a rollback reloads it), and
-measures how long all that took: the time to restore, since a rollback is that verification plus one swap
-of CURRENT. Then the shadow pointer is cleared and the drill is recorded in the audit trail
-(`rollback_drill`), passed or failed with every problem named.
+A drill runs a rollback, through the code a real rollback runs, on a shadow pointer: `catalog/DRILL` is set
+where CURRENT is, and the catalog's rollback (stage the rollback release, compare-and-swap the pointer) swaps
+it to a release that republishes the target. No reader follows that pointer. Its releases are kept under
+the drill's own prefix (`catalog/drills/releases`), rather than among production's with a mark: every reader
+of production's releases (the listing and its JSON, "previous", batch states, the audit) then stays as it
+is without having to know the mark; they are kept after the drill as its evidence (the record names it).
+
+Then the drill reads through the shadow pointer what readers would read after a rollback: every partition
+the shadow release serves, against the target release's entry and its batch manifest's record (files and
+content hash), each file's size and checksum against those recorded at staging (with `deep`, the rows
+hashed again with Spark). Where an online store is configured, each table's newest partition is loaded into
+a shadow online table (`drill--<table>`), read back against the offline rows, and removed: the rows a
+rollback would switch the online store back to can be served (the live tables are only looked at, to note
+whether a rollback would find the version kept or reload it). The time all that took is the time to
+restore (the online reload included: the worst case, a rollback whose online versions were pruned). The
+shadow pointer is then cleared and the drill recorded in the audit trail (`rollback_drill`), passed or
+failed with every problem named.
 """
 
 from __future__ import annotations
 
-import json
 import time
 import uuid
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from datetime import UTC, datetime
 
+from py4j.protocol import Py4JJavaError
+from pyspark.errors import PySparkException
 from pyspark.sql import SparkSession
 
-from backfills.errors import BackfillsError, ReleaseNotFoundError
-from backfills.orchestration.promotion import file_problems
-from backfills.resources.catalog import ReleaseCatalog
-from backfills.resources.catalog_models import BatchManifest, PartitionRecord, Release
+from backfills.errors import CurrentChangedError, InvalidRequestError, OnlineStoreError, ReleaseNotFoundError
+from backfills.orchestration.promotion import restore_check, row_problems
+from backfills.resources.catalog import Pointer, ReleaseCatalog
+from backfills.resources.catalog_models import PartitionRecord, Release
 from backfills.serving.online_store import OnlineStore
-from backfills.serving.online_sync import online_version
+from backfills.serving.online_sync import load_version, newest_served, online_version
+from backfills.serving.parity import DEFAULT_SAMPLE_SIZE
 
 DRILL_POINTER_KEY = "catalog/DRILL"
+DRILL_POINTER = Pointer(DRILL_POINTER_KEY, "catalog/drills/releases")
+SHADOW_TABLE_PREFIX = "drill--"  # the online table a drill restores `<table>` into
 DRILL_EVENT = "rollback_drill"
 MAX_PROBLEMS = 50  # named in the record; the count is always complete
 
@@ -46,6 +59,8 @@ class DrillResult:
     problem_count: int = 0
     online: dict[str, str] = field(default_factory=dict)  # table -> "kept" | "reload" | "not synced"
     actor: str | None = None
+    shadow_release_id: str | None = None  # the rollback release the shadow pointer was swapped to
+    online_restored: dict[str, int] = field(default_factory=dict)  # table -> keys read back equal
 
     @property
     def passed(self) -> bool:
@@ -77,12 +92,64 @@ def _target(catalog: ReleaseCatalog, current: Release, to: str) -> Release:
     return catalog.get_release(current.parent_id)
 
 
-def _content_problems(table: str, day: str, released_hash: str, record: PartitionRecord | None) -> list[str]:
-    if record is None:
-        return [f"{table} {day} (its batch's manifest no longer lists the partition)"]
-    if record.content_hash != released_hash:
-        return [f"{table} {day} (the release records another content hash than its batch's manifest)"]
-    return []
+def _differences(catalog: ReleaseCatalog, restored: Release, target: Release) -> list[str]:
+    """Partitions the shadow release serves otherwise than the target release records them."""
+    problems = []
+    for table in sorted(set(restored.served_tables()) | set(target.served_tables())):
+        now, then = catalog.served(restored, table), catalog.served(target, table)
+        problems.extend(
+            f"{table} {day} (the rollback would serve other content than release {target.release_id} records)"
+            for day in sorted(now.keys() | then.keys())
+            if now.get(day) != then.get(day)
+        )
+    return problems
+
+
+def _restore_online(
+    session: Callable[[], SparkSession],
+    catalog: ReleaseCatalog,
+    online: OnlineStore,
+    release: Release,
+    failed: frozenset[tuple[str, str]],
+) -> tuple[dict[str, str], dict[str, int], list[str]]:
+    """Per table: whether the live online table keeps the version a rollback switches back to, the keys
+    read back equal after loading that version into the table's shadow (removed again), and the problems."""
+    states: dict[str, str] = {}
+    restored: dict[str, int] = {}
+    problems: list[str] = []
+    for table in release.served_tables():
+        newest = newest_served(catalog, release, table)
+        if newest is None:
+            continue
+        day, entry = newest
+        version = online_version(day, entry.content_hash)
+        live = online.current(table)
+        states[table] = (
+            "not synced" if live is None else "kept" if online.has_version(table, version) else "reload"
+        )
+        if (table, day) in failed:
+            continue  # its files are named already: nothing to load
+        shadow = f"{SHADOW_TABLE_PREFIX}{table}"
+        try:
+            _, facts = load_version(
+                session,
+                catalog,
+                online,
+                release,
+                table,
+                day,
+                entry,
+                sample_size=DEFAULT_SAMPLE_SIZE,
+                readers_on=None,
+                into=shadow,
+            )
+            restored[table] = facts["keys_checked"]
+        except (OnlineStoreError, PySparkException, Py4JJavaError) as error:
+            first_line = (str(error).strip().splitlines() or [""])[0]
+            problems.append(f"online {table} {day} (cannot be restored: {first_line[:200]})")
+        finally:
+            online.discard(shadow, [version])
+    return states, restored, problems
 
 
 def run_drill(
@@ -90,60 +157,44 @@ def run_drill(
     *,
     to: str = "previous",
     online: OnlineStore | None = None,
+    session: Callable[[], SparkSession] | None = None,
     actor: str | None = None,
     deep_check: Callable[[str, dict[str, PartitionRecord]], list[str]] | None = None,
 ) -> DrillResult:
-    """Drill a rollback of production to `to` (a release ID or "previous") and record it. `deep_check`
-    (see `deep_rows`) also hashes every partition's rows again."""
+    """Drill a rollback of production to `to` (a release ID or "previous") and record it. With an `online`
+    store, `session` (Spark) loads each table's rows into its shadow. `deep_check` (see `deep_rows`) also
+    hashes every partition's rows again."""
     current = catalog.current_release()
     if current is None:
         raise ReleaseNotFoundError(f"nothing has been promoted under {catalog.store.root}: nothing to drill")
+    if online is not None and session is None:
+        raise InvalidRequestError("a drill restores the online store's rows with Spark: pass a session")
     target = _target(catalog, current, to)
     drill_id = f"{datetime.now(UTC):%Y%m%dT%H%M%SZ}-{uuid.uuid4().hex[:6]}"
     started_at = datetime.now(UTC).isoformat()
     started = time.monotonic()
-    pointer = {"drill_id": drill_id, "release_id": target.release_id, "at": started_at}
-    catalog.store.put(DRILL_POINTER_KEY, json.dumps(pointer).encode())
+    catalog.shadow(DRILL_POINTER)
     try:
-        problems: list[str] = []
-        partitions = files = 0
-        manifests: dict[str, BatchManifest | None] = {}
-        online_state: dict[str, str] = {}
-        for table in target.served_tables():
-            served = catalog.served(target, table)
-            records: dict[str, PartitionRecord] = {}
-            for day, entry in sorted(served.items()):
-                if entry.batch_id not in manifests:
-                    try:
-                        manifests[entry.batch_id] = catalog.get_batch(entry.batch_id)
-                    except BackfillsError:
-                        manifests[entry.batch_id] = None
-                manifest = manifests[entry.batch_id]
-                record = manifest.tables.get(table, {}).get(day) if manifest else None
-                partitions += 1
-                problems.extend(_content_problems(table, day, entry.content_hash, record))
-                if record is None:
-                    continue
-                records[day] = record
-                files += len(record.files)
-                if record.file_checks:
-                    problems.extend(file_problems(catalog.store, table, day, record))
-                else:  # staged before checksums were kept: presence only (deep_check hashes the rows)
-                    missing = [key for key in record.files if not catalog.store.exists(key)]
-                    problems.extend(f"{table} {day} ({key} is missing)" for key in missing)
-            if deep_check is not None and records:
+        shadow = catalog.rollback(
+            target.release_id, actor=actor, reason=f"rollback drill {drill_id}", pointer=DRILL_POINTER
+        )
+        restored = catalog.current_release(DRILL_POINTER)  # what readers of the shadow read
+        if restored != shadow:
+            raise CurrentChangedError(
+                f"another drill moved {DRILL_POINTER_KEY} during drill {drill_id}: run one drill at a time"
+            )
+        check = restore_check(catalog, restored)
+        problems = [*_differences(catalog, restored, target), *check.problems]
+        if deep_check is not None:
+            for table, records in sorted(check.records.items()):
                 problems.extend(deep_check(table, records))
-            if online is not None and served:
-                newest = max(served)
-                current_online = online.current(table)
-                wanted = online_version(newest, served[newest].content_hash)
-                online_state[table] = (
-                    "not synced"
-                    if current_online is None
-                    else "kept"
-                    if online.has_version(table, wanted)
-                    else "reload"
-                )
+        online_state: dict[str, str] = {}
+        online_restored: dict[str, int] = {}
+        if online is not None and session is not None:
+            online_state, online_restored, online_problems = _restore_online(
+                session, catalog, online, restored, check.failed
+            )
+            problems.extend(online_problems)
         seconds = time.monotonic() - started
     finally:
         catalog.store.delete(DRILL_POINTER_KEY)  # the shadow pointer back: no drill in progress
@@ -154,12 +205,14 @@ def run_drill(
         current_release_id=current.release_id,
         started_at=started_at,
         seconds_to_restore=round(seconds, 3),
-        partitions_checked=partitions,
-        files_checked=files,
+        partitions_checked=check.partitions,
+        files_checked=check.files,
         problems=unique[:MAX_PROBLEMS],
         problem_count=len(unique),
         online=online_state,
         actor=actor,
+        shadow_release_id=restored.release_id,
+        online_restored=online_restored,
     )
     catalog.append_event(DRILL_EVENT, release_id=target.release_id, actor=actor, details=result.as_dict())
     return result
@@ -169,8 +222,6 @@ def deep_rows(
     spark: SparkSession, catalog: ReleaseCatalog
 ) -> Callable[[str, dict[str, PartitionRecord]], list[str]]:
     """A `deep_check` that hashes each partition's rows again with Spark (as `promote --deep-verify`)."""
-    from backfills.orchestration.promotion import row_problems
-
     return lambda table, records: row_problems(spark, catalog.store, table, records)
 
 

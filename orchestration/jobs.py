@@ -86,6 +86,14 @@ class ExposeConfig(Config):
     batch_id: str = Field(description="The batch whose open canary to widen or complete.")
     to_percent: float = Field(description="The new share of entities (more than now); 100 completes it.")
     requested_by: str | None = Field(default=None, description="Who widens it.")
+    force: bool = Field(
+        default=False,
+        description=(
+            "Complete even though other code is deployed than staged the batch (then a reason is required). "
+            "Recorded on the completion."
+        ),
+    )
+    reason: str | None = Field(default=None, description="Why (recorded on the completion step).")
 
 
 class DrillConfig(Config):
@@ -109,6 +117,13 @@ class RollbackConfig(Config):
     requested_by: str | None = Field(default=None, description="Who asks for the rollback.")
     approved_by: list[str] = Field(
         default=[], description="Approvers, when BACKFILLS_ROLLBACK_REQUIRES_APPROVAL is set."
+    )
+    force: bool = Field(
+        default=False,
+        description=(
+            "Restore partitions whose files no longer match what their batches recorded at staging. "
+            "Recorded on the release and in the audit trail, with the reason."
+        ),
     )
 
 
@@ -276,10 +291,14 @@ def expose_op(
     try:
         exposure = expose(
             release_catalog,
+            approvals.rules(),
+            spark.session(),
             config.batch_id,
             config.to_percent,
             requested_by=config.requested_by,
             health=_judge_with(spark, release_catalog),
+            force=config.force,
+            reason=config.reason,
             run_id=context.run_id,
         )
     except CanaryUnhealthyError as error:
@@ -345,6 +364,7 @@ def rollback_op(
         tables=config.tables,
         approved_by=config.approved_by,
         rules=approvals.rules() if approvals.rollback_requires_approval else None,
+        force=config.force,
     )
     _record(context, release_catalog, change)
     release = change.release
@@ -415,6 +435,7 @@ def drill_op(
             release_catalog,
             to=config.to_release,
             online=store,
+            session=spark.session,
             actor=config.requested_by or context.run.tags.get("dagster/schedule_name"),
             deep_check=deep_rows(spark.session(), release_catalog) if config.deep else None,
         )

@@ -17,8 +17,10 @@ from backfills.assets.registry import feature_spec
 from backfills.errors import (
     ApprovalNotFoundError,
     BatchNotApprovedError,
+    BatchNotFoundError,
     CodeVersionChangedError,
     InvalidRequestError,
+    RestoredContentChangedError,
     StagedContentChangedError,
     StaleBatchError,
 )
@@ -86,6 +88,16 @@ def verify_approval(
             f"batch {batch.batch_id} is incomplete ({batch.completion_note or missing or 'still running'}); "
             "only a complete batch can be promoted"
         )
+    return judge_approval(approvals, rules, batch, now)
+
+
+def judge_approval(
+    approvals: ApprovalStore, rules: ApprovalRules, batch: BatchManifest, now: datetime
+) -> ApprovalRequest:
+    """The batch's approval request, judged again now under the current rules: approved for its content,
+    not expired, superseded or vetoed. `verify_approval` first checks that the batch may be published at
+    all; completing a canary judges only this (its batch was verified when the canary opened, sealed since).
+    """
     request = _approved_request(approvals, batch)
     # Everyone who wrote into the batch, as the request last resolved them: one it never resolved (written
     # in since) is refused as written and counts as unknown.
@@ -204,14 +216,83 @@ def verify_content(
     for table, records in by_rows.items():
         problems.extend(row_problems(spark, store, table, records))
     if problems:
-        problems = list(dict.fromkeys(problems))
         raise StagedContentChangedError(
             f"batch {batch.batch_id} cannot be promoted: staged files no longer match the content that was "
-            f"checked and approved: {'; '.join(problems[:5])}"
-            + (f" and {len(problems) - 5} more" if len(problems) > 5 else "")
-            + ". Nothing was published; recompute the batch and ask for approval again."
+            f"checked and approved: {_listed(problems)}. Nothing was published; recompute the batch and ask "
+            "for approval again."
         )
     return batch.partition_count()
+
+
+def _listed(problems: list[str], shown: int = 5) -> str:
+    """The first problems, and how many more (each named once)."""
+    unique = list(dict.fromkeys(problems))
+    more = f" and {len(unique) - shown} more" if len(unique) > shown else ""
+    return "; ".join(unique[:shown]) + more
+
+
+@dataclass(frozen=True)
+class RestoreCheck:
+    """What reading back the partitions a release serves found: how many partitions and files were checked,
+    the batch records they were checked against (table -> day), and one line per problem naming the table
+    and day (`failed` holds those partitions)."""
+
+    partitions: int
+    files: int
+    records: dict[str, dict[str, PartitionRecord]]
+    problems: list[str]
+    failed: frozenset[tuple[str, str]]
+
+
+def restore_check(
+    catalog: ReleaseCatalog, release: Release, days: dict[str, list[str]] | None = None
+) -> RestoreCheck:
+    """Check what readers of `release` would read, without reading rows: for every partition it serves (or
+    only those of `days`, table -> days), the entry agrees with its batch's manifest (same files, same
+    content hash), and each file has the size and checksum recorded at staging, as promotion checks a batch.
+    A partition staged before checksums were kept is checked for presence only (its rows need Spark)."""
+    manifests: dict[str, BatchManifest | None] = {}
+    records: dict[str, dict[str, PartitionRecord]] = {}
+    problems: dict[tuple[str, str], list[str]] = {}
+    partitions = files = 0
+    for table in sorted(release.served_tables() if days is None else days):
+        served = catalog.served(release, table, days=None if days is None else days[table])
+        for day, entry in sorted(served.items()):
+            partitions += 1
+            if entry.batch_id not in manifests:
+                try:
+                    manifests[entry.batch_id] = catalog.get_batch(entry.batch_id)
+                except BatchNotFoundError:
+                    manifests[entry.batch_id] = None
+            manifest = manifests[entry.batch_id]
+            record = manifest.partition(table, day) if manifest else None
+            found = problems.setdefault((table, day), [])
+            if record is None:
+                found.append(f"{table} {day} (its batch's manifest no longer lists the partition)")
+                continue
+            records.setdefault(table, {})[day] = record
+            files += len(record.files)
+            if record.content_hash != entry.content_hash:
+                found.append(
+                    f"{table} {day} (the release records another content hash than its batch's manifest)"
+                )
+            if (record.base, record.files) != (entry.base, entry.files):
+                found.append(f"{table} {day} (the release points at other files than its batch's manifest)")
+            if record.file_checks or not record.files:
+                found.extend(file_problems(catalog.store, table, day, record))
+            else:
+                found.extend(
+                    f"{table} {day} ({key} is missing)"
+                    for key in record.files
+                    if not catalog.store.exists(key)
+                )
+    return RestoreCheck(
+        partitions=partitions,
+        files=files,
+        records=records,
+        problems=[problem for found in problems.values() for problem in found],
+        failed=frozenset(partition for partition, found in problems.items() if found),
+    )
 
 
 def _facts(
@@ -340,11 +421,19 @@ def roll_back(
     approved_by: list[str] | None = None,
     rules: ApprovalRules | None = None,
     now: datetime | None = None,
+    force: bool = False,
 ) -> PublishedChange:
     """Republish an earlier release, whole or some tables, atomically.
 
     With `rules` (rollback needs approval), `approved_by` must satisfy them the way a batch approval does
     (allowlist, quorum, not the requester). Refused while a canary is open (roll the canary back first).
+
+    The partitions the rollback puts back are verified first, as promotion verifies a batch (`restore_check`:
+    every file's size and checksum, the content hash against the batch's manifest); a problem refuses the
+    rollback (RestoredContentChangedError, naming the partitions) unless `force`d, which the release records
+    (`forced`, with the rollback's reason) and an audit event names. The partitions it leaves as they are
+    are not read again: production serves them now and will after, whatever the rollback finds, so reading
+    them would make a rollback's cost grow with history rather than with what it changes (drills read all).
     """
     now = now or datetime.now(UTC)
     refuse_while_open(catalog, f"roll production back to {to}")
@@ -359,12 +448,37 @@ def roll_back(
                 f"{decision.summary}; nothing was changed"
             )
         approvers = [vote.user_id for vote in decision.approvals]
+    overridden: list[str] = []
+
+    def verified(release: Release) -> Release:
+        check = restore_check(catalog, release, release.changed)
+        if not check.problems:
+            return release
+        if not force:
+            raise RestoredContentChangedError(
+                f"rollback to {release.rolled_back_to} refused: files of the partitions it would restore no "
+                f"longer match what their batches recorded at staging: {_listed(check.problems)}. Nothing "
+                "was changed; roll back to another release, or restage those partitions, or roll back with "
+                "force (recorded with the reason) if restoring them as they are is what you mean"
+            )
+        overridden.extend(check.problems)
+        return release.model_copy(update={"forced": True})
+
     release = catalog.rollback(
         to,
         actor=requested_by,
         reason=reason + (f" (approved by {', '.join(approvers)})" if approvers else ""),
         tables=tables,
+        verify=verified,
     )
+    if overridden:
+        catalog.append_event(
+            "rollback_forced",
+            release_id=release.release_id,
+            actor=requested_by,
+            tables=release.changed,
+            details={"reason": release.reason, "problems": overridden},
+        )
     return PublishedChange(release, release.parent_id, release.changed)
 
 

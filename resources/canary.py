@@ -213,16 +213,24 @@ def widen(catalog: ReleaseCatalog, batch_id: str, percent: float, *, actor: str 
     return canary
 
 
-def complete(catalog: ReleaseCatalog, batch_id: str, *, actor: str | None) -> tuple[Canary, Release]:
+def complete(
+    catalog: ReleaseCatalog,
+    batch_id: str,
+    *,
+    actor: str | None,
+    reason: str | None = None,
+    details: dict[str, object] | None = None,
+) -> tuple[Canary, Release]:
     """Make the open canary's release production: compare-and-swap CURRENT from the canary's base (a retry
-    after a crash finds it current and finishes). CurrentChangedError if production moved meanwhile."""
+    after a crash finds it current and finishes). CurrentChangedError if production moved meanwhile. The
+    `reason` goes on the completion step, the `details` (what the caller checked) on its audit event."""
     canary = _last_open(catalog, batch_id, "complete")
     release = catalog.get_release(canary.release_id)
     if catalog.current_release_id() != release.release_id:
         _check_base(catalog, canary, f"complete the canary of batch {batch_id}")
         release = catalog.commit(release)
 
-    step = CanaryStep(action="completed", percent=100.0, at=_now(), actor=actor)
+    step = CanaryStep(action="completed", percent=100.0, at=_now(), actor=actor, reason=reason)
     canary = _advance(catalog, batch_id, "complete", step, {"status": "completed", "percent": 100.0})
     catalog.append_event(
         "canary_completed",
@@ -230,7 +238,11 @@ def complete(catalog: ReleaseCatalog, batch_id: str, *, actor: str | None) -> tu
         release_id=release.release_id,
         actor=actor,
         tables=release.changed,
-        details={"steps": [step.model_dump(mode="json") for step in canary.steps]},
+        details={
+            **(details or {}),
+            "reason": reason,
+            "steps": [step.model_dump(mode="json") for step in canary.steps],
+        },
     )
     return canary, release
 

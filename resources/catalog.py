@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Iterable, Sequence
+from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from typing import Any
 
@@ -52,6 +53,30 @@ CURRENT_KEY = "catalog/CURRENT"
 # IDs become object keys: no '/', no leading dot, nothing a shell or S3 console would mangle.
 _ID_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
 _EVENT_KIND_PATTERN = re.compile(r"[a-z][a-z0-9_]*")
+
+
+@dataclass(frozen=True)
+class Pointer:
+    """A pointer to a release, moved only by compare-and-swap, and where the releases staged for it are kept.
+
+    Production's is CURRENT (`PRODUCTION`): readers follow it, its moves are audited and batch states follow
+    them. A shadow pointer (a rollback drill's) is moved by the same code, but no reader follows it and its
+    releases are kept under its own prefix, so no release listing, "previous" or production lookup meets one.
+    """
+
+    key: str
+    releases_prefix: str
+
+    @property
+    def is_production(self) -> bool:
+        return self.key == CURRENT_KEY
+
+    @property
+    def name(self) -> str:
+        return self.key.rsplit("/", 1)[-1]
+
+
+PRODUCTION = Pointer(CURRENT_KEY, RELEASES_PREFIX)
 
 
 def _now() -> datetime:
@@ -380,20 +405,27 @@ class ReleaseCatalog:
 
     # Releases
 
-    def _release_key(self, release_id: str) -> str:
-        return f"{RELEASES_PREFIX}/{_check_id('release ID', release_id)}.json"
+    @staticmethod
+    def _release_key(release_id: str, prefix: str = RELEASES_PREFIX) -> str:
+        return f"{prefix}/{_check_id('release ID', release_id)}.json"
 
-    def get_release(self, release_id: str) -> Release:
-        """A stored release; ReleaseNotFoundError if there is none with that ID."""
+    def get_release(self, release_id: str, pointer: Pointer = PRODUCTION) -> Release:
+        """A stored release (of production, or staged for a shadow `pointer`, which may also point at a
+        production release); ReleaseNotFoundError if there is none with that ID."""
         if release_id in self._releases:
             return self._releases[release_id]
-        try:
-            body = self.store.get(self._release_key(release_id))
-        except ObjectNotFoundError:
+        body = None
+        for prefix in dict.fromkeys((pointer.releases_prefix, RELEASES_PREFIX)):
+            try:
+                body = self.store.get(self._release_key(release_id, prefix))
+                break
+            except ObjectNotFoundError:
+                continue
+        if body is None:
             raise ReleaseNotFoundError(
                 f"release {release_id} does not exist under {self.store.root}/{RELEASES_PREFIX}; "
                 "list them with `backfills releases` and use one of their IDs"
-            ) from None
+            )
         release = Release.model_validate_json(body)
         self._releases[release_id] = release
         return release
@@ -407,22 +439,39 @@ class ReleaseCatalog:
         ]
         return sorted(releases, key=lambda release: (release.created_at, release.release_id))
 
-    def _read_current(self) -> tuple[str | None, str | None]:
-        """The current release ID and the version token of CURRENT (both None before the first promotion)."""
+    def _read_current(self, pointer: Pointer = PRODUCTION) -> tuple[str | None, str | None]:
+        """The release ID the pointer names and its version token (both None before the first promotion)."""
         try:
-            body, version = self.store.get_versioned(CURRENT_KEY)
+            body, version = self.store.get_versioned(pointer.key)
         except ObjectNotFoundError:
             return None, None
         return CurrentPointer.model_validate_json(body).release_id, version
 
-    def current_release_id(self) -> str | None:
-        """The ID of the release production readers see, or None before the first promotion."""
-        return self._read_current()[0]
+    def current_release_id(self, pointer: Pointer = PRODUCTION) -> str | None:
+        """The ID of the release production readers (or those of a shadow `pointer`) see, or None before
+        the first promotion."""
+        return self._read_current(pointer)[0]
 
-    def current_release(self) -> Release | None:
-        """The release production readers see, or None before the first promotion."""
-        release_id = self.current_release_id()
-        return None if release_id is None else self.get_release(release_id)
+    def current_release(self, pointer: Pointer = PRODUCTION) -> Release | None:
+        """The release production readers (or those of a shadow `pointer`) see, or None before the first
+        promotion."""
+        release_id = self.current_release_id(pointer)
+        return None if release_id is None else self.get_release(release_id, pointer)
+
+    def shadow(self, pointer: Pointer) -> Release:
+        """Point a shadow pointer where CURRENT points now, and return that release: a rollback on the
+        shadow then swaps it from there as a rollback swaps CURRENT. CURRENT itself never moves this way."""
+        if pointer.is_production:
+            raise InvalidRequestError(
+                "CURRENT moves only by compare-and-swap (commit); shadow a pointer other than CURRENT"
+            )
+        current = self.current_release()
+        if current is None:
+            raise ReleaseNotFoundError(
+                f"nothing has been promoted under {self.store.root}: nothing to shadow"
+            )
+        self.store.put(pointer.key, dump(CurrentPointer(release_id=current.release_id, updated_at=_now())))
+        return current
 
     def release_history(self) -> list[Release]:
         """The chain of releases from CURRENT back through parent links, newest first."""
@@ -438,8 +487,10 @@ class ReleaseCatalog:
     def _new_release_id() -> str:
         return f"r-{_now().strftime('%Y%m%dT%H%M%SZ')}-{uuid.uuid4().hex[:6]}"
 
-    def _store_release(self, release: Release) -> Release:
-        self.store.put_if_absent(self._release_key(release.release_id), dump(release))
+    def _store_release(self, release: Release, pointer: Pointer = PRODUCTION) -> Release:
+        self.store.put_if_absent(
+            self._release_key(release.release_id, pointer.releases_prefix), dump(release)
+        )
         return release
 
     # What a release serves
@@ -492,21 +543,28 @@ class ReleaseCatalog:
         }
         return {table: key for table, key in converted.items() if key is not None}
 
-    def _release(self, indexes: dict[str, str], changed: dict[str, list[str]], **fields: Any) -> Release:
-        """A new release serving `indexes`, stored (not yet current)."""
-        return self._store_release(
-            Release(
-                release_id=self._new_release_id(),
-                created_at=_now(),
-                table_indexes=dict(sorted(indexes.items())),
-                partition_counts={
-                    table: sum(self.tree.index(key).partition_counts.values())
-                    for table, key in sorted(indexes.items())
-                },
-                changed={table: days for table, days in sorted(changed.items()) if days},
-                **fields,
-            )
+    def _release(
+        self,
+        indexes: dict[str, str],
+        changed: dict[str, list[str]],
+        *,
+        pointer: Pointer = PRODUCTION,
+        verify: Callable[[Release], Release] | None = None,
+        **fields: Any,
+    ) -> Release:
+        """A new release serving `indexes`, `verify`d, then stored for `pointer` (not yet current)."""
+        release = Release(
+            release_id=self._new_release_id(),
+            created_at=_now(),
+            table_indexes=dict(sorted(indexes.items())),
+            partition_counts={
+                table: sum(self.tree.index(key).partition_counts.values())
+                for table, key in sorted(indexes.items())
+            },
+            changed={table: days for table, days in sorted(changed.items()) if days},
+            **fields,
         )
+        return self._store_release(release if verify is None else verify(release), pointer)
 
     def stage_promotion(
         self,
@@ -579,11 +637,15 @@ class ReleaseCatalog:
         actor: str | None,
         reason: str,
         tables: Sequence[str] | None = None,
+        pointer: Pointer = PRODUCTION,
+        verify: Callable[[Release], Release] | None = None,
     ) -> Release:
         """Write (but do not publish) a release that republishes an earlier release, whole or some tables.
 
         `to` is a release ID or "previous" (the current release's parent). With `tables`, the other tables
-        stay as they are now; a listed table the target lacks is removed from production.
+        stay as they are now; a listed table the target lacks is removed from production. `verify` sees the
+        release before it is written: it raises to refuse it (nothing is written) or returns it with the
+        facts it records (`forced`). The release is kept where `pointer` keeps its releases.
         """
         if not reason or not reason.strip():
             raise InvalidRequestError("a rollback needs a reason (who asked and why); nothing was changed")
@@ -629,6 +691,8 @@ class ReleaseCatalog:
         return self._release(
             indexes,
             changed,
+            pointer=pointer,
+            verify=verify,
             parent_id=current.release_id,
             kind="rollback",
             rolled_back_to=target.release_id,
@@ -636,28 +700,31 @@ class ReleaseCatalog:
             reason=reason,
         )
 
-    def commit(self, release: Release) -> Release:
+    def commit(self, release: Release, pointer: Pointer = PRODUCTION) -> Release:
         """Publish a staged release: compare-and-swap CURRENT from its parent to it, then audit the change.
 
         CurrentChangedError if CURRENT is no longer the release's parent (another promotion or rollback
         was published since it was staged): nothing changes, and staging again builds on the new current.
+        A shadow `pointer` is swapped the same way, and nothing else happens: no reader follows it.
         """
-        release = self.get_release(release.release_id)
-        current_id, version = self._read_current()
+        release = self.get_release(release.release_id, pointer)
+        current_id, version = self._read_current(pointer)
         if current_id != release.parent_id:
-            raise CurrentChangedError(self._current_moved_message(release, current_id))
-        pointer = dump(CurrentPointer(release_id=release.release_id, updated_at=_now()))
+            raise CurrentChangedError(self._current_moved_message(release, current_id, pointer))
+        body = dump(CurrentPointer(release_id=release.release_id, updated_at=_now()))
         try:
             if version is None:
-                self.store.put_if_absent(CURRENT_KEY, pointer)
+                self.store.put_if_absent(pointer.key, body)
             else:
-                self.store.put_if_match(CURRENT_KEY, pointer, version)
+                self.store.put_if_match(pointer.key, body, version)
         except (ObjectExistsError, PreconditionFailedError):
             # Another commit swapped CURRENT between our read and our swap; a release ID is never current
             # twice, so CURRENT cannot have come back to the parent: name the winner.
             raise CurrentChangedError(
-                self._current_moved_message(release, self.current_release_id())
+                self._current_moved_message(release, self.current_release_id(pointer), pointer)
             ) from None
+        if not pointer.is_production:
+            return release
         followed = self._follow_rollback(release) if release.kind == "rollback" else {}
         self.append_event(
             "promoted" if release.kind == "promotion" else "rolled_back",
@@ -714,7 +781,9 @@ class ReleaseCatalog:
         )
 
     @staticmethod
-    def _current_moved_message(release: Release, current_id: str | None) -> str:
+    def _current_moved_message(
+        release: Release, current_id: str | None, pointer: Pointer = PRODUCTION
+    ) -> str:
         if current_id == release.release_id:
             return f"release {release.release_id} is already current; nothing was changed"
         what = (
@@ -724,9 +793,9 @@ class ReleaseCatalog:
         )
         action = "promotion" if release.kind == "promotion" else "rollback"
         return (
-            f"CURRENT moved from {release.parent_id or '(no release)'} to {current_id or '(no release)'} "
-            f"while publishing {what}; nothing was changed; run the {action} again to publish on top of "
-            f"{current_id or 'an empty production'}"
+            f"{pointer.name} moved from {release.parent_id or '(no release)'} to "
+            f"{current_id or '(no release)'} while publishing {what}; nothing was changed; run the {action} "
+            f"again to publish on top of {current_id or 'an empty production'}"
         )
 
     def promote(
@@ -750,9 +819,15 @@ class ReleaseCatalog:
         actor: str | None,
         reason: str,
         tables: Sequence[str] | None = None,
+        pointer: Pointer = PRODUCTION,
+        verify: Callable[[Release], Release] | None = None,
     ) -> Release:
-        """Republish an earlier release (whole, or some tables) atomically: stage_rollback + commit."""
-        return self.commit(self.stage_rollback(to, actor=actor, reason=reason, tables=tables))
+        """Republish an earlier release (whole, or some tables) atomically: stage_rollback (`verify` may
+        refuse the release first) + commit. A rollback drill runs the same on a shadow `pointer`."""
+        staged = self.stage_rollback(
+            to, actor=actor, reason=reason, tables=tables, pointer=pointer, verify=verify
+        )
+        return self.commit(staged, pointer)
 
     def release_partitions(
         self, table: str, start: str, end: str, release_id: str | None = None

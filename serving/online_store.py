@@ -203,6 +203,12 @@ class OnlineStore(ABC):
         older = [record.version for record in self.versions(table)[keep:] if record.version != routed]
         return self._delete(table, older) if older else []
 
+    def discard(self, table: str, versions: Sequence[str]) -> list[str]:
+        """Delete those completely written versions of `table` readers are not on (a drill's shadow table,
+        once checked); return those deleted."""
+        _check_name("table", table)
+        return self._delete(table, list(versions))
+
     # The canary channel
 
     def route_canary(self, table: str, version: str, *, percent: float, release_id: str) -> CanaryRoute:

@@ -172,9 +172,11 @@ def load_version(
     *,
     sample_size: int,
     readers_on: str | None,
+    into: str | None = None,
 ) -> tuple[OnlineVersion, dict[str, Any]]:
     """Write the partition's rows as the table's version of it (named by `online_version`) and read a sample
-    back against the offline rows; OnlineParityError (the version stays unused) when they differ."""
+    back against the offline rows; OnlineParityError (the version stays unused) when they differ. `into`
+    names another online table to write them to (a rollback drill's shadow), the table's by default."""
     spec = feature_spec(table)
     [key] = spec.entity_keys
     frame = read_partitions(
@@ -187,7 +189,7 @@ def load_version(
     rows = _Sampled((row.asDict() for row in frame.toLocalIterator()), key, entry.row_count, sample_size)
     version = online_version(day, entry.content_hash)
     written = online.write_version(
-        table,
+        into or table,
         version,
         rows,
         key_column=key,
@@ -195,7 +197,7 @@ def load_version(
         partition=day,
         content_hash=entry.content_hash,
     )
-    result = parity(online, table, version, rows.sample, sample_size, offline_rows=entry.row_count)
+    result = parity(online, into or table, version, rows.sample, sample_size, offline_rows=entry.row_count)
     if not result.passed:
         raise OnlineParityError(
             f"{result.summary()}; not switched: readers stay on version {readers_on or 'none (never synced)'}"

@@ -15,6 +15,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import random
+import re
 import shutil
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -27,21 +28,27 @@ from conftest import Lake, make_lake
 from dagster import AssetKey, DagsterInstance, build_sensor_context
 from pyspark.sql import functions as F
 from slack_api import FakeSlack
+from tampering import change_one_byte
 
+from backfills.assets import registry
 from backfills.assets.reader import FeatureReader
 from backfills.assets.registry import dependency_order, feature_spec
+from backfills.assets.transformations import customer_risk_profile
 from backfills.errors import (
     BatchNotApprovedError,
     CanaryConflictError,
     CanaryNotOpenError,
     CanaryUnhealthyError,
+    CodeVersionChangedError,
     CurrentChangedError,
     InvalidRequestError,
+    StagedContentChangedError,
 )
 from backfills.orchestration.approval_channels import LocalChannel
 from backfills.orchestration.approval_flow import ApprovalFlow
 from backfills.orchestration.approval_message import Links
 from backfills.orchestration.approval_policy import ApprovalRules
+from backfills.orchestration.audit import audit_trail
 from backfills.orchestration.canary import HEALTH_GUARD, expose, promote_to_canary
 from backfills.orchestration.canary_health import canary_health
 from backfills.orchestration.cli import main
@@ -217,7 +224,7 @@ def test_every_reader_gives_the_slice_the_canary_and_the_rest_production(
         }
 
         # Widening only adds entities, the same ones in every reader; narrowing is refused.
-        expose(lake.catalog, "bad", 50, requested_by="ops", health=None)
+        expose(lake.catalog, RULES, spark, "bad", 50, requested_by="ops", health=None)
         assert _by_key(reader.read(DAILY, FIRST_DAY, DAY_2, channel="canary")) == expected(50)
         assert {item.table: item.action for item in sync_canary(lambda: spark, lake.catalog, online)}[
             DAILY
@@ -226,7 +233,7 @@ def test_every_reader_gives_the_slice_the_canary_and_the_rest_production(
         assert all(wider[key] == online_rows[key] for key in customers if in_slice(key, 25))
         assert online.canary_route(DAILY).percent == 50
     with pytest.raises(InvalidRequestError, match="can only widen .* never narrow to 10%"):
-        expose(lake.catalog, "bad", 10, requested_by="ops", health=None)
+        expose(lake.catalog, RULES, spark, "bad", 10, requested_by="ops", health=None)
     assert canary_channel.open_canary(lake.catalog).percent == 50
 
 
@@ -236,7 +243,9 @@ def test_every_reader_gives_the_slice_the_canary_and_the_rest_production(
 def test_a_healthy_canary_widens_and_completes_into_production_in_one_switch(lake: Lake, spark) -> None:
     base = lake.catalog.current_release_id()
     canary = promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="alice-ops")
-    widened = expose(lake.catalog, "again", 40, requested_by="bob-ops", health=_health(spark, lake))
+    widened = expose(
+        lake.catalog, RULES, spark, "again", 40, requested_by="bob-ops", health=_health(spark, lake)
+    )
     assert widened.health.healthy and widened.published is None
     [model] = widened.health.models
     assert model.decline_rate_gap == 0 and model.score_mean_gap == 0  # the same rows as production
@@ -249,7 +258,9 @@ def test_a_healthy_canary_widens_and_completes_into_production_in_one_switch(lak
     )
     assert lake.catalog.current_release_id() == base
 
-    done = expose(lake.catalog, "again", 100, requested_by="carol-ops", health=_health(spark, lake))
+    done = expose(
+        lake.catalog, RULES, spark, "again", 100, requested_by="carol-ops", health=_health(spark, lake)
+    )
     current = lake.catalog.current_release()
     assert current.release_id == canary.release_id == done.published.release.release_id
     assert current.parent_id == base and current.approvers[0].user_id == BOB
@@ -302,7 +313,7 @@ def test_a_degraded_canary_slice_rolls_the_canary_back_by_itself(lake: Lake, spa
     production = _by_key(reader.read(PROFILE, DAY_1, DAY_2))
     promote_to_canary(lake.catalog, RULES, spark, "bad", 30, requested_by="ops")
     with pytest.raises(CanaryUnhealthyError, match="(?s)UNHEALTHY.*decline rate gap") as error:
-        expose(lake.catalog, "bad", 60, requested_by="ops", health=_health(spark, lake))
+        expose(lake.catalog, RULES, spark, "bad", 60, requested_by="ops", health=_health(spark, lake))
     assert "The canary was rolled back" in str(error.value)
     last = canary_channel.last_canary(lake.catalog)
     assert last.status == "rolled_back" and last.percent == 30  # never widened
@@ -329,6 +340,8 @@ def test_a_health_check_a_table_declares_rolls_a_canary_back_on_its_own(lake: La
     loose = _profile_judged_by(ColumnHealth("decline_rate_7d", max_mean_shift=100, max_null_rate_gap=1))
     widened = expose(
         lake.catalog,
+        RULES,
+        spark,
         "bad",
         40,
         requested_by="ops",
@@ -344,6 +357,8 @@ def test_a_health_check_a_table_declares_rolls_a_canary_back_on_its_own(lake: La
     ):
         expose(
             lake.catalog,
+            RULES,
+            spark,
             "bad",
             60,
             requested_by="ops",
@@ -363,25 +378,110 @@ def test_a_canary_is_refused_completion_when_production_moved_under_it(lake: Lak
     promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
     moved = lake.catalog.promote("bad", actor="someone-bypassing-the-jobs")
     with pytest.raises(CurrentChangedError, match="production moved .* since the canary of batch again"):
-        expose(lake.catalog, "again", 100, requested_by="ops", health=None)
+        expose(lake.catalog, RULES, spark, "again", 100, requested_by="ops", health=None)
     with pytest.raises(CurrentChangedError, match="production moved"):
-        expose(lake.catalog, "again", 50, requested_by="ops", health=None)
+        expose(lake.catalog, RULES, spark, "again", 50, requested_by="ops", health=None)
     assert lake.catalog.current_release_id() == moved.release_id
     assert canary_channel.open_canary(lake.catalog).percent == 10
 
 
+def profile_v2(inputs, dates):
+    """A new deployment of the profile's transformation (the same rows, another code version)."""
+    return customer_risk_profile(inputs, dates)
+
+
+def _refused_completion(lake: Lake, spark, error: type[Exception], match: str, rules=RULES) -> None:
+    """Completing the open canary of `again` is refused: production and the canary stay as they were."""
+    base, canary = lake.catalog.current_release_id(), canary_channel.open_canary(lake.catalog)
+    with pytest.raises(error, match=match) as refused:
+        expose(lake.catalog, rules, spark, "again", 100, requested_by="ops", health=None)
+    assert "The canary of batch again stays open at 10% of entities" in str(refused.value)
+    assert lake.catalog.current_release_id() == base
+    assert canary_channel.open_canary(lake.catalog) == canary
+    assert lake.catalog.get_batch("again").state == BatchState.CANARY
+
+
+def test_a_canary_is_not_completed_once_its_approval_no_longer_holds(lake: Lake, spark) -> None:
+    promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
+    carol_only = ApprovalRules(approvers=frozenset({"U0CAROL"}))  # the allowlist changed since
+    _refused_completion(
+        lake, spark, BatchNotApprovedError, "not approved under the current rules", carol_only
+    )
+    approvals = ApprovalStore(lake.store)
+    veto = VoteRecord(
+        user_id=BOB, display_name="bob", decision="reject", at=datetime.now(UTC), source="reply"
+    )
+    approvals.update(
+        "again",
+        approvals.latest("again").request_id,
+        lambda request: request.model_copy(update={"votes": [*request.votes, veto]}),
+    )
+    _refused_completion(lake, spark, BatchNotApprovedError, "rejected by bob")  # a rejection since: a veto
+
+
+def test_a_canary_is_not_completed_when_a_staged_file_changed_while_it_was_open(lake: Lake, spark) -> None:
+    promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
+    [key] = lake.catalog.get_batch("again").tables[PROFILE][DAY_2.isoformat()].files
+    change_one_byte(lake.root / key)  # the same size: only its checksum can tell
+    _refused_completion(
+        lake,
+        spark,
+        StagedContentChangedError,
+        re.escape(f"{PROFILE} {DAY_2} ({key} changed: its checksum is not the one recorded at staging)"),
+    )
+
+
+def test_a_canary_is_not_completed_under_code_deployed_since_unless_forced_with_a_reason(
+    lake: Lake, spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
+    staged = feature_spec(PROFILE)
+    deployed = dataclasses.replace(staged, transform=profile_v2)
+    assert deployed.code_version != staged.code_version
+    monkeypatch.setitem(registry.FEATURES_BY_NAME, PROFILE, deployed)  # a deployment while the canary is open
+    changed = f"{PROFILE} was staged by code version {staged.code_version} but {deployed.code_version}"
+    _refused_completion(lake, spark, CodeVersionChangedError, re.escape(changed))
+
+    monkeypatch.setenv("BACKFILLS_STORAGE_ROOT", str(lake.root))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
+    monkeypatch.setenv("BACKFILLS_APPROVERS", BOB)
+    monkeypatch.setenv("BACKFILLS_ONLINE_STORE", "none")
+    (tmp_path / "dagster_home").mkdir()
+    complete = ["expose", "again", "--to", "100", "--as", "carol-ops"]
+    assert main([*complete, "--force"]) == 2
+    assert "CodeVersionChangedError" in capsys.readouterr().err and canary_channel.open_canary(lake.catalog)
+    reason = "the new profile code only renames a helper; risk lead agreed"
+    assert main([*complete, "--force", "--reason", reason]) == 0
+    assert "completed: its release is production" in capsys.readouterr().out
+    last = canary_channel.last_canary(lake.catalog)
+    assert lake.catalog.current_release_id() == last.release_id
+    assert (last.steps[-1].action, last.steps[-1].actor, last.steps[-1].reason) == (
+        "completed",
+        "carol-ops",
+        reason,
+    )
+    [event] = [e for e in lake.catalog.events(batch_id="again") if e.kind == "canary_completed"]
+    assert event.details["forced"] is True and event.details["reason"] == reason
+    assert event.details["code_versions"][PROFILE] == {
+        "staged": [staged.code_version],
+        "deployed": deployed.code_version,
+    }
+    [entry] = [e for e in audit_trail(lake.catalog, PROFILE) if e.event == "canary_completed"]
+    assert entry.what.endswith(f"FORCED over other code deployed: {reason}")
+
+
 def test_canary_steps_that_make_no_sense_are_refused(lake: Lake, spark) -> None:
     with pytest.raises(CanaryNotOpenError, match="no canary was ever opened"):
-        expose(lake.catalog, "again", 50, requested_by="ops", health=None)
+        expose(lake.catalog, RULES, spark, "again", 50, requested_by="ops", health=None)
     with pytest.raises(InvalidRequestError, match="a canary at 100% is a promotion"):
         promote_to_canary(lake.catalog, RULES, spark, "again", 100, requested_by="ops")
     with pytest.raises(InvalidRequestError, match="more than 0 and at most 100"):
         promote_to_canary(lake.catalog, RULES, spark, "again", 150, requested_by="ops")
     promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
     with pytest.raises(CanaryConflictError, match="the open canary is of batch again, not bad"):
-        expose(lake.catalog, "bad", 50, requested_by="ops", health=None)
+        expose(lake.catalog, RULES, spark, "bad", 50, requested_by="ops", health=None)
     with pytest.raises(InvalidRequestError, match="never narrow to 10%"):
-        expose(lake.catalog, "again", 10, requested_by="ops", health=None)
+        expose(lake.catalog, RULES, spark, "again", 10, requested_by="ops", health=None)
     with pytest.raises(InvalidRequestError, match="either|one of them"):
         FeatureReader(spark, lake.store).read(PROFILE, DAY_1, DAY_2, release="r-x", channel="canary")
 

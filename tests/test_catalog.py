@@ -22,7 +22,7 @@ from backfills.errors import (
     PreconditionFailedError,
     ReleaseNotFoundError,
 )
-from backfills.resources.catalog import BATCHES_PREFIX, CURRENT_KEY, ReleaseCatalog
+from backfills.resources.catalog import BATCHES_PREFIX, CURRENT_KEY, PRODUCTION, Pointer, ReleaseCatalog
 from backfills.resources.catalog_models import (
     BatchManifest,
     CheckRecord,
@@ -652,6 +652,40 @@ def test_rollback_refusals_say_why_and_change_nothing(catalog: ReleaseCatalog) -
 
     assert catalog.current_release_id() == only.release_id
     assert len(catalog.list_releases()) == 1
+
+
+def test_a_rollback_on_a_shadow_pointer_moves_that_pointer_and_nothing_of_production(
+    catalog: ReleaseCatalog,
+) -> None:
+    """What a rollback drill runs: the catalog's rollback, swapping a pointer no reader follows."""
+    shadow = Pointer("catalog/SHADOW", "catalog/shadows")
+    stage(catalog, "b1", {DAILY: ["2025-01-01", "2025-01-02"]})
+    first = catalog.promote("b1", actor="ops")
+    stage(catalog, "b2", {DAILY: ["2025-01-02"], WEEKLY: ["2025-01-02"]}, attempt="a2")
+    second = catalog.promote("b2", actor="ops")
+    production = {key: catalog.store.get(key) for key in catalog.store.list("catalog")}
+
+    with pytest.raises(CurrentChangedError, match=f"SHADOW moved from {second.release_id} to .no release."):
+        catalog.rollback("previous", actor="drill", reason="a drill", pointer=shadow)  # it starts at CURRENT
+    assert catalog.shadow(shadow) == second
+    rollback = catalog.rollback("previous", actor="drill", reason="a drill", pointer=shadow)
+
+    assert catalog.current_release(shadow) == rollback and catalog.current_release() == second
+    assert (rollback.kind, rollback.parent_id, rollback.rolled_back_to) == (
+        "rollback",
+        second.release_id,
+        first.release_id,
+    )
+    assert catalog.snapshot(rollback) == catalog.snapshot(first)
+    assert catalog.store.exists(f"catalog/shadows/{rollback.release_id}.json")
+    after = {
+        key: catalog.store.get(key)
+        for key in catalog.store.list("catalog")
+        if not key.startswith("catalog/shadows/") and key != shadow.key
+    }
+    assert after == production  # CURRENT, releases, batch states and the audit trail, byte for byte
+    with pytest.raises(ValueError, match="CURRENT moves only by compare-and-swap"):
+        catalog.shadow(PRODUCTION)
 
 
 # Audit trail

@@ -1,6 +1,8 @@
-"""Rollback drills: a drill that passes leaves production as it was; one that finds a deleted or a modified
-file fails, names the partitions, is told in the approvals channel and recorded for auditors (the audit
-trail, an observation in Dagster, `backfills drills`)."""
+"""Rollback drills: a drill rolls a shadow pointer back to the target, reads through it what readers would
+read and restores the online rows into shadow tables; one that passes leaves production and the online store
+as they were; one that finds a file deleted or changed (even keeping its size), or a release and a manifest
+that disagree, fails, names the partitions, is told in the approvals channel and recorded for auditors (the
+audit trail, an observation in Dagster, `backfills drills`)."""
 
 from __future__ import annotations
 
@@ -8,17 +10,22 @@ import json
 import shutil
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import Lake, make_lake
 from dagster import AssetKey, DagsterInstance
 from slack_api import FakeSlack
+from tampering import change_one_byte
 from test_approvals import CHANNEL
 
+from backfills.assets.registry import dependency_order
 from backfills.orchestration.cli import main
 from backfills.orchestration.definitions import build_definitions
-from backfills.orchestration.drills import DRILL_POINTER_KEY, past_drills, run_drill
+from backfills.orchestration.drills import DRILL_POINTER, DRILL_POINTER_KEY, past_drills, run_drill
+from backfills.serving.online_store import open_online_store
+from backfills.serving.online_sync import sync_release
 
-DAILY = "customer_daily_txn"
+DAILY, WEEKLY = "customer_daily_txn", "customer_txn_7d"
 
 
 @pytest.fixture
@@ -37,18 +44,96 @@ def _jan_file(lake: Lake, day: str) -> Path:
     return lake.root / record.files[0]
 
 
-def test_a_drill_checks_every_partition_of_the_target_and_leaves_production_alone(lake: Lake):
-    before = lake.catalog.current_release_id()
-    jan = lake.catalog.get_release(lake.catalog.current_release().parent_id)
-    result = run_drill(lake.catalog, actor="auditor")
+def _production(lake: Lake) -> dict[str, bytes]:
+    """CURRENT, every production release, the release tree and every batch manifest (its state), as bytes."""
+    kept = ("catalog/audit/", "catalog/drills/")  # what a drill adds: its record and its shadow release
+    return {key: lake.store.get(key) for key in lake.store.list("catalog") if not key.startswith(kept)}
+
+
+def _online(online, keys: list[str]) -> dict[str, tuple]:
+    return {
+        spec.name: (online.current(spec.name), online.versions(spec.name), online.get(spec.name, keys))
+        for spec in dependency_order()
+    }
+
+
+def test_a_drill_rolls_a_shadow_pointer_back_and_leaves_production_and_the_online_store_alone(
+    lake: Lake, spark, tmp_path: Path
+):
+    current = lake.catalog.current_release()
+    jan = lake.catalog.get_release(current.parent_id)
+    keys = sorted(
+        set(pq.read_table(_jan_file(lake, "2025-01-04"), columns=["customer_id"])["customer_id"].to_pylist())
+    )
+    seen = []
+
+    def through_the_shadow(table: str, records: dict) -> list[str]:
+        seen.append(lake.catalog.current_release(DRILL_POINTER))  # while the drill reads
+        return []
+
+    with open_online_store(f"sqlite:///{tmp_path / 'online.db'}") as online:
+        sync_release(lambda: spark, lake.catalog, online)
+        production, online_before = _production(lake), _online(online, keys)
+        result = run_drill(
+            lake.catalog, online=online, session=lambda: spark, actor="auditor", deep_check=through_the_shadow
+        )
+        assert _online(online, keys) == online_before  # the live tables: same versions, same rows
+        assert all(online.versions(f"drill--{spec.name}") == [] for spec in dependency_order())
     assert result.passed and result.problems == [] and result.target_release_id == jan.release_id
+    assert _production(lake) == production and lake.catalog.current_release_id() == current.release_id
+    assert not lake.store.exists(DRILL_POINTER_KEY)  # the shadow pointer is back
+
+    # The shadow pointer pointed at a rollback release serving what the target serves, kept apart.
+    assert len(seen) == 4 and {release.release_id for release in seen} == {result.shadow_release_id}
+    shadow = seen[0]
+    assert (shadow.kind, shadow.parent_id, shadow.rolled_back_to) == (
+        "rollback",
+        current.release_id,
+        jan.release_id,
+    )
+    assert lake.catalog.snapshot(shadow) == lake.catalog.snapshot(jan)
+    assert shadow.release_id not in {release.release_id for release in lake.catalog.list_releases()}
+
     expected = sum(len(lake.catalog.served(jan, table)) for table in jan.served_tables())
     assert result.partitions_checked == expected == 16  # 4 tables x Jan 1..4
     assert result.files_checked >= expected and result.seconds_to_restore > 0
-    assert lake.catalog.current_release_id() == before  # readers never moved
-    assert not lake.store.exists(DRILL_POINTER_KEY)  # the shadow pointer is back
+    # Every table's newest partition was restored into its shadow and read back equal; a rollback would
+    # reload the daily table (production's newest day moved on) and switch the others back without reloading.
+    assert sorted(result.online_restored) == sorted(spec.name for spec in dependency_order())
+    assert all(count > 0 for count in result.online_restored.values())
+    assert result.online == {spec.name: "kept" for spec in dependency_order()} | {DAILY: "reload"}
     [recorded] = past_drills(lake.catalog)
     assert recorded["drill_id"] == result.drill_id and recorded["passed"] and recorded["actor"] == "auditor"
+    assert recorded["shadow_release_id"] == shadow.release_id
+
+
+def _plant(lake: Lake, damage: str) -> str:
+    """Damage what a rollback to `jan` would restore; the problem a drill must name."""
+    if damage == "content hash":
+
+        def recorded_otherwise(manifest):
+            manifest.tables[WEEKLY]["2025-01-02"].content_hash = "0" * 64
+            return manifest
+
+        lake.catalog.update_batch("jan", recorded_otherwise)
+        return f"{WEEKLY} 2025-01-02 (the release records another content hash than its batch's manifest)"
+    path = _jan_file(lake, "2025-01-02")
+    key = path.relative_to(lake.root).as_posix()
+    if damage == "one byte":
+        change_one_byte(path)
+        return f"{DAILY} 2025-01-02 ({key} changed: its checksum is not the one recorded at staging)"
+    path.unlink()
+    return f"{DAILY} 2025-01-02 ({key} is missing)"
+
+
+@pytest.mark.parametrize("damage", ["content hash", "one byte", "missing"])
+def test_a_drill_fails_naming_the_partition_a_rollback_would_not_restore_as_recorded(lake: Lake, damage: str):
+    before = lake.catalog.current_release_id()
+    expected = _plant(lake, damage)
+    result = run_drill(lake.catalog)
+    assert not result.passed and result.problems == [expected] and result.problem_count == 1
+    assert lake.catalog.current_release_id() == before
+    assert not past_drills(lake.catalog)[-1]["passed"]
 
 
 def test_a_drill_names_the_partitions_whose_files_were_deleted_or_modified(lake: Lake):

@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import Lake, make_lake
+from tampering import change_one_byte
 
 from backfills.errors import StagedContentChangedError
 from backfills.orchestration.approval_channels import LocalChannel
@@ -94,6 +95,18 @@ def test_a_file_rewritten_with_one_value_changed_refuses_promotion_without_readi
     message = _refused(lake, spark)
     assert _jobs(spark) == before
     assert f"{DAILY} 2025-01-02 ({key}" in message and ("checksum" in message or "bytes" in message)
+
+
+def test_a_file_with_one_byte_changed_in_place_refuses_promotion_by_its_checksum(lake: Lake, spark) -> None:
+    """The same size, the same footer: only the checksum can tell."""
+    key, path = _one_file(lake)
+    size = path.stat().st_size
+    change_one_byte(path)
+    assert path.stat().st_size == size
+    before = _jobs(spark)
+    message = _refused(lake, spark)
+    assert _jobs(spark) == before
+    assert f"{DAILY} 2025-01-02 ({key} changed: its checksum is not the one recorded at staging)" in message
 
 
 def test_a_truncated_or_deleted_file_refuses_promotion_naming_it(lake: Lake, spark) -> None:

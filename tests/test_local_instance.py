@@ -4,7 +4,7 @@ The end-to-end story (tests/test_end_to_end.py) runs on PostgreSQL, as a shared 
 keeps the instance that `make dev` creates covered (orchestration/dagster.yaml: SQLite under DAGSTER_HOME,
 the same run queue): both processes start on it, and a run launched through GraphQL goes through the
 daemon's run queue to a run worker. A rollback is the cheapest such run: no Spark, no backfill daemon tick,
-so its two releases are catalog records only (no feature files).
+so its two releases are catalog records only (placeholder feature files).
 """
 
 from __future__ import annotations
@@ -33,8 +33,9 @@ def test_a_rollback_launched_in_the_ui_runs_through_the_daemon_on_the_default_sq
     for batch in ("first", "second"):
         stage(lake.catalog, batch, {"customer_daily_txn": DAYS})
         releases.append(lake.catalog.promote(batch, actor="setup", reason="production before the test"))
+    lake.lay_paper_files("first")  # what the rollback restores must be there
 
-    # A catalog on paper (no files): the online store, which would load rows, is off.
+    # A catalog on paper (placeholder files): the online store, which would load rows, is off.
     with DagsterServices(
         tmp_path / "dagster_home", lake.root, env={"BACKFILLS_ONLINE_STORE": "none"}
     ) as services:

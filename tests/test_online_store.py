@@ -289,6 +289,18 @@ def test_prune_keeps_the_newest_versions_and_never_the_current_one(store: Online
         store.prune(TABLE, keep=0)
 
 
+def test_a_discarded_version_is_gone_but_the_one_readers_are_on_stays(store: OnlineStore) -> None:
+    """What a rollback drill does with its shadow table once it has read it back."""
+    write(store, "v1", customers(3, 1))
+    store.switch(TABLE, "v1", expected_current=None)
+    write(store, "v2", customers(3, 2))
+
+    assert store.discard(TABLE, ["v1", "v2"]) == ["v2"]
+
+    assert [kept.version for kept in store.versions(TABLE)] == ["v1"] and not store.has_version(TABLE, "v2")
+    assert store.get(TABLE, ["C000001"]) == {"C000001": read_back(customer(1, 1))}
+
+
 def test_the_canary_slice_reads_its_routed_version_and_the_rest_the_current_one(store: OnlineStore) -> None:
     for release in range(1, 5):
         write(store, f"v{release}", customers(200, release))

@@ -566,6 +566,7 @@ def _rollback_config(requested_by: str, approved_by: list[str]) -> dict:
 def two_releases(paper: Lake) -> tuple[str, str]:
     _paper_batch(paper.catalog, "jan")
     _paper_batch(paper.catalog, "fix", FIX)
+    paper.lay_paper_files("jan")  # what a rollback to it restores must be there
     first = paper.catalog.promote("jan", actor="ops").release_id
     return first, paper.catalog.promote("fix", actor="ops").release_id
 
