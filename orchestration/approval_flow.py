@@ -39,6 +39,7 @@ from backfills.resources.lifecycle import BatchState
 # A poster that crashed mid-post holds the lease this long; then the next caller looks for the message first.
 POSTING_LEASE = timedelta(minutes=2)
 OPEN_REQUEST_STATES = frozenset({"posting", "pending"})
+VETOED = "vetoed"  # the audit event and the request's notice of a rejection counted after approval
 
 
 @dataclass(frozen=True)
@@ -181,7 +182,7 @@ class ApprovalFlow:
         down, a bad manifest) is reported and the others still move."""
         report = FlowReport()
         for batch in self.catalog.list_batches():
-            if batch.state.settled:
+            if batch.state.settled and batch.state != BatchState.CANARY:
                 continue
             try:
                 due = self.process(batch.batch_id, completion, report)
@@ -198,6 +199,9 @@ class ApprovalFlow:
         """Move one batch as far as it can go now; a promotion to launch when it is approved."""
         report = report if report is not None else FlowReport()
         batch = self.catalog.get_batch(batch_id)
+        if batch.state == BatchState.CANARY:
+            self._watch_for_veto(batch, self.approvals.latest(batch_id))
+            return None
         if batch.state.settled:
             return None
         if batch.completed_at is None:
@@ -219,6 +223,9 @@ class ApprovalFlow:
             report.notes.append(f"batch {batch_id}: {batch.state}, waiting for its checks")
             return None
         request = self._current_request(batch)
+        if request.status == "approved" and self._watch_for_veto(batch, request):
+            report.notes.append(f"batch {batch_id}: approved, then vetoed: not promoted")
+            return None
         if request.status == "posting":
             request = self._post(batch, request)
         if request.status == "pending":
@@ -382,6 +389,47 @@ class ApprovalFlow:
 
             return self.approvals.update(batch.batch_id, request.request_id, note_votes)
         return self._close(batch, request, decision.outcome, decision.summary, judged, decision.decided_at)
+
+    def _watch_for_veto(self, batch: BatchManifest, request: ApprovalRequest) -> bool:
+        """Between approval and production (promotion not yet run, or a canary open), a counted rejection
+        still vetoes the batch: the votes read now go onto the request, so that promotion and canary
+        completion, which judge the recorded votes again, refuse it; the thread and the audit trail are told
+        once. Nothing else changes (an open canary keeps serving its slice until an operator rolls it back).
+        New votes that do not veto are recorded with why they did not count. Returns whether the batch is
+        vetoed."""
+        if request.status != "approved":
+            return False
+        now = self.now()
+        observed = merge_votes(request.votes, self.channel.read_votes(request, now).votes)
+        if {_vote_key(vote) for vote in observed} <= {_vote_key(vote) for vote in request.votes}:
+            return VETOED in request.notices  # nothing new since the last reading
+        facts = request_facts(batch, request.created_at, request.contributors)
+        decision = decide(facts, policy_votes(observed), self.rules, now)
+        veto = decision.outcome == "rejected"
+        first = veto and VETOED not in request.notices
+
+        def vetoed(current: ApprovalRequest) -> ApprovalRequest:
+            if current.status != "approved":
+                return current
+            notices = [*current.notices, VETOED] if first else current.notices
+            return current.model_copy(update={"votes": _judged(observed, decision), "notices": notices})
+
+        request = self.approvals.update(batch.batch_id, request.request_id, vetoed)
+        if first:
+            self.catalog.append_event(
+                VETOED,
+                batch_id=batch.batch_id,
+                actor=", ".join(vote.user_id for vote in decision.rejections),
+                tables=batch.partitions_by_table(),
+                details={"request_id": request.request_id, "summary": decision.summary},
+            )
+            after = (
+                "its open canary cannot complete; roll it back with `backfills rollback --reason ...`"
+                if batch.state == BatchState.CANARY
+                else "it will not be promoted"
+            )
+            self.channel.reply(request, f"Vetoed after approval: {decision.summary}; {after}.")
+        return veto
 
     def _identities(self, batch: BatchManifest) -> dict[str, str | None]:
         """The user ID of the channel that each requester tag of the batch stands for (None: no one)."""

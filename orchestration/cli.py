@@ -526,7 +526,9 @@ def cmd_vote(args: argparse.Namespace, settings: Settings) -> None:
     flow.process(args.batch, completion)  # opens the request if the batch is ready and has none yet
     approvals = ApprovalStore(flow.catalog.store)
     request = approvals.latest(args.batch)
-    if request.status != "pending":
+    # Until the batch is in production, a rejection still counts after approval: a veto.
+    veto = args.command == "reject" and request.status == "approved"
+    if request.status != "pending" and not veto:
         raise InvalidRequestError(
             f"batch {args.batch}'s approval request is {request.status}"
             + (f" ({request.decision_summary})" if request.decision_summary else "")
@@ -546,6 +548,15 @@ def cmd_vote(args: argparse.Namespace, settings: Settings) -> None:
     )
     flow.process(args.batch, completion)
     request = approvals.latest(args.batch)
+    if veto:
+        mine = [seen for seen in request.votes if (seen.user_id, seen.at) == (vote.user_id, vote.at)]
+        judged = mine[0] if mine else None
+        if judged is None:
+            outcome = f"the rejection came too late: the request is {request.status}"
+        else:
+            outcome = "vetoed" if judged.counted else f"still approved: {judged.ignored_because}"
+        print(f"batch {args.batch}: {outcome}")
+        return
     print(f"batch {args.batch}: {request.decision_summary}")
     if request.status == "approved":
         print(f"promote it with: backfills promote {args.batch}")

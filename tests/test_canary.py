@@ -407,15 +407,24 @@ def test_a_canary_is_not_completed_once_its_approval_no_longer_holds(lake: Lake,
     _refused_completion(
         lake, spark, BatchNotApprovedError, "not approved under the current rules", carol_only
     )
+    # Bob changes his mind while the canary is open: the approval sensor's next pass reads his rejection.
     approvals = ApprovalStore(lake.store)
-    veto = VoteRecord(
-        user_id=BOB, display_name="bob", decision="reject", at=datetime.now(UTC), source="reply"
-    )
+    veto = VoteRecord(user_id=BOB, display_name="bob", decision="reject", at=datetime.now(UTC), source="cli")
     approvals.update(
         "again",
         approvals.latest("again").request_id,
-        lambda request: request.model_copy(update={"votes": [*request.votes, veto]}),
+        lambda request: request.model_copy(update={"cli_votes": [*request.cli_votes, veto]}),
     )
+    told: list[str] = []
+    flow = ApprovalFlow(lake.catalog, LocalChannel(told.append), RULES, Links("http://dagster.test"))
+    for _ in range(2):  # told once, however many passes read it
+        flow.run(lambda manifest: None)
+    assert [line for line in told if "Vetoed after approval" in line] == [
+        "[local approvals] batch again: Vetoed after approval: rejected by bob; its open canary cannot "
+        "complete; roll it back with `backfills rollback --reason ...`."
+    ]
+    [event] = [e for e in lake.catalog.events(batch_id="again") if e.kind == "vetoed"]
+    assert event.actor == BOB
     _refused_completion(lake, spark, BatchNotApprovedError, "rejected by bob")  # a rejection since: a veto
 
 
