@@ -24,6 +24,7 @@ from backfills.orchestration.approval_message import (
     request_message,
 )
 from backfills.orchestration.approval_policy import ApprovalRules, PolicyDecision, RequestFacts, Vote, decide
+from backfills.orchestration.stale_downstream import stale_downstream
 from backfills.resources.approvals_store import ApprovalStore, request_id_for
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import ApprovalRequest, BatchManifest, NotAVote, Release, VoteRecord
@@ -297,7 +298,8 @@ class ApprovalFlow:
             return self.approvals.get(batch.batch_id, request.request_id)
         if request.status != "posting":
             return request
-        message = request_message(batch, request, self.rules.approvers, self.links)
+        stale = stale_downstream(self.catalog, batch, self.catalog.current_release())
+        message = request_message(batch, request, self.rules.approvers, self.links, stale)
         try:
             # An earlier attempt may have posted, then crashed or lost Slack's answer, before recording it.
             posted = self.channel.find_request(request) if request.post_attempts > 1 else None

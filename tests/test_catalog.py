@@ -667,13 +667,17 @@ def test_audit_trail_comes_back_in_time_order_with_the_right_kinds(catalog: Rele
         "approvers": [],
         "approved_at": None,
         "forced": False,
+        "overrides": [],
         "code_versions": {},
+        "left_stale": {},
+        "stale_replaced": {},
     }
     assert promoted.details == {
         "previous_release_id": None,
         "rolled_back_to": None,
         "reason": "initial load",
         **no_approval,
+        "served_code_versions": {DAILY: {"v1": 2}},
     }
     assert events[4].actor == "carol"
     assert events[4].tables == {WEEKLY: ["2025-01-02"]}
@@ -682,6 +686,7 @@ def test_audit_trail_comes_back_in_time_order_with_the_right_kinds(catalog: Rele
         "rolled_back_to": first.release_id,
         "reason": "7d looked wrong",
         **no_approval,
+        "served_code_versions": {WEEKLY: {}},  # production serves no 7d table any more
         "batches_rolled_back": [],  # b2 was published by the catalog alone, never moved to promoted
         "batches_promoted_again": [],
     }
