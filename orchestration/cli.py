@@ -301,7 +301,7 @@ def cmd_releases(args: argparse.Namespace, settings: Settings) -> None:
             status += f"  (forced: {', '.join(release.overrides)})" if release.overrides else "  (forced)"
         stale = sum(len({day for mark in marks for day in mark.days}) for marks in release.stale.values())
         if stale:
-            status += f"  ({stale} stale partitions)"
+            status += f"  ({stale} stale partition{'' if stale == 1 else 's'})"
         tables = ", ".join(f"{table}:{count}" for table, count in facts["partitions"].items())
         print(
             f"{marker} {release.release_id}  {release.kind:<9} parent={release.parent_id or '-'}  "

@@ -6,6 +6,7 @@ Every test runs on a local folder and on the S3 API (moto), except those that ne
 from __future__ import annotations
 
 import hashlib
+import json
 import threading
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta, timezone
@@ -630,6 +631,39 @@ def test_rollback_refusals_say_why_and_change_nothing(catalog: ReleaseCatalog) -
 
     assert catalog.current_release_id() == only.release_id
     assert len(catalog.list_releases()) == 1
+
+
+def test_every_release_records_the_code_versions_of_what_it_serves_per_table(catalog: ReleaseCatalog) -> None:
+    stage(catalog, "b1", {DAILY: ["2025-01-01", "2025-01-02", "2025-01-03"], WEEKLY: ["2025-01-03"]})
+    first = catalog.promote("b1", actor="ops")
+    fixed = [
+        record(DAILY, day, "b2", attempt="a2").model_copy(update={"code_version": "v2"})
+        for day in ("2025-01-02", "2025-01-03", "2025-01-04")
+    ]
+    catalog.record_partitions("b2", fixed, run_id="run-2")
+    second = catalog.promote("b2", actor="ops")
+    whole = catalog.rollback(first.release_id, actor="carol", reason="v2 is wrong")
+    catalog.promote("b2", actor="ops")
+    daily_only = catalog.rollback(first.release_id, actor="carol", reason="v2 daily is wrong", tables=[DAILY])
+
+    assert first.served_code_versions == {DAILY: {"v1": 3}, WEEKLY: {"v1": 1}}
+    assert second.served_code_versions == {DAILY: {"v1": 1, "v2": 3}, WEEKLY: {"v1": 1}}
+    assert whole.served_code_versions == first.served_code_versions
+    assert daily_only.served_code_versions == first.served_code_versions
+    promoted, rolled_back = (
+        [event for event in catalog.events() if event.kind == kind][0] for kind in ("promoted", "rolled_back")
+    )
+    assert promoted.details["served_code_versions"] == {DAILY: {"v1": 3}, WEEKLY: {"v1": 1}}
+    assert rolled_back.details["served_code_versions"] == {DAILY: {"v1": 3}}
+
+    # A release written before releases kept them still loads; its code versions are counted from its
+    # batches' manifests, and the next release records them.
+    stored = json.loads(catalog.store.get(f"catalog/releases/{second.release_id}.json"))
+    for field in ("served_code_versions", "stale", "left_stale", "overrides"):
+        del stored[field]
+    older = Release.model_validate_json(json.dumps(stored))
+    assert older.served_code_versions is None and older.stale == {} and older.overrides == []
+    assert catalog.served_code_versions(older) == second.served_code_versions
 
 
 # Audit trail

@@ -89,8 +89,8 @@ def lake(late_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     return make_lake(root)
 
 
-def test_a_one_day_daily_fix_without_its_downstream_is_named_in_its_request_and_refused(
-    lake: Lake, spark
+def test_the_request_of_a_daily_fix_without_its_downstream_names_the_partitions_it_leaves_stale(
+    lake: Lake,
 ) -> None:
     request = ApprovalStore(lake.store).latest("late")
     assert "Left stale: 9 production partitions of" in request.summary
@@ -101,6 +101,8 @@ def test_a_one_day_daily_fix_without_its_downstream_is_named_in_its_request_and_
     # The fix with its blast radius leaves nothing stale, and says nothing of it.
     assert "STALE" not in ApprovalStore(lake.store).latest("late-full").summary
 
+
+def test_a_daily_fix_without_its_downstream_is_refused_naming_the_stale_partitions(lake: Lake, spark) -> None:
     production = lake.catalog.current_release_id()
     with pytest.raises(StaleDownstreamError) as refused:
         promote(lake.catalog, RULES, spark, "late", requested_by="ops")
