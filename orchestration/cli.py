@@ -853,8 +853,8 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument(
         "--force",
         action="store_true",
-        help="publish over newer production data, or under other code than staged the batch (needs --reason; "
-        "recorded)",
+        help="publish over newer production data, under other code than staged the batch, or leaving "
+        "downstream partitions stale (the last two need --reason; recorded)",
     )
     promote.add_argument(
         "--deep-verify",

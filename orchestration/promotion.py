@@ -404,6 +404,7 @@ def production_facts(
                     "approver_ids": ", ".join(a.user_id for a in release.approvers),
                     "approved_at": release.approved_at.isoformat() if release.approved_at else None,
                     "forced": release.forced,
+                    "overrides": ", ".join(release.overrides) or None,
                 }
             else:
                 common["rolled_back_to"] = release.rolled_back_to
