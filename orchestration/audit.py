@@ -72,7 +72,7 @@ def _describe(event: AuditEvent) -> str:
             if code["staged"] != [code["deployed"]]
         ]
         overrides = f" (overrides: {', '.join(d['overrides'])})" if d.get("overrides") else ""
-        forced = f"; FORCED{overrides}: {d.get('reason')}" if d.get("forced") else ""
+        forced = f"; FORCED: {d.get('reason')}{overrides}" if d.get("forced") else ""
         code = f"; other code deployed: {'; '.join(changed)}" if changed else _approved_code(d)
         return (
             f"published (previous release {d.get('previous_release_id')}), requested by "

@@ -8,17 +8,18 @@ import os
 import re
 import subprocess
 import sys
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 
 import pytest
 from conftest import Lake
 from slack_api import ApiError, FakeSlack
 from test_catalog import DAILY, WEEKLY, stage
+from test_lifecycle import _checked
 
 from backfills.orchestration.cli import EXIT_NOT_NOTIFIED, _completion, _flow, main
 from backfills.resources import canary as canary_channel
-from backfills.resources.catalog_models import ApprovalFacts, CheckRecord, StaleDownstream
+from backfills.resources.catalog_models import ApprovalFacts, StaleDownstream
 from backfills.resources.settings import load_settings
 
 
@@ -199,18 +200,7 @@ def test_releases_as_json_carry_every_fact_the_text_listing_shows(operator: Lake
     catalog.promote("fix", actor="ops", reason="urgent", approval=forced)
     stage(catalog, "staged-only", {DAILY: ["2025-01-03"]}, attempt="a3")
     catalog.stage_promotion("staged-only", actor="ops")  # never made current
-    stage(catalog, "canary", {WEEKLY: ["2025-01-02"]}, attempt="a4")
-    passed = CheckRecord(
-        table=WEEKLY,
-        check="unique_keys",
-        partitions=["2025-01-02"],
-        verdict="passed",
-        blocking=True,
-        summary="passed",
-        run_id="run-1",
-        checked_at=datetime.now(UTC),
-    )
-    catalog.record_checks("canary", [passed], table=WEEKLY, partitions=["2025-01-02"], run_id="run-1")
+    _checked(catalog, "canary", {WEEKLY: ["2025-01-02"]})
     canary_channel.open_release(catalog, catalog.stage_promotion("canary", actor="ops"), 25, actor="ops")
 
     listed, rows = _text_and_json_listings(capsys)

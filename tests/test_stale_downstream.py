@@ -11,46 +11,26 @@ of Jan 2 turns out never to have happened (its landing file is corrected), and t
 from __future__ import annotations
 
 import shutil
-from datetime import UTC, date, datetime
+from datetime import date
 from pathlib import Path
 
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
 from conftest import Lake, make_lake
+from test_canary import RULES, _approve
 
 from backfills.assets.registry import DAILY, MONTHLY, PROFILE, WEEKLY
 from backfills.errors import StaleDownstreamError
-from backfills.orchestration.approval_channels import LocalChannel
-from backfills.orchestration.approval_flow import ApprovalFlow
-from backfills.orchestration.approval_message import Links
-from backfills.orchestration.approval_policy import ApprovalRules
 from backfills.orchestration.audit import production_now
 from backfills.orchestration.cli import main
 from backfills.orchestration.promotion import promote
 from backfills.resources.approvals_store import ApprovalStore
-from backfills.resources.catalog_models import VoteRecord
 
-ALICE, BOB = "U0ALICE", "U0BOB"
-RULES = ApprovalRules(approvers=frozenset({BOB}))
+ALICE = "U0ALICE"
 JAN_2, JAN_4 = date(2025, 1, 2), date(2025, 1, 4)
 STALE_DAYS = ["2025-01-02", "2025-01-03", "2025-01-04"]
 REASON = "the daily fix is urgent; the windows follow in late-full"
-
-
-def _approve(lake: Lake, batch_id: str) -> None:
-    """The approval request is posted (local channel), and Bob approves it with `backfills approve`."""
-    flow = ApprovalFlow(lake.catalog, LocalChannel(lambda _: None), RULES, Links("http://dagster.test"))
-    flow.process(batch_id, lambda manifest: None)
-    approvals = ApprovalStore(lake.store)
-    vote = VoteRecord(user_id=BOB, display_name="bob", decision="approve", at=datetime.now(UTC), source="cli")
-    approvals.update(
-        batch_id,
-        approvals.latest(batch_id).request_id,
-        lambda request: request.model_copy(update={"cli_votes": [*request.cli_votes, vote]}),
-    )
-    flow.process(batch_id, lambda manifest: None)
-    assert approvals.latest(batch_id).status == "approved"
 
 
 def _drop_a_transaction_of(lake: Lake, day: date) -> None:
@@ -141,7 +121,7 @@ def test_forced_stale_partitions_are_recorded_and_audited_until_a_batch_recomput
         capsys.readouterr().out
     )
     assert main(["audit", DAILY, "--date", "2025-01-02"]) == 0
-    assert "FORCED (overrides: stale_downstream)" in capsys.readouterr().out
+    assert f"FORCED: {REASON} (overrides: stale_downstream)" in capsys.readouterr().out
 
     # The fix with its blast radius recomputes them: promoted without force, nothing is stale any more.
     full = promote(lake.catalog, RULES, spark, "late-full", requested_by="ops").release
