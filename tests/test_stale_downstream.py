@@ -25,6 +25,7 @@ from backfills.errors import StaleDownstreamError
 from backfills.orchestration.audit import production_now
 from backfills.orchestration.cli import main
 from backfills.orchestration.promotion import promote
+from backfills.orchestration.stale_downstream import stale_downstream
 from backfills.resources.approvals_store import ApprovalStore
 
 ALICE = "U0ALICE"
@@ -78,8 +79,12 @@ def test_the_request_of_a_daily_fix_without_its_downstream_names_the_partitions_
         assert f"{table} 2025-01-02..2025-01-04 left STALE (3 production partitions computed from" in (
             request.summary
         )
-    # The fix with its blast radius leaves nothing stale, and says nothing of it.
+    # The fix with its blast radius leaves nothing stale, and says nothing of it; nor does the template's
+    # `fix`, which recomputes the daily rows of Jan 3..4 as production serves them (and Jan 5..6, which no
+    # production window reads).
     assert "STALE" not in ApprovalStore(lake.store).latest("late-full").summary
+    fix = lake.catalog.get_batch("fix")
+    assert stale_downstream(lake.catalog, fix, lake.catalog.current_release()) == {}
 
 
 def test_a_daily_fix_without_its_downstream_is_refused_naming_the_stale_partitions(lake: Lake, spark) -> None:
