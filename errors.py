@@ -117,6 +117,11 @@ class StaleBatchError(BackfillsError):
     """Promotion refused: production already serves newer batches for some of the batch's partitions."""
 
 
+class StaleDownstreamError(BackfillsError):
+    """Promotion refused: the batch changes upstream days that production's downstream partitions were
+    computed from, without recomputing them, so production would serve them stale."""
+
+
 class RunFailedError(BackfillsError):
     """A Dagster run the CLI launched (promotion, rollback) failed; the message gives its root cause."""
 

@@ -31,6 +31,7 @@ from backfills.orchestration.approval_policy import (
     required_approvals,
 )
 from backfills.orchestration.contributors import contributor_tags, request_facts
+from backfills.orchestration.stale_downstream import stale_downstream
 from backfills.resources.approvals_store import ApprovalStore, request_id_for
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import ApprovalRequest, BatchManifest, NotAVote, Release, VoteRecord
@@ -314,7 +315,8 @@ class ApprovalFlow:
             return self.approvals.get(batch.batch_id, request.request_id)
         if request.status != "posting":
             return request
-        message = request_message(batch, request, self.rules.approvers, self.links)
+        stale = stale_downstream(self.catalog, batch, self.catalog.current_release())
+        message = request_message(batch, request, self.rules.approvers, self.links, stale)
         try:
             # An earlier attempt may have posted, then crashed or lost Slack's answer, before recording it.
             posted = self.channel.find_request(request) if request.post_attempts > 1 else None

@@ -11,7 +11,7 @@ from backfills.checks.diff_check import DIFF_CHECK
 from backfills.checks.summary import batch_check_summary
 from backfills.orchestration.approval_policy import why_one_more
 from backfills.orchestration.contributors import request_facts
-from backfills.resources.catalog_models import ApprovalRequest, BatchManifest
+from backfills.resources.catalog_models import ApprovalRequest, BatchManifest, StaleDownstream
 from backfills.resources.slack import is_user_id
 from backfills.specs import day_ranges
 
@@ -95,6 +95,17 @@ def not_recomputed(batch: BatchManifest) -> list[str]:
     ]
 
 
+def left_stale(stale: dict[str, StaleDownstream]) -> list[str]:
+    """Production partitions of downstream tables the batch would leave stale, per table: their windows read
+    days the batch changes, and it does not recompute them."""
+    return [
+        f"{table} {day_ranges(entry.days)} left STALE ({len(entry.days)} production partitions computed from "
+        f"{', '.join(entry.upstream)} rows this batch replaces, not recomputed): promotion refuses this "
+        "unless forced with a reason; a backfill with --downstream recomputes them"
+        for table, entry in sorted(stale.items())
+    ]
+
+
 def model_impact(batch: BatchManifest) -> list[str]:
     """Per table and reference model: how many entity-days' decisions flip, each way, and the score PSI."""
     lines = []
@@ -137,21 +148,33 @@ def _who(user: str | None) -> str:
 
 
 def request_message(
-    batch: BatchManifest, request: ApprovalRequest, approvers: frozenset[str], links: Links
+    batch: BatchManifest,
+    request: ApprovalRequest,
+    approvers: frozenset[str],
+    links: Links,
+    stale: dict[str, StaleDownstream] | None = None,
 ) -> ChannelMessage:
-    """The approval request of a complete, checked batch."""
+    """The approval request of a complete, checked batch; `stale`: the production partitions of downstream
+    tables it would leave stale (orchestration/stale_downstream.py)."""
     requester = _who(batch.requester)
+    stale = stale or {}
+    stale_count = sum(len(entry.days) for entry in stale.values())
     facts = [
         f"*Requester:* {requester}",
         f"*Tables:* {', '.join(sorted(batch.tables))}",
         f"*Partitions:* {_span(batch)}",
         f"*Rows:* {sum(r.row_count for p in batch.tables.values() for r in p.values()):,}",
         f"*Blast radius:* {blast_radius(batch)}",
+        *(
+            [f"*Left stale:* {stale_count} production partitions of {', '.join(sorted(stale))}"]
+            if stale
+            else []
+        ),
         f"*Content:* `{request.fingerprint[:16]}`",
         "*Code:* "
         + ", ".join(f"{table} `{', '.join(versions)}`" for table, versions in batch.code_versions().items()),
     ]
-    changes = _changes(batch) + not_recomputed(batch)
+    changes = _changes(batch) + not_recomputed(batch) + left_stale(stale)
     impact = model_impact(batch)
     checks = _checks(batch)
     unknown = why_one_more(request_facts(batch, request.created_at, request.contributors))

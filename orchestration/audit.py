@@ -71,18 +71,29 @@ def _describe(event: AuditEvent) -> str:
             for table, code in (d.get("code_versions") or {}).items()
             if code["staged"] != [code["deployed"]]
         ]
-        forced = f"; FORCED: {d.get('reason')}" if d.get("forced") else ""
-        code = f"; other code deployed: {'; '.join(changed)}" if changed else ""
+        overrides = f" (overrides: {', '.join(d['overrides'])})" if d.get("overrides") else ""
+        forced = f"; FORCED: {d.get('reason')}{overrides}" if d.get("forced") else ""
+        code = f"; other code deployed: {'; '.join(changed)}" if changed else _approved_code(d)
         return (
             f"published (previous release {d.get('previous_release_id')}), requested by "
             f"{d.get('requester') or 'unknown'}, approved by {approvers} at {d.get('approved_at')}"
             + forced
             + code
+            + _stale_changes(d)
         )
     if kind == "rolled_back":
         return (
             f"rolled back to release {d.get('rolled_back_to')} (previous {d.get('previous_release_id')}): "
-            f"{d.get('reason')}" + ("; FORCED over files changed since staging" if d.get("forced") else "")
+            f"{d.get('reason')}"
+            + ("; FORCED over files changed since staging" if d.get("forced") else "")
+            + _served_code(d)
+            + _stale_changes(d)
+        )
+    if kind == "downstream_stale":
+        upstream = sorted({table for tables in d.get("upstream", {}).values() for table in tables})
+        return (
+            f"left STALE by this release: computed from {', '.join(upstream)} rows production no longer "
+            f"serves (forced: {d.get('reason')}); stale until a batch recomputes it"
         )
     if kind == "rollback_forced":
         problems = d.get("problems") or []
@@ -95,6 +106,39 @@ def _describe(event: AuditEvent) -> str:
     if kind.endswith("_notice"):
         return str(d.get("message", "")).splitlines()[0]
     return json.dumps(d, sort_keys=True, default=str)
+
+
+def _approved_code(d: dict[str, Any]) -> str:
+    """'; code as approved: customer_daily_txn 1a2b…' when the deployed code is the approved code."""
+    code = d.get("code_versions") or {}
+    if not code:
+        return ""
+    return "; code as approved: " + ", ".join(f"{table} {c['deployed']}" for table, c in sorted(code.items()))
+
+
+def _served_code(d: dict[str, Any]) -> str:
+    """'; serves code: customer_daily_txn 1a2b… (4 partitions)' for the tables a rollback changed."""
+    served = [
+        f"{table} " + ", ".join(f"{version} ({count} partitions)" for version, count in versions.items())
+        for table, versions in sorted((d.get("served_code_versions") or {}).items())
+        if versions
+    ]
+    return f"; serves code: {'; '.join(served)}" if served else ""
+
+
+def _stale_changes(d: dict[str, Any]) -> str:
+    left = d.get("left_stale") or {}
+    replaced = d.get("stale_replaced") or {}
+    text = ""
+    if left:
+        text += "; left STALE: " + ", ".join(
+            f"{table} {_ranges(entry['days'])}" for table, entry in sorted(left.items())
+        )
+    if replaced:
+        text += "; no longer stale: " + ", ".join(
+            f"{table} {_ranges(days)}" for table, days in sorted(replaced.items())
+        )
+    return text
 
 
 def _canary_step(kind: str, d: dict[str, Any]) -> str:
@@ -139,14 +183,35 @@ def audit_trail(catalog: ReleaseCatalog, table: str, day: str | None = None) -> 
 
 
 def production_now(catalog: ReleaseCatalog, table: str, day: str) -> str:
-    """Which batch production serves for one partition, and since which release."""
+    """Which batch production serves for one partition, since which release, and whether it is stale."""
     release = catalog.current_release()
     served = catalog.served(release, table, days=[day]).get(day) if release else None
     if release is None or served is None:
         return f"production serves no {table} for {day}"
-    return (
+    line = (
         f"production serves {table} {day} from batch {served.batch_id} in release {release.release_id} "
         f"({served.row_count} rows, content {served.content_hash[:16]})"
+    )
+    for mark in release.stale_marks(table, day):
+        line += (
+            f"; STALE since release {mark.since} (batch {catalog.get_release(mark.since).batch_id}): "
+            f"computed from {', '.join(mark.upstream)} rows production no longer serves, until a batch "
+            "recomputes it (backfill with --downstream)"
+        )
+    return line
+
+
+def stale_now(catalog: ReleaseCatalog, table: str) -> str | None:
+    """The table's stale partitions in production, with the release that left them stale; None if none."""
+    release = catalog.current_release()
+    marks = release.stale.get(table, []) if release else []
+    if not marks:
+        return None
+    count = len({day for mark in marks for day in mark.days})
+    return f"production serves {count} STALE partitions of {table}: " + "; ".join(
+        f"{_ranges(mark.days)} since release {mark.since} (computed from {', '.join(mark.upstream)} rows "
+        "production no longer serves)"
+        for mark in marks
     )
 
 

@@ -265,28 +265,44 @@ def cmd_releases(args: argparse.Namespace, settings: Settings) -> None:
     catalog = _catalog(settings)
     current = catalog.current_release_id()
     releases = catalog.list_releases()
+    published = {release.release_id for release in catalog.release_history()}
+    canary = last_canary(catalog)
+    # What the listing says of each release beyond its record, in both formats: tools read the JSON.
+    listed = {
+        release.release_id: {
+            "current": release.release_id == current,
+            "made_current": release.release_id in published,
+            "canary": (
+                {"status": canary.status, "percent": canary.percent}
+                if canary is not None and canary.release_id == release.release_id
+                else None
+            ),
+            "partitions": release.table_partition_counts(),
+        }
+        for release in releases
+    }
     if args.format == "json":
-        rows = [
-            release.model_dump(mode="json") | {"current": release.release_id == current}
-            for release in releases
-        ]
+        rows = [release.model_dump(mode="json") | listed[release.release_id] for release in releases]
         print(json.dumps(rows, indent=2))
         return
     if not releases:
         print("no releases yet: nothing has been promoted to production")
-    published = {release.release_id for release in catalog.release_history()}
-    canary = last_canary(catalog)
     for release in releases:
-        marker = "*" if release.release_id == current else " "
-        status = "" if release.release_id in published else "  (never made current)"
-        if canary is not None and canary.release_id == release.release_id and canary.status != "completed":
+        facts = listed[release.release_id]
+        marker = "*" if facts["current"] else " "
+        status = "" if facts["made_current"] else "  (never made current)"
+        if canary is not None and facts["canary"] is not None and canary.status != "completed":
             status = (
                 f"  (canary: {canary.percent:g}% of entities)"
                 if canary.is_open
                 else "  (canary, rolled back)"
             )
-        counts = release.partition_counts or {t: len(p) for t, p in release.snapshot_tables.items()}
-        tables = ", ".join(f"{table}:{count}" for table, count in sorted(counts.items()))
+        if release.forced:
+            status += f"  (forced: {', '.join(release.overrides)})" if release.overrides else "  (forced)"
+        stale = sum(len({day for mark in marks for day in mark.days}) for marks in release.stale.values())
+        if stale:
+            status += f"  ({stale} stale partition{'' if stale == 1 else 's'})"
+        tables = ", ".join(f"{table}:{count}" for table, count in facts["partitions"].items())
         print(
             f"{marker} {release.release_id}  {release.kind:<9} parent={release.parent_id or '-'}  "
             f"batch={release.batch_id or '-'}  {release.created_at:%Y-%m-%d %H:%M:%S}Z  [{tables}]{status}"
@@ -679,7 +695,7 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
     from backfills.assets.registry import feature_spec
-    from backfills.orchestration.audit import audit_trail, production_now, render
+    from backfills.orchestration.audit import audit_trail, production_now, render, stale_now
 
     feature_spec(args.table)
     catalog = _catalog(settings)
@@ -687,6 +703,8 @@ def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
     entries = audit_trail(catalog, args.table, day)
     if args.format == "text" and day:
         print(production_now(catalog, args.table, day))
+    elif args.format == "text" and (stale := stale_now(catalog, args.table)):
+        print(stale)
     print(render(entries, args.format))
 
 
@@ -848,8 +866,8 @@ def build_parser() -> argparse.ArgumentParser:
     promote.add_argument(
         "--force",
         action="store_true",
-        help="publish over newer production data, or under other code than staged the batch (needs --reason; "
-        "recorded)",
+        help="publish over newer production data, under other code than staged the batch, or leaving "
+        "downstream partitions stale (the last two need --reason; recorded)",
     )
     promote.add_argument(
         "--deep-verify",

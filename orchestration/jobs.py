@@ -63,7 +63,8 @@ class PromoteConfig(Config):
         default=False,
         description=(
             "Publish even if production serves newer batches for some partitions, or other code is deployed "
-            "than staged the batch (then a reason is required). Recorded on the release."
+            "than staged the batch, or production's downstream partitions would be left stale (these two "
+            "need a reason). Recorded on the release, with the refusals it overrode."
         ),
     )
     reason: str | None = Field(default=None, description="Why (recorded on the release).")

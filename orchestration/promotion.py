@@ -27,6 +27,7 @@ from backfills.errors import (
 from backfills.orchestration.approval_flow import newer_batch_serving, policy_votes
 from backfills.orchestration.approval_policy import ApprovalRules, RequestFacts, Vote, decide
 from backfills.orchestration.contributors import request_facts
+from backfills.orchestration.stale_downstream import stale_downstream, verify_downstream
 from backfills.resources.approvals_store import ApprovalStore
 from backfills.resources.canary import refuse_while_open
 from backfills.resources.catalog import ReleaseCatalog
@@ -34,6 +35,7 @@ from backfills.resources.catalog_models import (
     ApprovalFacts,
     ApprovalRequest,
     BatchManifest,
+    Override,
     PartitionRecord,
     Release,
     TableCode,
@@ -322,26 +324,38 @@ def verified_publication(
     deep_verify: bool,
 ) -> tuple[ApprovalRequest, ApprovalFacts]:
     """What must hold before a batch is published, to production or to a canary: its approval under the
-    current rules, the code that staged it, its staged content, and no newer batch in production (unless
-    forced). Returns the approval request and the facts the release records."""
+    current rules, the code that staged it, no downstream partition of production left stale, its staged
+    content, and no newer batch in production (unless forced). Returns the approval request and the facts
+    the release records, with the refusals a force overrode."""
     request = verify_approval(approvals, rules, batch, now)
     code = code_versions(batch)
     verify_code(batch, code, force=force, reason=reason)
+    current = catalog.current_release()
+    stale = stale_downstream(catalog, batch, current)
+    verify_downstream(batch, stale, force=force, reason=reason)
     verify_content(spark, catalog.store, batch, deep=deep_verify)
-    newer = newer_batch_serving(catalog, batch, catalog.current_release())
+    newer = newer_batch_serving(catalog, batch, current)
     if newer is not None and not force:
         raise StaleBatchError(
             f"batch {batch.batch_id} is older than batch {newer}, which production already serves for some "
             "of the same partitions; promoting it would put older data back. Nothing was published; promote "
             "with force (recorded on the release) only if that is what you mean"
         )
+    overridden: dict[Override, bool] = {
+        "stale_batch": newer is not None,
+        "code_version": any(versions.changed for versions in code.values()),
+        "stale_downstream": bool(stale),
+    }
+    overrides = [name for name, used in overridden.items() if used]
     approval = ApprovalFacts(
         requester=batch.requester,
         approvers=request.approvers,
         approved_at=request.decided_at,
         request_id=request.request_id,
-        forced=newer is not None or any(versions.changed for versions in code.values()),
+        forced=bool(overrides),
         code_versions=code,
+        overrides=overrides,
+        left_stale=stale,
     )
     return request, approval
 
@@ -507,6 +521,7 @@ def production_facts(
                     "approver_ids": ", ".join(a.user_id for a in release.approvers),
                     "approved_at": release.approved_at.isoformat() if release.approved_at else None,
                     "forced": release.forced,
+                    "overrides": ", ".join(release.overrides) or None,
                 }
             else:
                 common["rolled_back_to"] = release.rolled_back_to

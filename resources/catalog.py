@@ -37,6 +37,14 @@ from backfills.resources.catalog_models import (
 )
 from backfills.resources.lifecycle import BatchState, check_transition
 from backfills.resources.release_tree import ReleaseTree
+from backfills.resources.served_facts import (
+    CodeCounts,
+    StagedCode,
+    counts_after,
+    stale_cleared,
+    still_stale,
+    with_left_stale,
+)
 from backfills.resources.storage import ObjectStore
 
 # The first fields of a manifest as `dump` writes them (BatchManifest's field order); `batch_state` reads the
@@ -543,6 +551,26 @@ class ReleaseCatalog:
         }
         return {table: key for table, key in converted.items() if key is not None}
 
+    def served_code_versions(self, release: Release | None) -> CodeCounts:
+        """Table -> code version -> how many of the release's partitions that code staged. Releases record
+        it; for one written before they did, it is counted from every partition it serves and their batch
+        manifests (all its history, once: the next release records it)."""
+        if release is None:
+            return {}
+        if release.served_code_versions is not None:
+            return release.served_code_versions
+        code = self._staged_code()
+        return {table: code.counts(table, self.served(release, table)) for table in release.served_tables()}
+
+    def _staged_code(self) -> StagedCode:
+        def manifest_of(batch_id: str) -> BatchManifest | None:
+            try:
+                return self.get_batch(batch_id)
+            except BatchNotFoundError:
+                return None
+
+        return StagedCode(manifest_of)
+
     def _release(
         self,
         indexes: dict[str, str],
@@ -550,11 +578,12 @@ class ReleaseCatalog:
         *,
         pointer: Pointer = PRODUCTION,
         verify: Callable[[Release], Release] | None = None,
+        release_id: str | None = None,
         **fields: Any,
     ) -> Release:
         """A new release serving `indexes`, `verify`d, then stored for `pointer` (not yet current)."""
         release = Release(
-            release_id=self._new_release_id(),
+            release_id=release_id or self._new_release_id(),
             created_at=_now(),
             table_indexes=dict(sorted(indexes.items())),
             partition_counts={
@@ -593,22 +622,40 @@ class ReleaseCatalog:
         current = self.current_release()
         indexes = self._indexes(current)
         changed: dict[str, list[str]] = {}
+        code = self._staged_code()
+        served_code = dict(self.served_code_versions(current))
         for table in selected:
             entries = {day: _released(record) for day, record in manifest.tables[table].items()}
             before = self.tree.read_days(indexes.get(table), entries)
             changed[table] = sorted(day for day, entry in entries.items() if before.get(day) != entry)
+            served_code[table] = counts_after(
+                served_code.get(table, {}),
+                (
+                    (
+                        code.version(table, day, before[day]) if day in before else None,
+                        manifest.tables[table][day].code_version,
+                    )
+                    for day in changed[table]
+                ),
+            )
             written = self.tree.write_table(indexes.get(table), entries)
             if written is not None:
                 indexes[table] = written
+        facts = approval or ApprovalFacts()
+        release_id = self._new_release_id()
+        stale = still_stale(current.stale if current else {}, changed)
         return self._release(
             indexes,
             changed,
+            release_id=release_id,
             parent_id=None if current is None else current.release_id,
             kind="promotion",
             batch_id=batch_id,
             actor=actor,
             reason=reason,
-            **(approval.model_dump() if approval else {}),
+            served_code_versions=served_code,
+            stale=with_left_stale(stale, facts.left_stale, release_id),
+            **facts.model_dump(),
         )
 
     @staticmethod
@@ -672,6 +719,7 @@ class ReleaseCatalog:
         now, then = self._indexes(current), self._indexes(target)
         if tables is None:
             indexes = then
+            restored = set(then)
         else:
             selected = self._select_tables(
                 tables,
@@ -684,10 +732,16 @@ class ReleaseCatalog:
                     indexes[table] = then[table]
                 else:
                     indexes.pop(table, None)
+            restored = set(selected) & set(then)
         changed = {
             table: self.tree.changed_days(now.get(table), indexes.get(table))
             for table in now.keys() | indexes.keys()
         }
+        # A table serves its partitions as the release it was taken from served them: their code and stale
+        # marks come from there too.
+        kept = set(indexes) - restored
+        then_code = self.served_code_versions(target)
+        now_code = self.served_code_versions(current) if kept else {}
         return self._release(
             indexes,
             changed,
@@ -698,6 +752,15 @@ class ReleaseCatalog:
             rolled_back_to=target.release_id,
             actor=actor,
             reason=reason,
+            served_code_versions={
+                table: (then_code if table in restored else now_code).get(table, {})
+                for table in sorted(indexes)
+            },
+            stale={
+                table: marks
+                for table in sorted(indexes)
+                if (marks := (target.stale if table in restored else current.stale).get(table))
+            },
         )
 
     def commit(self, release: Release, pointer: Pointer = PRODUCTION) -> Release:
@@ -726,6 +789,8 @@ class ReleaseCatalog:
         if not pointer.is_production:
             return release
         followed = self._follow_rollback(release) if release.kind == "rollback" else {}
+        parent = self.get_release(release.parent_id) if release.parent_id else None
+        served_code = release.served_code_versions or {}
         self.append_event(
             "promoted" if release.kind == "promotion" else "rolled_back",
             batch_id=release.batch_id,
@@ -740,12 +805,31 @@ class ReleaseCatalog:
                 "approvers": [approver.user_id for approver in release.approvers],
                 "approved_at": release.approved_at.isoformat() if release.approved_at else None,
                 "forced": release.forced,
+                "overrides": list(release.overrides),
                 "code_versions": {
                     table: code.model_dump() for table, code in sorted(release.code_versions.items())
                 },
+                "served_code_versions": {
+                    table: served_code.get(table, {}) for table in sorted(release.changed)
+                },
+                "left_stale": {table: stale.model_dump() for table, stale in release.left_stale.items()},
+                "stale_replaced": stale_cleared(parent.stale if parent else {}, release.stale),
                 **followed,
             },
         )
+        if release.left_stale:
+            # An event on the stale partitions themselves, so that their own audit trail shows it.
+            self.append_event(
+                "downstream_stale",
+                batch_id=release.batch_id,
+                release_id=release.release_id,
+                actor=release.actor,
+                tables={table: stale.days for table, stale in release.left_stale.items()},
+                details={
+                    "upstream": {table: stale.upstream for table, stale in release.left_stale.items()},
+                    "reason": release.reason,
+                },
+            )
         return release
 
     def _follow_rollback(self, release: Release) -> dict[str, list[str]]:

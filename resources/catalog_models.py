@@ -216,7 +216,11 @@ class Approver(CatalogModel):
 
 
 class TableCode(CatalogModel):
-    """Which code staged a table's partitions of a batch, and which code was deployed when it was promoted."""
+    """Which code staged a table's partitions of a batch, and which code was deployed when it was promoted.
+
+    `staged` is also the code the approval covers: the approval is bound to the batch's fingerprint, which
+    holds every partition's code version (I8), so promotion refuses a batch whose staged code differs from
+    the approved one."""
 
     staged: list[str]
     deployed: str
@@ -224,6 +228,26 @@ class TableCode(CatalogModel):
     @property
     def changed(self) -> bool:
         return self.staged != [self.deployed]
+
+
+# The refusals a forced promotion can override: a newer batch in production, code other than the approved
+# code deployed, production partitions of downstream tables left stale.
+Override = Literal["stale_batch", "code_version", "stale_downstream"]
+
+
+class StaleDownstream(CatalogModel):
+    """Production partitions of one downstream table that a promotion leaves computed from upstream rows
+    production no longer serves (their window reads a day the promotion changed, and it does not recompute
+    them): which days, and which of the promotion's tables changed under them."""
+
+    upstream: list[str]
+    days: list[PartitionDate]
+
+
+class StaleSince(StaleDownstream):
+    """Stale partitions of a table as a release serves them, with the release that left them stale."""
+
+    since: str
 
 
 class ApprovalFacts(CatalogModel):
@@ -234,9 +258,12 @@ class ApprovalFacts(CatalogModel):
     approvers: list[Approver] = []
     approved_at: UtcDatetime | None = None
     request_id: str | None = None
-    # Published over a refusal on purpose: older data over newer production data, or other code deployed.
+    # Published over a refusal on purpose: older data over newer production data, other code deployed, or
+    # downstream partitions left stale. `overrides` names the refusals the force overrode.
     forced: bool = False
     code_versions: dict[str, TableCode] = {}
+    overrides: list[Override] = []
+    left_stale: dict[str, StaleDownstream] = {}
 
 
 class Segment(CatalogModel):
@@ -283,6 +310,13 @@ class Release(CatalogModel):
     request_id: str | None = None
     forced: bool = False
     code_versions: dict[str, TableCode] = {}
+    overrides: list[Override] = []
+    left_stale: dict[str, StaleDownstream] = {}  # what this promotion left stale (accepted with force)
+    # Every release, promotion or rollback: table -> code version -> how many of the partitions it serves
+    # that code staged. None in releases written before it was kept.
+    served_code_versions: dict[str, dict[str, int]] | None = None
+    # Every stale partition production serves in this release, per table, until a release replaces it.
+    stale: dict[str, list[StaleSince]] = {}
 
     @property
     def is_snapshot(self) -> bool:
@@ -292,11 +326,19 @@ class Release(CatalogModel):
     def served_tables(self) -> list[str]:
         return sorted(self.snapshot_tables if self.is_snapshot else self.table_indexes)
 
+    def table_partition_counts(self) -> dict[str, int]:
+        """Table -> how many partitions production serves in this release (either catalog format)."""
+        if self.is_snapshot:
+            return {table: len(partitions) for table, partitions in sorted(self.snapshot_tables.items())}
+        return dict(sorted(self.partition_counts.items()))
+
     def partition_count(self) -> int:
         """How many partitions production serves in this release, over all tables."""
-        if self.is_snapshot:
-            return sum(len(partitions) for partitions in self.snapshot_tables.values())
-        return sum(self.partition_counts.values())
+        return sum(self.table_partition_counts().values())
+
+    def stale_marks(self, table: str, day: str) -> list[StaleSince]:
+        """Why production's partition of the table on that day is stale in this release (empty: it is not)."""
+        return [mark for mark in self.stale.get(table, []) if day in mark.days]
 
 
 class CurrentPointer(CatalogModel):

@@ -688,6 +688,39 @@ def test_a_rollback_on_a_shadow_pointer_moves_that_pointer_and_nothing_of_produc
         catalog.shadow(PRODUCTION)
 
 
+def test_every_release_records_the_code_versions_of_what_it_serves_per_table(catalog: ReleaseCatalog) -> None:
+    stage(catalog, "b1", {DAILY: ["2025-01-01", "2025-01-02", "2025-01-03"], WEEKLY: ["2025-01-03"]})
+    first = catalog.promote("b1", actor="ops")
+    fixed = [
+        record(DAILY, day, "b2", attempt="a2").model_copy(update={"code_version": "v2"})
+        for day in ("2025-01-02", "2025-01-03", "2025-01-04")
+    ]
+    catalog.record_partitions("b2", fixed, run_id="run-2")
+    second = catalog.promote("b2", actor="ops")
+    whole = catalog.rollback(first.release_id, actor="carol", reason="v2 is wrong")
+    catalog.promote("b2", actor="ops")
+    daily_only = catalog.rollback(first.release_id, actor="carol", reason="v2 daily is wrong", tables=[DAILY])
+
+    assert first.served_code_versions == {DAILY: {"v1": 3}, WEEKLY: {"v1": 1}}
+    assert second.served_code_versions == {DAILY: {"v1": 1, "v2": 3}, WEEKLY: {"v1": 1}}
+    assert whole.served_code_versions == first.served_code_versions
+    assert daily_only.served_code_versions == first.served_code_versions
+    promoted, rolled_back = (
+        [event for event in catalog.events() if event.kind == kind][0] for kind in ("promoted", "rolled_back")
+    )
+    assert promoted.details["served_code_versions"] == {DAILY: {"v1": 3}, WEEKLY: {"v1": 1}}
+    assert rolled_back.details["served_code_versions"] == {DAILY: {"v1": 3}}
+
+    # A release written before releases kept them still loads; its code versions are counted from its
+    # batches' manifests, and the next release records them.
+    stored = json.loads(catalog.store.get(f"catalog/releases/{second.release_id}.json"))
+    for field in ("served_code_versions", "stale", "left_stale", "overrides"):
+        del stored[field]
+    older = Release.model_validate_json(json.dumps(stored))
+    assert older.served_code_versions is None and older.stale == {} and older.overrides == []
+    assert catalog.served_code_versions(older) == second.served_code_versions
+
+
 # Audit trail
 
 
@@ -723,13 +756,17 @@ def test_audit_trail_comes_back_in_time_order_with_the_right_kinds(catalog: Rele
         "approvers": [],
         "approved_at": None,
         "forced": False,
+        "overrides": [],
         "code_versions": {},
+        "left_stale": {},
+        "stale_replaced": {},
     }
     assert promoted.details == {
         "previous_release_id": None,
         "rolled_back_to": None,
         "reason": "initial load",
         **no_approval,
+        "served_code_versions": {DAILY: {"v1": 2}},
     }
     assert events[4].actor == "carol"
     assert events[4].tables == {WEEKLY: ["2025-01-02"]}
@@ -738,6 +775,7 @@ def test_audit_trail_comes_back_in_time_order_with_the_right_kinds(catalog: Rele
         "rolled_back_to": first.release_id,
         "reason": "7d looked wrong",
         **no_approval,
+        "served_code_versions": {WEEKLY: {}},  # production serves no 7d table any more
         "batches_rolled_back": [],  # b2 was published by the catalog alone, never moved to promoted
         "batches_promoted_again": [],
     }

@@ -5,6 +5,7 @@ from __future__ import annotations
 import csv
 import json
 import os
+import re
 import subprocess
 import sys
 from datetime import date
@@ -13,8 +14,12 @@ from pathlib import Path
 import pytest
 from conftest import Lake
 from slack_api import ApiError, FakeSlack
+from test_catalog import DAILY, WEEKLY, stage
+from test_lifecycle import _checked
 
 from backfills.orchestration.cli import EXIT_NOT_NOTIFIED, _completion, _flow, main
+from backfills.resources import canary as canary_channel
+from backfills.resources.catalog_models import ApprovalFacts, StaleDownstream
 from backfills.resources.settings import load_settings
 
 
@@ -134,6 +139,84 @@ def test_releases_and_read_as_of_current_and_past_release(
     first_rows = operator.catalog.get_batch("first").tables["customer_daily_txn"]
     assert len(past) == sum(r.row_count for r in first_rows.values())
     assert {row["feature_date"] for row in past} == {"2025-01-01", "2025-01-02"}
+
+
+_LISTED = re.compile(
+    r"^(?P<marker>[* ]) (?P<release_id>\S+)  (?P<kind>\S+)\s+parent=(?P<parent>\S+)  batch=(?P<batch>\S+)  "
+    r"(?P<created>\S+ \S+)Z  \[(?P<tables>[^\]]*)\](?P<notes>.*)$"
+)
+
+
+def _text_and_json_listings(capsys) -> tuple[list[re.Match[str]], dict[str, dict]]:
+    assert main(["releases"]) == 0
+    lines = capsys.readouterr().out.splitlines()
+    assert lines[-1] == "(* = current)"
+    listed = [_LISTED.match(line) for line in lines[:-1]]
+    assert all(listed), lines
+    assert main(["releases", "--format", "json"]) == 0
+    rows = {row["release_id"]: row for row in json.loads(capsys.readouterr().out)}
+    assert sorted(rows) == sorted(line["release_id"] for line in listed)
+    return listed, rows
+
+
+def _assert_json_carries_the_text(line: re.Match[str], row: dict) -> None:
+    """Every fact of one text line of `backfills releases`, read from the text, is in its JSON row."""
+    assert row["current"] == (line["marker"] == "*")
+    assert (row["kind"], row["parent_id"] or "-", row["batch_id"] or "-") == (
+        line["kind"],
+        line["parent"],
+        line["batch"],
+    )
+    assert row["created_at"].replace("T", " ").startswith(line["created"])
+    counts = dict(item.split(":") for item in line["tables"].split(", ")) if line["tables"] else {}
+    assert row["partitions"] == {table: int(count) for table, count in counts.items()}
+    notes = re.findall(r"  \(([^)]*)\)", line["notes"])
+    assert "".join(f"  ({note})" for note in notes) == line["notes"]  # nothing else on the line
+    for note in notes:
+        if note == "never made current":
+            assert row["made_current"] is False
+        elif canary := re.fullmatch(r"canary: (\S+)% of entities", note):
+            assert row["canary"] == {"status": "open", "percent": float(canary[1])}
+        elif note == "canary, rolled back":
+            assert row["canary"]["status"] == "rolled_back"
+        elif forced := re.fullmatch(r"forced(?:: (.*))?", note):
+            assert row["forced"] and row["overrides"] == (forced[1].split(", ") if forced[1] else [])
+        elif stale := re.fullmatch(r"(\d+) stale partitions?", note):
+            days = {(table, day) for table, marks in row["stale"].items() for m in marks for day in m["days"]}
+            assert len(days) == int(stale[1])
+        else:
+            pytest.fail(f"the text listing says ({note}), and this test does not know where the JSON says it")
+    if not any(note == "never made current" or note.startswith("canary") for note in notes):
+        assert row["made_current"] is True
+
+
+def test_releases_as_json_carry_every_fact_the_text_listing_shows(operator: Lake, capsys) -> None:
+    catalog = operator.catalog
+    stage(catalog, "load", {DAILY: ["2025-01-01", "2025-01-02"], WEEKLY: ["2025-01-02"]})
+    catalog.promote("load", actor="ops")
+    stage(catalog, "fix", {DAILY: ["2025-01-02"]}, attempt="a2")
+    left_stale = {WEEKLY: StaleDownstream(upstream=[DAILY], days=["2025-01-02"])}
+    forced = ApprovalFacts(forced=True, overrides=["stale_downstream"], left_stale=left_stale)
+    catalog.promote("fix", actor="ops", reason="urgent", approval=forced)
+    stage(catalog, "staged-only", {DAILY: ["2025-01-03"]}, attempt="a3")
+    catalog.stage_promotion("staged-only", actor="ops")  # never made current
+    _checked(catalog, "canary", {WEEKLY: ["2025-01-02"]})
+    canary_channel.open_release(catalog, catalog.stage_promotion("canary", actor="ops"), 25, actor="ops")
+
+    listed, rows = _text_and_json_listings(capsys)
+    notes = " ".join(line["notes"] for line in listed)
+    assert all(
+        seen in notes
+        for seen in ("never made current", "canary: 25%", "forced: stale_downstream", "1 stale partition")
+    )
+    for line in listed:
+        _assert_json_carries_the_text(line, rows[line["release_id"]])
+
+    canary_channel.roll_back(catalog, actor="ops", reason="the slice looked wrong")
+    listed, rows = _text_and_json_listings(capsys)
+    assert "canary, rolled back" in " ".join(line["notes"] for line in listed)
+    for line in listed:
+        _assert_json_carries_the_text(line, rows[line["release_id"]])
 
 
 def test_read_before_anything_is_promoted_says_so(operator: Lake, spark, capsys) -> None:
