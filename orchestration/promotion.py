@@ -339,7 +339,12 @@ def verified_publication(
         raise StaleBatchError(
             f"batch {batch.batch_id} is older than batch {newer}, which production already serves for some "
             "of the same partitions; promoting it would put older data back. Nothing was published; promote "
-            "with force (recorded on the release) only if that is what you mean"
+            "with force and a reason (recorded on the release) only if that is what you mean"
+        )
+    if newer is not None and not (reason and reason.strip()):
+        raise StaleBatchError(
+            f"batch {batch.batch_id}: promoting with force over batch {newer}, which production serves for "
+            "some of the same partitions, needs a reason (recorded on the release); nothing was published"
         )
     overridden: dict[Override, bool] = {
         "stale_batch": newer is not None,

@@ -440,8 +440,12 @@ def test_an_older_batch_is_stale_over_newer_production_data_unless_forced(
     promote(lake.catalog, flow.rules, spark, "fix", requested_by="ops")  # fix now serves Jan 3..6
     with pytest.raises(StaleBatchError, match="older than batch fix"):
         promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops")
-    forced = promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops", force=True).release
-    assert forced.forced and lake.catalog.current_release().batch_id == "jan"
+    with pytest.raises(StaleBatchError, match="needs a reason"):
+        promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops", force=True)
+    reason = "the fix double-counts refunds; the risk lead asked for jan's values back"
+    forced = promote(lake.catalog, flow.rules, spark, "jan", requested_by="ops", force=True, reason=reason)
+    assert forced.release.forced and forced.release.reason == reason
+    assert lake.catalog.current_release().batch_id == "jan"
 
 
 def test_a_pending_request_is_superseded_when_a_newer_batch_is_promoted(

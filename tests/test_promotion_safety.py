@@ -748,7 +748,10 @@ def test_an_older_batch_is_refused_over_newer_production_data_unless_forced(
     with pytest.raises(StaleBatchError, match="older than batch fix"):
         promote(lake.catalog, RULES, spark, "jan", requested_by="ops")
     assert lake.catalog.current_release_id() == newer.release_id
-    forced = promote(lake.catalog, RULES, spark, "jan", requested_by="ops", force=True)
+    with pytest.raises(StaleBatchError, match="needs a reason"):
+        promote(lake.catalog, RULES, spark, "jan", requested_by="ops", force=True)
+    reason = "the fix double-counts refunds: put jan's values back"
+    forced = promote(lake.catalog, RULES, spark, "jan", requested_by="ops", force=True, reason=reason)
     assert forced.release.forced and forced.release.parent_id == newer.release_id
     assert forced.changed == {TABLE: JAN}
     current = lake.catalog.current_release()
