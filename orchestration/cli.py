@@ -421,8 +421,14 @@ def cmd_online_status(args: argparse.Namespace, settings: Settings) -> None:
     if args.format == "json":
         print(json.dumps(tables, sort_keys=True))
         return
+    states = {
+        "in_step": "in step",
+        "behind": "BEHIND production",
+        "not_served": "not served by production yet",
+        "not_in_production": "kept online, production serves none of it",
+    }
     for item in tables:
-        state = "in step" if item["in_step"] else "BEHIND production"
+        state = states[item["state"]]
         figures = item["parity"]
         parity = (
             "parity -"
