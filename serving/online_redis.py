@@ -20,7 +20,6 @@ import redis
 
 from backfills.errors import OnlineStoreError
 from backfills.serving.online_store import (
-    LEASE_SECONDS,
     ONLINE_STORE_VARIABLE,
     ClaimState,
     OnlineStore,
@@ -210,7 +209,7 @@ class RedisOnlineStore(OnlineStore):
         self, table: str, version: str, owner: str, replacing: str | None
     ) -> tuple[ClaimState, str | None]:
         state, holder = self._claim_script(
-            keys=[self._lease_key(table, version)], args=[owner, LEASE_SECONDS, replacing or ""]
+            keys=[self._lease_key(table, version)], args=[owner, self.lease_seconds, replacing or ""]
         )
         return state, holder or None
 
@@ -221,7 +220,7 @@ class RedisOnlineStore(OnlineStore):
 
     def _begin_write(self, table: str, version: str, owner: str) -> None:
         begun = self._begin_write_script(
-            keys=self._version_keys(table, version), args=[owner, LEASE_SECONDS, version]
+            keys=self._version_keys(table, version), args=[owner, self.lease_seconds, version]
         )
         if begun == -1:
             raise self._lost_lease_error(table, version)
@@ -231,7 +230,7 @@ class RedisOnlineStore(OnlineStore):
     def _write_rows(self, table: str, version: str, chunk: list[tuple[str, str]], owner: str) -> int:
         keys = [self._lease_key(table, version), self._key(table, "rows", version)]
         new = self._write_rows_script(
-            keys=keys, args=[owner, LEASE_SECONDS, *(text for pair in chunk for text in pair)]
+            keys=keys, args=[owner, self.lease_seconds, *(text for pair in chunk for text in pair)]
         )
         if new == -1:
             raise self._lost_lease_error(table, version)
@@ -239,7 +238,7 @@ class RedisOnlineStore(OnlineStore):
 
     def _complete(self, record: OnlineVersion, owner: str) -> None:
         keys = [self._lease_key(record.table, record.version), self._key(record.table, "versions")]
-        args = [owner, LEASE_SECONDS, record.version, record.to_json()]
+        args = [owner, self.lease_seconds, record.version, record.to_json()]
         if self._complete_script(keys=keys, args=args) == -1:
             raise self._lost_lease_error(record.table, record.version)
 

@@ -19,7 +19,7 @@ from datetime import datetime
 from pathlib import Path
 
 from backfills.errors import OnlineStoreError
-from backfills.serving.online_store import LEASE_SECONDS, ClaimState, OnlineStore, OnlineVersion
+from backfills.serving.online_store import ClaimState, OnlineStore, OnlineVersion
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS online_rows (
@@ -118,7 +118,7 @@ class SqliteOnlineStore(OnlineStore):
                 return "held", held[0]
             db.execute(
                 "INSERT OR REPLACE INTO online_leases VALUES (?, ?, ?, ?)",
-                (table, version, owner, now + LEASE_SECONDS),
+                (table, version, owner, now + self.lease_seconds),
             )
         return ("free", None) if held is None else ("inherited", held[0])
 
@@ -135,7 +135,7 @@ class SqliteOnlineStore(OnlineStore):
         """Within a write's transaction: `owner` must still hold the lease, which lasts from now on."""
         renewed = db.execute(
             "UPDATE online_leases SET expires_at = ? WHERE table_name = ? AND version = ? AND owner = ?",
-            (time.time() + LEASE_SECONDS, table, version, owner),
+            (time.time() + self.lease_seconds, table, version, owner),
         ).rowcount
         if not renewed:
             raise self._lost_lease_error(table, version)

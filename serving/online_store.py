@@ -187,6 +187,9 @@ class OnlineStore(ABC):
     """Versions of online tables and the pointer readers follow. The public methods hold the rules shared by
     every backend; a backend implements the underscored primitives, each one atomic in its store."""
 
+    # How long a writer lease taken through this handle lasts after its last renewal.
+    lease_seconds: float = LEASE_SECONDS
+
     # Writing
 
     def write_version(
@@ -456,8 +459,8 @@ class OnlineStore(ABC):
     def _lost_lease_error(self, table: str, version: str) -> OnlineStoreError:
         return OnlineStoreError(
             f"this writer no longer holds the lease on version {version} of online table {table!r} in "
-            f"{self.describe()}: it renewed it too late ({LEASE_SECONDS:.0f}s) and another writer took the "
-            "version over, so it stopped writing; nothing it wrote is visible; sync again"
+            f"{self.describe()}: it renewed it too late (a lease lasts {self.lease_seconds:g}s) and another "
+            "writer took the version over, so it stopped writing; nothing it wrote is visible; sync again"
         )
 
     # Primitives of a backend
@@ -466,7 +469,7 @@ class OnlineStore(ABC):
     def _claim(
         self, table: str, version: str, owner: str, replacing: str | None
     ) -> tuple[ClaimState, str | None]:
-        """Take the version's writer lease for `owner` (for LEASE_SECONDS) unless a live writer holds it:
+        """Take the version's writer lease for `owner` (for `lease_seconds`) unless a live writer holds it:
         "free" (nobody held it), "inherited" (its holder's lease had expired, or the holder is `replacing`,
         known dead) or "held" (not taken); with the holder found, if any."""
 
