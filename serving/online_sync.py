@@ -360,9 +360,12 @@ def _staging_failed(
     stays = "readers stay on the versions they had: no table was switched"
     if isinstance(error, OnlineStoreError):  # OnlineParityError stays one
         failure: BackfillsError = type(error)(f"online table {table}: {error}; {stays}")
-    else:
+    else:  # Spark's errors carry the JVM's stack: its innermost cause says what went wrong
+        lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+        causes = [line.removeprefix("Caused by: ") for line in lines if line.startswith("Caused by: ")]
+        cause = causes[-1] if causes else next(iter(lines), "")
         failure = OnlineStoreError(
-            f"online table {table} could not be staged: {type(error).__name__}: {error}; {stays}"
+            f"online table {table} could not be staged: {type(error).__name__}: {cause}; {stays}"
         )
     catalog.append_event(
         "online_sync_failed",
