@@ -23,9 +23,10 @@ from test_approvals import ALICE, BOB, CAROL, CHANNEL, TABLES
 from test_canary import _approve as approve
 
 from backfills.assets.reader import FeatureReader
-from backfills.orchestration.cli import EXIT_ONLINE_NOT_SYNCED, main
+from backfills.orchestration.cli import EXIT_ONLINE_NOT_SYNCED, INSTANCE_CONFIG, main
 from backfills.orchestration.definitions import build_definitions
 from backfills.orchestration.freshness_checks import FRESHNESS_CHECK
+from backfills.orchestration.local_backfill import root_cause
 from backfills.orchestration.sensors import APPROVAL_SENSOR
 from backfills.serving.online_rows import stored_form
 from backfills.serving.online_store import open_online_store
@@ -310,12 +311,14 @@ class Terminals:
                 )
 
     def run_together(self, env: dict[str, str], commands: list[list[str]]) -> list[dict]:
-        for process, argv in zip(self.processes, commands, strict=True):
+        """Each command in a terminal of its own (the first ones), all at once; their answers in order."""
+        busy = list(zip(self.processes, self.logs, commands, strict=False))
+        for process, _, argv in busy:
             process.stdin.write(json.dumps({"env": env, "argv": argv}) + "\n")
-        for process in self.processes:
+        for process, _, _ in busy:
             process.stdin.flush()
         answers = []
-        for process, log in zip(self.processes, self.logs, strict=True):
+        for process, log, _ in busy:
             line = process.stdout.readline()
             assert line, f"a terminal died:\n{log.read_text()[-3000:]}"
             answers.append(json.loads(line))
@@ -347,9 +350,15 @@ def test_promotions_started_at_the_same_moment_both_publish_and_the_online_store
     root = tmp_path / "lake"
     shutil.copytree(racing_template, root)
     lake = make_lake(root)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(INSTANCE_CONFIG, home / "dagster.yaml")
+    # The instance's storage is created once, before the race: two processes creating it at once collide
+    # in Dagster's own schema migration.
+    DagsterInstance.from_config(str(home)).dispose()
     env = {
         "BACKFILLS_STORAGE_ROOT": str(root),
-        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "DAGSTER_HOME": str(home),
         "BACKFILLS_APPROVERS": BOB,
         "BACKFILLS_ONLINE_STORE": online_store_url,
         "BACKFILLS_SPARK_MASTER": "local[1]",
@@ -364,7 +373,7 @@ def test_promotions_started_at_the_same_moment_both_publish_and_the_online_store
                 # Both staged a release on the same production: one swap won, the other changed nothing
                 # and says to run it again (the catalog's compare-and-swap), which publishes it.
                 assert "nothing was changed; run the promotion again" in answer["err"]
-                [answer] = terminals.run_together(env, [["promote", batch]])[:1]
+                [answer] = terminals.run_together(env, [["promote", batch]])
             assert answer["code"] == 0, answer["err"]
             assert f"batch {batch} is in production" in answer["out"]
         current = lake.catalog.current_release()
@@ -374,8 +383,7 @@ def test_promotions_started_at_the_same_moment_both_publish_and_the_online_store
             assert store.synced_release() == current.release_id
             status = {item["table"]: item for item in online_status(lake.catalog, store)}
             assert all(item["in_step"] and item["parity"]["passed"] for item in status.values())
-            online = store.current(DAILY)
-            assert (online.release_id, online.partition) == (current.release_id, second.isoformat())
+            assert store.current(DAILY).partition == second.isoformat()
             offline = reader.read(DAILY, second, second).collect()
             rows = {row["customer_id"]: json.loads(stored_form(row.asDict())) for row in offline}
             assert store.get(DAILY, sorted(rows)) == rows
@@ -419,7 +427,8 @@ def test_a_promotion_says_it_published_and_names_the_online_sync_that_failed_aft
         and (event.dagster_event.is_step_success or event.dagster_event.is_step_failure)
     }
     assert steps["promote_op"].is_step_success and steps["sync_online_op"].is_step_failure
-    assert said in steps["sync_online_op"].step_failure_data.error.message
+    failure = root_cause(steps["sync_online_op"].step_failure_data.error)
+    assert failure.startswith(f"OnlineSyncFailedError: {said}")
 
     monkeypatch.setenv("BACKFILLS_ONLINE_STORE", f"sqlite:///{tmp_path / 'online.db'}")
     assert main(["online", "sync"]) == 0
