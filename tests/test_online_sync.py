@@ -7,6 +7,7 @@ completes; the command reads and reports it."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 import signal
 import subprocess
@@ -160,11 +161,11 @@ def test_a_failure_on_the_second_table_switches_none_and_names_it(lake: Lake, on
     _on_earlier_versions(online)
     release = _promote(lake, "jan")
     original, rows = _drop_last_row(lake, PROFILE, "2025-01-04")  # the second table, after the daily one
-    differs = f"online table {PROFILE}: .*rows: {rows - 1} online, {rows} offline"
-    with pytest.raises(OnlineParityError, match=differs) as error:
+    with pytest.raises(OnlineParityError) as error:
         sync_release(session, lake.catalog, online)
-    assert "readers stay on the versions they had: no table was switched" in str(error.value)
     assert _on_earlier(online)  # the daily table, staged before it, was not switched either
+    assert re.match(f"online table {PROFILE}: .*rows: {rows - 1} online, {rows} offline", str(error.value))
+    assert str(error.value).endswith("readers stay on the versions they had: no table was switched")
     [failed] = [event for event in lake.catalog.events() if event.kind == "online_sync_failed"]
     assert failed.release_id == release and failed.details["table"] == PROFILE
     assert not any(event.kind == "online_synced" for event in lake.catalog.events())
