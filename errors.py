@@ -146,6 +146,11 @@ class OnlineParityError(OnlineStoreError):
     to, so readers stay on the version they had."""
 
 
+class OnlineSyncFailedError(OnlineStoreError):
+    """Production changed (a promotion, rollback or canary step went through), but the online store could not
+    be brought in step after it; the message says what production serves and how to retry the sync."""
+
+
 class DrillFailedError(BackfillsError):
     """A rollback drill found partitions a rollback could not restore (missing or modified files)."""
 

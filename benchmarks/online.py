@@ -2,7 +2,7 @@
 
 For each scale (20,000 and 1,000,000 entities) a storage root gets one released partition of
 customer_txn_7d (a Parquet file of random valid rows, recorded and promoted through the catalog), and
-`serving.online_sync.sync_table` loads it into a fresh store on each backend: the embedded SQLite file and
+`serving.online_sync.sync_release` loads it into a fresh store on each backend: the embedded SQLite file and
 a local redis-server (Debian's package, started here on 127.0.0.1, nothing persisted): Spark read, rows
 streamed into the store in chunks, parity read-back of 1,000 keys, switch. Then lookups of 1 and 100
 random keys through `OnlineStore.get`, timed one call at a time (p50 and p99 over `--lookups` calls, after
@@ -41,7 +41,7 @@ from backfills.resources.storage import LocalObjectStore
 from backfills.serving.online_redis import RedisOnlineStore
 from backfills.serving.online_sqlite import SqliteOnlineStore
 from backfills.serving.online_store import OnlineStore
-from backfills.serving.online_sync import sync_table
+from backfills.serving.online_sync import sync_release
 from backfills.serving.training import arrow_type
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent / "tests"))
@@ -82,7 +82,7 @@ def _rows(count: int, seed: int) -> pa.Table:
     return pa.table({c.name: pa.array(values[c.name], type=arrow_type(c.type)) for c in columns})
 
 
-def _release(root: Path, count: int) -> tuple[ReleaseCatalog, object]:
+def _release(root: Path, count: int) -> ReleaseCatalog:
     """A storage root whose current release serves one partition of `count` entities."""
     store = LocalObjectStore(root)
     catalog = ReleaseCatalog(store)
@@ -109,7 +109,8 @@ def _release(root: Path, count: int) -> tuple[ReleaseCatalog, object]:
     )
     catalog.record_partitions(batch, [record], run_id=f"run-{batch}")
     catalog.mark_complete(batch, {TABLE: [DAY]})
-    return catalog, catalog.promote(batch, actor="benchmark")
+    catalog.promote(batch, actor="benchmark")
+    return catalog
 
 
 def _percentiles(samples: list[float]) -> dict[str, float]:
@@ -156,7 +157,7 @@ def main(argv: list[str] | None = None) -> int:
         work_dir = Path(work)
         with RedisServer(work_dir / "redis", binary=find_redis_server()) as redis_server:
             for count in scales:
-                catalog, release = _release(work_dir / f"root-{count}", count)
+                catalog = _release(work_dir / f"root-{count}", count)
                 for backend in ("sqlite", "redis"):
                     store: OnlineStore = (
                         SqliteOnlineStore(work_dir / f"online-{count}.db")
@@ -165,7 +166,7 @@ def main(argv: list[str] | None = None) -> int:
                     )
                     with store:
                         started = time.perf_counter()
-                        done = sync_table(lambda: spark, catalog, store, release, TABLE)
+                        [done] = sync_release(lambda: spark, catalog, store, tables=[TABLE])
                         seconds = time.perf_counter() - started
                         assert done.action == "loaded" and done.keys_written == count, done
                         assert done.parity and done.parity["passed"], done.parity

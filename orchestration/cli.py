@@ -20,6 +20,7 @@ from backfills.errors import (
     ConfigurationError,
     InvalidRequestError,
     NotificationFailedError,
+    OnlineSyncFailedError,
 )
 from backfills.resources.canary_slice import CHANNELS
 from backfills.resources.settings import PROJECT_DIR, Settings, load_settings
@@ -36,6 +37,8 @@ EXIT_UNEXPECTED = 1
 EXIT_ERROR = 2
 # The command's work is done, but the approvals channel could not be told (the sensor retries).
 EXIT_NOT_NOTIFIED = 3
+# Production changed as asked, but the online store was not brought in step (`backfills online sync`).
+EXIT_ONLINE_NOT_SYNCED = 4
 INSTANCE_CONFIG = Path(__file__).with_name("dagster.yaml")
 
 
@@ -437,8 +440,14 @@ def cmd_online_status(args: argparse.Namespace, settings: Settings) -> None:
     if args.format == "json":
         print(json.dumps(tables, sort_keys=True))
         return
+    states = {
+        "in_step": "in step",
+        "behind": "BEHIND production",
+        "not_served": "not served by production yet",
+        "not_in_production": "kept online, production serves none of it",
+    }
     for item in tables:
-        state = "in step" if item["in_step"] else "BEHIND production"
+        state = states[item["state"]]
         figures = item["parity"]
         parity = (
             "parity -"
@@ -491,13 +500,16 @@ def cmd_drill(args: argparse.Namespace, settings: Settings) -> None:
     if args.as_user:
         config["requested_by"] = args.as_user
     # A failed drill fails the run: the error names what a rollback could not restore.
-    run_id = _run_job(settings, "rollback_drill", "drill_op", config, {})
-    last = past_drills(_catalog(settings))[-1]
-    print(
-        f"rollback_drill run {run_id}: drill {last['drill_id']} to release {last['target_release_id']} "
-        f"passed: {last['partitions_checked']} partitions and {last['files_checked']} files restorable, "
-        f"{last['seconds_to_restore']:.1f}s to restore"
-    )
+
+    def outcome(run_id: str) -> str:
+        last = past_drills(_catalog(settings))[-1]
+        return (
+            f"rollback_drill run {run_id}: drill {last['drill_id']} to release {last['target_release_id']} "
+            f"passed: {last['partitions_checked']} partitions and {last['files_checked']} files restorable, "
+            f"{last['seconds_to_restore']:.1f}s to restore"
+        )
+
+    _run_job(settings, "rollback_drill", "drill_op", config, {}, outcome)
 
 
 def cmd_drills(args: argparse.Namespace, settings: Settings) -> None:
@@ -579,8 +591,16 @@ def cmd_vote(args: argparse.Namespace, settings: Settings) -> None:
 
 
 def _run_job(
-    settings: Settings, job_name: str, op_name: str, config: dict[str, object], tags: dict[str, str]
-) -> str:
+    settings: Settings,
+    job_name: str,
+    op_name: str,
+    config: dict[str, object],
+    tags: dict[str, str],
+    outcome: Callable[[str], str],
+) -> None:
+    """Run a job in process. When its main op (`op_name`) went through, print `outcome(run_id)` (what it
+    changed), even if a step after it failed: that failure is then raised on its own (the online sync:
+    OnlineSyncFailedError, saying how to retry it). A failed main op raises RunFailedError."""
     from backfills.errors import RunFailedError
     from backfills.orchestration.definitions import build_definitions
     from backfills.orchestration.local_backfill import QUIET_LOGS, root_cause
@@ -592,12 +612,21 @@ def _run_job(
         tags=tags,
         raise_on_error=False,
     )
-    if not result.success:
-        failures = [root_cause(e.step_failure_data.error) for e in result.all_events if e.is_step_failure]
-        raise RunFailedError(
-            f"{job_name} run {result.run_id} failed: {failures[0] if failures else 'see its logs'}"
+    failures = {
+        event.step_key: root_cause(event.step_failure_data.error)
+        for event in result.all_events
+        if event.is_step_failure
+    }
+    if not result.is_node_success(op_name):
+        cause = failures.get(op_name) or next(iter(failures.values()), "see its logs")
+        raise RunFailedError(f"{job_name} run {result.run_id} failed: {cause}")
+    print(outcome(result.run_id))
+    if failures:  # the sync step after the main op
+        [(step, cause)] = failures.items()
+        raise OnlineSyncFailedError(
+            f"step {step} of {job_name} run {result.run_id} failed after {op_name} went through: "
+            f"{cause.removeprefix(f'{OnlineSyncFailedError.__name__}: ')}"
         )
-    return result.run_id
 
 
 def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
@@ -610,12 +639,16 @@ def cmd_promote(args: argparse.Namespace, settings: Settings) -> None:
         config["reason"] = args.reason
     if args.canary is not None:
         config["canary_percent"] = args.canary
-    run_id = _run_job(settings, "promote_batch", "promote_op", config, {BATCH_TAG: args.batch})
-    if args.canary is not None:
-        print(f"promote_batch run {run_id}: {_canary_status(settings)}")
-        return
-    current = _catalog(settings).current_release()
-    print(f"promote_batch run {run_id}: batch {args.batch} is in production, release {current.release_id}")
+
+    def outcome(run_id: str) -> str:
+        if args.canary is not None:
+            return f"promote_batch run {run_id}: {_canary_status(settings)}"
+        current = _catalog(settings).current_release()
+        return (
+            f"promote_batch run {run_id}: batch {args.batch} is in production, release {current.release_id}"
+        )
+
+    _run_job(settings, "promote_batch", "promote_op", config, {BATCH_TAG: args.batch}, outcome)
 
 
 def _canary_status(settings: Settings) -> str:
@@ -643,8 +676,14 @@ def cmd_expose(args: argparse.Namespace, settings: Settings) -> None:
         config["requested_by"] = args.as_user
     if args.reason:
         config["reason"] = args.reason
-    run_id = _run_job(settings, "expose_canary", "expose_op", config, {BATCH_TAG: args.batch})
-    print(f"expose_canary run {run_id}: {_canary_status(settings)}")
+    _run_job(
+        settings,
+        "expose_canary",
+        "expose_op",
+        config,
+        {BATCH_TAG: args.batch},
+        lambda run_id: f"expose_canary run {run_id}: {_canary_status(settings)}",
+    )
 
 
 def cmd_canary(args: argparse.Namespace, settings: Settings) -> None:
@@ -682,15 +721,17 @@ def cmd_rollback(args: argparse.Namespace, settings: Settings) -> None:
         config["requested_by"] = args.as_user
     if args.approved_by:
         config["approved_by"] = [name.strip() for name in args.approved_by.split(",")]
-    run_id = _run_job(settings, "rollback_release", "rollback_op", config, {})
-    if canary is not None:
-        print(f"rollback_release run {run_id}: {_canary_status(settings)}")
-        return
-    current = _catalog(settings).current_release()
-    print(
-        f"rollback_release run {run_id}: release {current.release_id} is current "
-        f"(rolled back to {current.rolled_back_to})"
-    )
+
+    def outcome(run_id: str) -> str:
+        if canary is not None:
+            return f"rollback_release run {run_id}: {_canary_status(settings)}"
+        current = _catalog(settings).current_release()
+        return (
+            f"rollback_release run {run_id}: release {current.release_id} is current "
+            f"(rolled back to {current.rolled_back_to})"
+        )
+
+    _run_job(settings, "rollback_release", "rollback_op", config, {}, outcome)
 
 
 def cmd_audit(args: argparse.Namespace, settings: Settings) -> None:
@@ -959,7 +1000,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         if args.debug:
             raise
         print(f"error: {type(error).__name__}: {error}", file=sys.stderr)
-        return EXIT_NOT_NOTIFIED if isinstance(error, NotificationFailedError) else EXIT_ERROR
+        if isinstance(error, NotificationFailedError):
+            return EXIT_NOT_NOTIFIED
+        return EXIT_ONLINE_NOT_SYNCED if isinstance(error, OnlineSyncFailedError) else EXIT_ERROR
     except Exception as error:  # a last line of defence: one line, not a traceback
         if args.debug:
             raise

@@ -2,7 +2,8 @@
 `orchestration.canary`, recording each change of production as materializations of the production assets
 and telling the approvals channel; then the online store is synced to the new release (`serving.online_sync`),
 each table an observation of `online/<table>`, and its canary routes to the canary pointer
-(`serving.online_canary`)."""
+(`serving.online_canary`). A step that fails skips the sync after it, so a failure hook brings the canary
+routes in step instead: whatever a run did to the canary, its routes follow the pointer before it ends."""
 
 from collections.abc import Callable
 
@@ -11,10 +12,12 @@ from dagster import (
     AssetMaterialization,
     AssetObservation,
     Config,
+    HookContext,
     In,
     Nothing,
     OpExecutionContext,
     Out,
+    failure_hook,
     job,
     op,
 )
@@ -27,7 +30,7 @@ from backfills.errors import (
     CanaryUnhealthyError,
     DrillFailedError,
     InvalidRequestError,
-    OnlineStoreError,
+    OnlineSyncFailedError,
 )
 from backfills.orchestration.approval_channels import ApprovalChannel, ApprovalsResource
 from backfills.orchestration.approval_message import ChannelMessage
@@ -394,25 +397,64 @@ def sync_online_op(
     approvals: ApprovalsResource,
     freshness: FreshnessResource,
 ) -> None:
-    store = online.open()
-    if store is None:
-        context.log.info("no online store is configured (BACKFILLS_ONLINE_STORE): nothing to sync")
-        _record_freshness(context, freshness.judge(catalog.catalog(), None))
-        return
-    with store:
-        try:
-            synced = sync_release(spark.session, catalog.catalog(), store, progress=context.log.info)
-            sync_canary(spark.session, catalog.catalog(), store, progress=context.log.info)
-        except OnlineStoreError as error:
-            # Production changed; the online store stays on the version it had, and the approvers hear why.
-            text = f"The online store was not updated ({store.describe()}): {error}"
-            channel = approvals.channel(context.log.info)
-            _tell(context, lambda: channel.announce(ChannelMessage(text=text, blocks=[])))
-            raise
-        judged = freshness.judge(catalog.catalog(), store)
+    release_catalog = catalog.catalog()
+    try:
+        with online.opened() as store:
+            if store is None:
+                context.log.info("no online store is configured (BACKFILLS_ONLINE_STORE): nothing to sync")
+                judged = freshness.judge(release_catalog, None)
+                synced = []
+            else:
+                synced = sync_release(spark.session, release_catalog, store, progress=context.log.info)
+                sync_canary(spark.session, release_catalog, store, progress=context.log.info)
+                judged = freshness.judge(release_catalog, store)
+    except Exception as error:
+        # Production changed all the same: say so, then what failed and how to retry it.
+        text = (
+            f"{_in_production(release_catalog)}; the online store was not updated: "
+            f"{type(error).__name__}: {error}; retry with `backfills online sync`"
+        )
+        channel = approvals.channel(context.log.info)
+        _tell(context, lambda: channel.announce(ChannelMessage(text=text, blocks=[])))
+        raise OnlineSyncFailedError(text) from None  # the message holds the cause; the CLI shows it whole
     for sync in synced:
         context.log_event(AssetObservation(asset_key=online_key(sync.table), metadata=sync.metadata()))
     _record_freshness(context, judged)
+
+
+def _in_production(catalog: ReleaseCatalog) -> str:
+    """What production (and an open canary) serve now, in one clause."""
+    release = catalog.current_release()
+    if release is None:
+        serving = "nothing is in production"
+    elif release.kind == "rollback":
+        serving = f"release {release.release_id} (a rollback to {release.rolled_back_to}) is in production"
+    else:
+        serving = f"batch {release.batch_id} is in production as release {release.release_id}"
+    canary = canary_channel.open_canary(catalog)
+    if canary is None:
+        return serving
+    return (
+        f"{serving}; the canary of batch {canary.batch_id} serves {canary.percent:g}% of entities as release "
+        f"{canary.release_id}"
+    )
+
+
+@failure_hook(required_resource_keys={"catalog", "online", "spark"})
+def canary_routes_follow_the_pointer(context: HookContext) -> None:
+    """A failed step skips the steps after it, the online sync among them, yet the canary may have changed
+    all the same (a health breach rolls it back, then fails the step): bring the online store's canary
+    routes in step with the pointer before the run ends."""
+    catalog = context.resources.catalog.catalog()
+    try:
+        with context.resources.online.opened() as store:
+            if store is not None:
+                sync_canary(context.resources.spark.session, catalog, store, progress=context.log.info)
+    except Exception as error:
+        context.log.error(
+            f"the online store's canary routes could not be brought in step with the canary pointer "
+            f"({_in_production(catalog)}): {type(error).__name__}: {error}; run `backfills online sync`"
+        )
 
 
 def _record_freshness(context: OpExecutionContext, judged: list[TableFreshness]) -> None:
@@ -473,6 +515,7 @@ def _tell(context: OpExecutionContext, send: Callable[[], None]) -> None:
 
 @job(
     name=PROMOTE_JOB,
+    hooks={canary_routes_follow_the_pointer},
     description=(
         "Publish an approved batch to production, or to a canary slice of entities first (launched by the "
         "approval sensor)."
@@ -484,6 +527,7 @@ def promote_batch_job() -> None:
 
 @job(
     name=EXPOSE_JOB,
+    hooks={canary_routes_follow_the_pointer},
     description="Widen a batch's canary to more entities, or complete it into production (100%).",
 )
 def expose_canary_job() -> None:
@@ -492,6 +536,7 @@ def expose_canary_job() -> None:
 
 @job(
     name=CANARY_HEALTH_JOB,
+    hooks={canary_routes_follow_the_pointer},
     description="Judge the open canary against the control slice; roll it back if it breaches (the sensor).",
 )
 def canary_health_job() -> None:
@@ -503,6 +548,10 @@ def rollback_drill_job() -> None:
     drill_op()
 
 
-@job(name=ROLLBACK_JOB, description="Roll production back to an earlier release, whole or some tables.")
+@job(
+    name=ROLLBACK_JOB,
+    hooks={canary_routes_follow_the_pointer},
+    description="Roll production back to an earlier release, whole or some tables.",
+)
 def rollback_release_job() -> None:
     sync_online_op(rollback_op())

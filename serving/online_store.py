@@ -1,20 +1,28 @@
 """The online store's interface: per table, versions of rows keyed by entity and a pointer readers follow.
 
 A sync writes a release's rows under a new version (a completion record last, so a crash never exposes part
-of one), then switches the table's pointer with compare-and-swap; a rollback switches back to a kept version
-without reloading. Backends keep the rows: `online_sqlite` (embedded, no server) and `online_redis`.
+of one), then switches the pointers of every table it changes in one compare-and-swap; a rollback switches
+back to kept versions without reloading. One writer at a time writes a version: it holds the version's
+writer lease, which it renews with every chunk, so a second writer waits for it, and a writer that died
+holding it is found out (its lease expired, or its process on this host is gone) and its version written
+again. Backends keep the rows: `online_sqlite` (embedded, no server) and `online_redis`.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import re
+import socket
+import time
+import uuid
 from abc import ABC, abstractmethod
-from collections.abc import Iterable, Mapping, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from contextlib import contextmanager, suppress
 from dataclasses import dataclass
 from datetime import UTC, date, datetime
 from types import TracebackType
-from typing import Self
+from typing import Literal, Self
 from urllib.parse import parse_qsl, urlencode, urlsplit, urlunsplit
 
 from backfills.errors import (
@@ -31,6 +39,11 @@ ACCEPTED_URLS = "sqlite:///absolute/path.db, redis://[user:password@]host:port/d
 DEFAULT_KEEP = 3
 # Rows per transaction (SQLite) or per HSET (Redis): memory stays bounded and a million rows is 200 commits.
 WRITE_CHUNK_ROWS = 5_000
+
+# A writer's lease on a version lasts this long after its last renewal (every chunk renews it): a writer
+# that stops renewing, on any host, loses it after this long.
+LEASE_SECONDS = 120.0
+_LEASE_POLL_SECONDS = 0.05
 
 # Names become parts of Redis keys (':'-separated), so they never hold a ':'.
 _NAME_PATTERN = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")
@@ -100,6 +113,42 @@ class CanaryRoute:
         return cls(version=record["version"], percent=record["percent"], release_id=record["release_id"])
 
 
+# What claiming a writer lease found: nobody held it, a dead writer did (taken over), or a live one does.
+ClaimState = Literal["free", "inherited", "held"]
+
+
+@dataclass(frozen=True)
+class WriterLease:
+    """The right to write one version of an online table, held by one writer at a time. `inherited`: the
+    previous holder died holding it, so whatever it left of the version (even a complete one, possibly
+    never read back) must be written again."""
+
+    table: str
+    version: str
+    owner: str  # host:pid:token of the writer
+    inherited: bool
+
+
+def _new_owner() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}:{uuid.uuid4().hex[:12]}"
+
+
+def _holder_died(holder: str) -> bool:
+    """Whether the writer `holder` names is a process of this host that no longer runs (a writer on another
+    host is only found out when its lease expires)."""
+    host, _, rest = holder.partition(":")
+    pid = rest.partition(":")[0]
+    if host != socket.gethostname() or not pid.isdigit() or int(pid) == os.getpid():
+        return False
+    try:
+        os.kill(int(pid), 0)
+    except ProcessLookupError:
+        return True
+    except PermissionError:  # alive, another user's
+        return False
+    return False
+
+
 def _check_name(what: str, value: str) -> None:
     if not isinstance(value, str) or not _NAME_PATTERN.fullmatch(value):
         raise InvalidRequestError(
@@ -138,6 +187,9 @@ class OnlineStore(ABC):
     """Versions of online tables and the pointer readers follow. The public methods hold the rules shared by
     every backend; a backend implements the underscored primitives, each one atomic in its store."""
 
+    # How long a writer lease taken through this handle lasts after its last renewal.
+    lease_seconds: float = LEASE_SECONDS
+
     # Writing
 
     def write_version(
@@ -150,21 +202,42 @@ class OnlineStore(ABC):
         release_id: str,
         partition: str,
         content_hash: str,
+        lease: WriterLease | None = None,
     ) -> OnlineVersion:
         """Write `rows` (one per entity, keyed by `key_column`) as `version` of `table`, in chunks, and return
         its record. The version becomes visible to `has_version` and `switch` only once every row is written;
         writing it again replaces it whole, so a retry after a crash simply completes it. The version readers
-        are on cannot be rewritten: write a new one and switch."""
+        are on cannot be rewritten: write a new one and switch. The writer holds the version's `lease` (see
+        `writer_lease`; without one, it takes one for the write): every write checks that it still holds it,
+        so two writers never mix their rows."""
         _check_name("table", table)
         _check_name("version", version)
         try:
             date.fromisoformat(partition)
         except (TypeError, ValueError):
             raise InvalidRequestError(f"partition {partition!r} is not a day: use YYYY-MM-DD") from None
-        self._begin_write(table, version)
+        if lease is None:
+            with self.writer_lease(table, version) as taken:
+                return self.write_version(
+                    table,
+                    version,
+                    rows,
+                    key_column=key_column,
+                    release_id=release_id,
+                    partition=partition,
+                    content_hash=content_hash,
+                    lease=taken,
+                )
+        if (lease.table, lease.version) != (table, version):
+            raise InvalidRequestError(
+                f"the lease on version {lease.version} of {lease.table!r} cannot write version {version} of "
+                f"{table!r}: take the lease of the version written"
+            )
+        owner = lease.owner
+        self._begin_write(table, version, owner)
         encoder = RowEncoder(table, version, key_column)
         chunks = encoder.chunks(rows, WRITE_CHUNK_ROWS)
-        written = sum(self._write_rows(table, version, chunk) for chunk in chunks)
+        written = sum(self._write_rows(table, version, chunk, owner) for chunk in chunks)
         if written != encoder.count:
             raise OnlineStoreError(
                 f"{encoder.count - written} of {encoder.count} rows of {encoder.where} repeat an entity key "
@@ -181,21 +254,84 @@ class OnlineStore(ABC):
             columns=encoder.columns,
             written_at=datetime.now(UTC),
         )
-        self._complete(record)
+        self._complete(record, owner)
         return record
+
+    @contextmanager
+    def writer_lease(self, table: str, version: str) -> Iterator[WriterLease]:
+        """Hold the writer lease on `version` of `table` for a block: one writer at a time, so a second one
+        waits here while the holder lives (and renews it), then finds the version written or writes it
+        itself. A lease whose holder died (expired, or its process on this host is gone) is taken over:
+        `inherited`. Released when the block ends; `abandon` it instead to throw away what was written."""
+        _check_name("table", table)
+        _check_name("version", version)
+        owner = _new_owner()
+        dead: str | None = None
+        while True:
+            state, holder = self._claim(table, version, owner, dead)
+            if state != "held":
+                break
+            dead = holder if holder is not None and _holder_died(holder) else None
+            if dead is None:
+                time.sleep(_LEASE_POLL_SECONDS)
+        lease = WriterLease(table, version, owner, inherited=state == "inherited")
+        try:
+            yield lease
+        finally:
+            self._release(table, version, owner, discard=False)
+
+    def abandon(self, lease: WriterLease) -> None:
+        """Throw away what the lease's holder wrote of its version (rows and record; never the version readers
+        are on) before its lease ends, e.g. when its rows failed to read back equal. If the store cannot be
+        reached, nothing is lost: the lease then expires and the next writer takes it over and writes the
+        version again."""
+        with suppress(Exception):  # the next writer inherits the lease and writes the version again
+            self._release(lease.table, lease.version, lease.owner, discard=True)
 
     def switch(self, table: str, version: str, *, expected_current: str | None) -> OnlineVersion:
         """Make `version` the one readers see, atomically, if `table` is still on `expected_current` (None:
         never synced). Switching back to a kept version is a rollback: nothing is reloaded. Raises
         OnlineVersionChangedError if another sync or rollback moved the table first, and OnlineStoreError if
         `version` is not completely written."""
-        _check_name("table", table)
-        _check_name("version", version)
-        return self._switch(table, version, expected_current, datetime.now(UTC))
+        return self.switch_tables({table: version}, expected={table: expected_current})[table]
+
+    def switch_tables(
+        self,
+        versions: Mapping[str, str],
+        *,
+        expected: Mapping[str, str | None],
+        release: tuple[str | None, str] | None = None,
+    ) -> dict[str, OnlineVersion]:
+        """Make each table's version (`versions`: table -> version) the one readers see, all in one atomic
+        step, if every table is still on its `expected` version (None: never synced): readers see all the
+        tables switched or none. Nothing switches if one table was moved by another sync or rollback first
+        (OnlineVersionChangedError) or one version is not completely written (OnlineStoreError), and the
+        error names that table. `release` (expected, new): the release the store was last synced to must
+        still be the expected one (see `synced_release`), and becomes the new one in the same step, even
+        when no table changes; so a sync that staged an older release never switches after a newer one."""
+        missing = sorted(set(versions) - set(expected))
+        if missing:
+            raise InvalidRequestError(
+                f"no expected current version given for {', '.join(missing)}: say which version each table "
+                "must still be on (None: never synced)"
+            )
+        for table, version in versions.items():
+            _check_name("table", table)
+            _check_name("version", version)
+        targets = [(table, versions[table], expected[table]) for table in sorted(versions)]
+        if not targets and release is None:
+            return {}
+        switched = self._switch(targets, datetime.now(UTC), release)
+        return {record.table: record for record in switched}
+
+    def synced_release(self) -> str | None:
+        """The release the last sync switched the store to (None: never synced through `switch_tables` with
+        a release)."""
+        return self._synced_release()
 
     def prune(self, table: str, keep: int = DEFAULT_KEEP) -> list[str]:
-        """Delete the versions older than the newest `keep`, never the current one nor the one the canary
-        slice reads; return those deleted."""
+        """Delete the versions older than the newest `keep`, never the current one, the one the canary slice
+        reads, nor one a writer holds the lease of; return those deleted."""
         if keep < 1:
             raise InvalidRequestError(f"keep={keep}: an online table keeps at least its newest version")
         route = self.canary_route(table)
@@ -319,25 +455,62 @@ class OnlineStore(ABC):
             "it cannot be rewritten: write the rows under a new version and switch to it"
         )
 
+    def _release_moved_error(self, found: str | None, expected: str | None) -> OnlineVersionChangedError:
+        return OnlineVersionChangedError(
+            f"the online store at {self.describe()} was synced to release {found or 'none'}, not "
+            f"{expected or 'none'} as expected: another sync switched it first; nothing was switched; sync "
+            "again (it starts from what the other sync left)"
+        )
+
+    def _lost_lease_error(self, table: str, version: str) -> OnlineStoreError:
+        return OnlineStoreError(
+            f"this writer no longer holds the lease on version {version} of online table {table!r} in "
+            f"{self.describe()}: it renewed it too late (a lease lasts {self.lease_seconds:g}s) and another "
+            "writer took the version over, so it stopped writing; nothing it wrote is visible; sync again"
+        )
+
     # Primitives of a backend
 
     @abstractmethod
-    def _begin_write(self, table: str, version: str) -> None:
-        """Forget `version` (its record, then its rows), unless readers are on it."""
+    def _claim(
+        self, table: str, version: str, owner: str, replacing: str | None
+    ) -> tuple[ClaimState, str | None]:
+        """Take the version's writer lease for `owner` (for `lease_seconds`) unless a live writer holds it:
+        "free" (nobody held it), "inherited" (its holder's lease had expired, or the holder is `replacing`,
+        known dead) or "held" (not taken); with the holder found, if any."""
 
     @abstractmethod
-    def _write_rows(self, table: str, version: str, chunk: list[tuple[str, str]]) -> int:
-        """Add (key, row JSON) pairs to `version`; return how many keys were new."""
+    def _release(self, table: str, version: str, owner: str, *, discard: bool) -> None:
+        """End `owner`'s lease on the version (if it still holds it); with `discard`, delete the version
+        (record and rows, unless readers are on it) in the same step."""
 
     @abstractmethod
-    def _complete(self, record: OnlineVersion) -> None:
-        """Record a completely written version."""
+    def _begin_write(self, table: str, version: str, owner: str) -> None:
+        """Forget `version` (its record, then its rows), unless readers are on it; `owner` must hold its lease
+        (renewed)."""
+
+    @abstractmethod
+    def _write_rows(self, table: str, version: str, chunk: list[tuple[str, str]], owner: str) -> int:
+        """Add (key, row JSON) pairs to `version` and renew `owner`'s lease, in one step, if `owner` still
+        holds it; return how many keys were new."""
+
+    @abstractmethod
+    def _complete(self, record: OnlineVersion, owner: str) -> None:
+        """Record a completely written version, if `owner` still holds its lease (renewed)."""
 
     @abstractmethod
     def _switch(
-        self, table: str, version: str, expected_current: str | None, synced_at: datetime
-    ) -> OnlineVersion:
-        """Compare-and-swap the table's pointer to a complete `version`."""
+        self,
+        targets: Sequence[tuple[str, str, str | None]],
+        synced_at: datetime,
+        release: tuple[str | None, str] | None,
+    ) -> list[OnlineVersion]:
+        """Compare-and-swap the pointers of several tables at once: (table, complete version, expected
+        current version) each, and the synced release (expected, new) if given; all of them or none."""
+
+    @abstractmethod
+    def _synced_release(self) -> str | None:
+        """The release the store was last synced to, or None."""
 
     @abstractmethod
     def _read(

@@ -2,6 +2,8 @@
 crash-point matrix in test_crash_points.py. Not a test module: the matrix starts it as a process of its own.
 
     python crash_child.py POINT STORAGE_ROOT [SLACK_URL SLACK_TOKEN]
+    python crash_child.py mid_online_write - STORE_URL KEY_PREFIX     (the online store only)
+    python crash_child.py mid_online_sync STORAGE_ROOT STORE_URL KEY_PREFIX
 """
 
 from __future__ import annotations
@@ -42,6 +44,57 @@ def die_once_writing(folder: Path) -> None:
         die()
 
     threading.Thread(target=watch, daemon=True).start()
+
+
+def die_after_rows_of(store_class: type, table: str) -> None:
+    """Die once the first chunk of `table`'s rows is written: its version half written, its lease held."""
+    write = store_class._write_rows
+
+    def written_then_dead(self, name: str, version: str, chunk: list, owner: str) -> int:
+        count = write(self, name, version, chunk, owner)
+        if name == table:
+            die()
+        return count
+
+    store_class._write_rows = written_then_dead
+
+
+def _online_store(url: str, key_prefix: str):
+    """The test's online store: an SQLite file, or its key prefix on the test's Redis server."""
+    from backfills.serving import online_store
+    from backfills.serving.online_redis import RedisOnlineStore
+
+    online_store.WRITE_CHUNK_ROWS = 10  # several chunks for a few dozen entities: a write can stop halfway
+    if url.startswith("redis"):
+        return RedisOnlineStore(url, key_prefix=key_prefix)
+    return online_store.open_online_store(url)
+
+
+def write_online(url: str, key_prefix: str) -> None:
+    """Write version v2 of customer_txn_7d (100 customers), as a sync would."""
+    store = _online_store(url, key_prefix)
+    die_after_rows_of(type(store), "customer_txn_7d")
+    rows = ({"customer_id": f"C{index:06d}", "txn_count_7d": index} for index in range(100))
+    store.write_version(
+        "customer_txn_7d",
+        "v2",
+        rows,
+        key_column="customer_id",
+        release_id="r2",
+        partition="2025-03-02",
+        content_hash="sha256:v2",
+    )
+
+
+def sync_online(root: str, url: str, key_prefix: str) -> None:
+    """Sync the online store to the current release; dies writing customer_risk_profile, the second table."""
+    from backfills.resources.catalog import ReleaseCatalog
+    from backfills.resources.storage import LocalObjectStore
+    from backfills.serving.online_sync import sync_release
+
+    store = _online_store(url, key_prefix)
+    die_after_rows_of(type(store), "customer_risk_profile")
+    sync_release(_spark, ReleaseCatalog(LocalObjectStore(root)), store)
 
 
 def _spark():
@@ -103,7 +156,17 @@ def ask_for_approval(root: str, slack_url: str, token: str) -> None:
     flow.process(BATCH, lambda manifest: None)
 
 
-def main(point: str, root: str, *slack: str) -> None:
+def main(point: str, root: str, *more: str) -> None:
+    if point == "mid_online_write":
+        write_online(*more)  # the online store alone: nothing else to import
+    elif point == "mid_online_sync":
+        sync_online(root, *more)
+    else:
+        flow(point, root, *more)
+    raise SystemExit(f"{point}: the flow finished without reaching its crash point")
+
+
+def flow(point: str, root: str, *slack: str) -> None:
     from backfills.assets import staging
     from backfills.checks.diff_check import DiffVsProduction
     from backfills.resources.catalog import ReleaseCatalog
@@ -127,7 +190,6 @@ def main(point: str, root: str, *slack: str) -> None:
         ask_for_approval(root, *slack)  # the Slack server kills this process while it posts
     else:
         raise SystemExit(f"unknown crash point {point}")
-    raise SystemExit(f"{point}: the flow finished without reaching its crash point")
 
 
 if __name__ == "__main__":

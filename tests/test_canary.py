@@ -67,6 +67,7 @@ from backfills.serving.online_sync import sync_release
 from backfills.specs import CanaryHealthPolicy, ColumnHealth, DiffPolicy, ModelImpactPolicy
 
 PROFILE, SEVEN_DAY, DAILY = "customer_risk_profile", "customer_txn_7d", "customer_daily_txn"
+TABLES = [spec.name for spec in dependency_order()]
 ALICE, BOB, CHANNEL = "U0ALICE", "U0BOB", "C0APPROVALS"
 FIRST_DAY, DAY_1, DAY_2 = date(2025, 1, 9), date(2025, 2, 7), date(2025, 2, 8)
 DAYS = [DAY_1.isoformat(), DAY_2.isoformat()]
@@ -541,14 +542,33 @@ def test_the_approval_sensor_publishes_to_a_canary_and_the_jobs_widen_and_comple
 
 
 def test_the_health_job_rolls_a_degraded_canary_back_and_tells_the_channel(
-    lake: Lake, spark, dagster_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch
+    lake: Lake, spark, dagster_instance: DagsterInstance, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
 ) -> None:
+    """The slice reads production again everywhere, the online store too, though the failed run skips
+    its sync step."""
     promote_to_canary(lake.catalog, RULES, spark, "bad", 30, requested_by="ops")
+    production = {
+        key: row
+        for (key, day), row in _by_key(FeatureReader(spark, lake.store).read(PROFILE, DAY_2, DAY_2)).items()
+    }
+    in_the_slice = sorted(key for key in production if in_slice(key, 30))
+    online_store_url = f"sqlite:///{tmp_path / 'online.db'}"
+    with open_online_store(online_store_url) as online:
+        sync_release(lambda: spark, lake.catalog, online)
+        sync_canary(lambda: spark, lake.catalog, online)
+        assert online.get(PROFILE, in_the_slice, channel="canary") != {
+            key: production[key] for key in in_the_slice
+        }
     with FakeSlack() as slack:
         slack.add_channel(CHANNEL, "feature-approvals")
         monkeypatch.setenv("SLACK_BOT_TOKEN", slack.token)
         defs = build_definitions(
-            lake.settings(slack_bot_token=slack.token, slack_channel=CHANNEL, slack_api_url=slack.base_url)
+            lake.settings(
+                slack_bot_token=slack.token,
+                slack_channel=CHANNEL,
+                slack_api_url=slack.base_url,
+                online_store_url=online_store_url,
+            )
         )
         result = defs.resolve_job_def("canary_health").execute_in_process(
             instance=dagster_instance,
@@ -562,6 +582,11 @@ def test_the_health_job_rolls_a_degraded_canary_back_and_tells_the_channel(
     assert canary_channel.last_canary(lake.catalog).status == "rolled_back"
     [verdict] = [e for e in lake.catalog.events(batch_id="bad") if e.kind == "canary_health"]
     assert verdict.actor == CANARY_HEALTH_SENSOR
+    with open_online_store(online_store_url) as online:
+        assert [table for table in TABLES if online.canary_route(table) is not None] == []
+        assert online.get(PROFILE, in_the_slice, channel="canary") == {
+            key: production[key] for key in in_the_slice
+        }
 
 
 def test_the_commands_open_widen_show_and_roll_back_a_canary(

@@ -4,7 +4,11 @@ writes, switches, crashes, rollbacks and pruning, values read back exactly, and 
 from __future__ import annotations
 
 import math
+import signal
+import subprocess
+import sys
 import threading
+import time
 import uuid
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime
@@ -25,11 +29,12 @@ from backfills.errors import (
 from backfills.resources.canary_slice import in_slice
 from backfills.serving.online_redis import RedisOnlineStore
 from backfills.serving.online_sqlite import SqliteOnlineStore
-from backfills.serving.online_store import OnlineStore, OnlineVersion, open_online_store
+from backfills.serving.online_store import OnlineStore, OnlineVersion, WriterLease, open_online_store
 from backfills.serving.parity import ValueMismatch, parity
 
 TABLE = "customer_txn_7d"
 KEY = "customer_id"
+CRASH_CHILD = Path(__file__).with_name("crash_child.py")
 
 
 @pytest.fixture(params=["sqlite", "redis"])
@@ -68,16 +73,23 @@ def read_back(row: Mapping[str, object]) -> dict[str, object]:
 
 
 def write(
-    store: OnlineStore, version: str, rows: Iterable[Mapping[str, object]], partition: str = "2025-03-01"
+    store: OnlineStore,
+    version: str,
+    rows: Iterable[Mapping[str, object]],
+    partition: str = "2025-03-01",
+    *,
+    table: str = TABLE,
+    lease: WriterLease | None = None,
 ) -> OnlineVersion:
     return store.write_version(
-        TABLE,
+        table,
         version,
         rows,
         key_column=KEY,
         release_id=f"rel-{version}",
         partition=partition,
         content_hash=f"sha256:{version}",
+        lease=lease,
     )
 
 
@@ -253,6 +265,114 @@ def test_of_racing_switches_from_the_same_version_exactly_one_wins(
         winners = [outcome for outcome in outcomes if outcome != "refused"]
         assert len(outcomes) == 4 and len(winners) == 1
         assert setup.current(TABLE).version == winners[0]
+
+
+def test_several_tables_switch_in_one_step_or_none_of_them(open_store: Callable[[], OnlineStore]) -> None:
+    tables = ["customer_daily_txn", "customer_risk_profile", "customer_txn_30d"]
+    with open_store() as store, open_store() as reader:
+        for table in tables:
+            for release in (1, 2):
+                write(store, f"v{release}", customers(3, release), table=table)
+        store.switch_tables(dict.fromkeys(tables, "v1"), expected=dict.fromkeys(tables), release=(None, "r1"))
+
+        def on(release: int) -> bool:
+            row = {"C000002": read_back(customer(2, release))}
+            return all(reader.get(table, ["C000002"]) == row for table in tables)
+
+        def switch_to_2(versions: dict[str, str], expected: dict[str, str], release: str | None) -> None:
+            store.switch_tables(versions, expected=expected, release=(release, "r2"))
+
+        v1, v2 = dict.fromkeys(tables, "v1"), dict.fromkeys(tables, "v2")
+        # Another sync moved the second table first: none of the three switches.
+        with pytest.raises(
+            OnlineVersionChangedError, match="'customer_risk_profile' is on version v1, not v2"
+        ):
+            switch_to_2(v2, {**v1, "customer_risk_profile": "v2"}, "r1")
+        assert on(1) and store.synced_release() == "r1"
+        with pytest.raises(OnlineStoreError, match="'customer_txn_30d' to version v3: it is not completely"):
+            switch_to_2({**v2, "customer_txn_30d": "v3"}, v1, "r1")
+        assert on(1)
+        # A sync that started before another one switched the store (to r1) never switches after it.
+        with pytest.raises(OnlineVersionChangedError, match="synced to release r1, not r0 as expected"):
+            switch_to_2(v2, v1, "r0")
+        assert on(1)
+
+        switched = store.switch_tables(v2, expected=v1, release=("r1", "r2"))
+        assert sorted(switched) == tables and {record.release_id for record in switched.values()} == {
+            "rel-v2"
+        }
+        assert on(2) and reader.synced_release() == "r2"
+
+
+def test_a_second_writer_of_a_version_waits_for_the_first_then_finds_it_written(
+    open_store: Callable[[], OnlineStore],
+) -> None:
+    found: list[tuple[bool, bool]] = []
+
+    def second_writer() -> None:
+        with open_store() as handle, handle.writer_lease(TABLE, "v1") as lease:
+            found.append((lease.inherited, handle.has_version(TABLE, "v1")))
+
+    with open_store() as store, store.writer_lease(TABLE, "v1") as lease:
+        waiting = threading.Thread(target=second_writer)
+        waiting.start()
+        waiting.join(timeout=0.5)
+        assert waiting.is_alive() and found == []  # it waits while the first one holds the lease
+        write(store, "v1", customers(10), lease=lease)
+    waiting.join(timeout=10)
+    assert found == [(False, True)]  # then finds the version written: nothing to write again
+
+
+def _child_store_arguments(open_store: Callable[[], OnlineStore]) -> list[str]:
+    """The store `open_store` opens, as the crash child takes it: URL and key prefix."""
+    if open_store.func is SqliteOnlineStore:  # type: ignore[attr-defined]
+        [path] = open_store.args  # type: ignore[attr-defined]
+        return [f"sqlite:///{path}", "-"]
+    [url] = open_store.args  # type: ignore[attr-defined]
+    return [url, open_store.keywords["key_prefix"]]  # type: ignore[attr-defined]
+
+
+def test_a_version_whose_writer_was_killed_mid_write_is_taken_over_at_once_and_written_again(
+    open_store: Callable[[], OnlineStore],
+) -> None:
+    with open_store() as store:
+        write(store, "v1", customers(5))
+        store.switch(TABLE, "v1", expected_current=None)
+    child = subprocess.run(
+        [sys.executable, str(CRASH_CHILD), "mid_online_write", "-", *_child_store_arguments(open_store)],
+        start_new_session=True,
+        capture_output=True,
+        timeout=120,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-3000:]
+    with open_store() as store:
+        assert not store.has_version(TABLE, "v2") and store.current(TABLE).version == "v1"
+        started = time.monotonic()
+        with store.writer_lease(TABLE, "v2") as lease:
+            # Its holder's process is gone: no waiting for its lease to expire.
+            assert lease.inherited and time.monotonic() - started < 5
+            write(store, "v2", customers(100, 2), lease=lease)
+        store.switch(TABLE, "v2", expected_current="v1")
+        assert store.current(TABLE).rows == 100
+        assert store.get(TABLE, ["C000099"]) == {"C000099": read_back(customer(99, 2))}
+
+
+def test_a_writer_whose_lease_expired_and_was_taken_over_stops_writing(
+    open_store: Callable[[], OnlineStore],
+) -> None:
+    with open_store() as slow, open_store() as other:
+        slow.lease_seconds = 0.2
+        with slow.writer_lease(TABLE, "v1") as stale:
+            time.sleep(0.5)  # the slow writer stalls past its lease
+            with other.writer_lease(TABLE, "v1") as taken_over:
+                assert taken_over.inherited
+                write(other, "v1", customers(4, 2), lease=taken_over)
+            with pytest.raises(OnlineStoreError, match="no longer holds the lease on version v1"):
+                write(slow, "v1", customers(9, 3), lease=stale)
+        assert other.get_version(TABLE, "v1", ["C000003", "C000005"]) == {
+            "C000003": read_back(customer(3, 2)),
+            "C000005": None,
+        }
 
 
 def test_rollback_switches_back_to_a_kept_version_without_rewriting_it(store: OnlineStore) -> None:

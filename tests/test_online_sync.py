@@ -1,16 +1,22 @@
 """The online store kept in step with production (serving/online_sync.py), on an SQLite file and a real
 redis-server: each table serves its newest production partition, exactly as offline; an unchanged table is
-not reloaded; a rollback switches back without reloading; a parity failure or a crash mid-sync leaves
-readers on the version they had, and a retry completes; the command reads and reports it."""
+not reloaded; a rollback switches back without reloading; a failure on one table (a staged file that lost
+a row) or a sync killed mid-write (SIGKILL) leaves every table on the release it had, and a rerun
+completes; the command reads and reports it."""
 
 from __future__ import annotations
 
 import json
+import re
 import shutil
+import signal
+import subprocess
+import sys
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import Lake, make_lake
 from test_approvals import TABLES
@@ -18,14 +24,16 @@ from test_approvals import TABLES
 from backfills.assets.reader import FeatureReader
 from backfills.errors import OnlineParityError
 from backfills.orchestration.cli import main
-from backfills.serving import online_store
 from backfills.serving.online_redis import RedisOnlineStore
 from backfills.serving.online_rows import stored_form
 from backfills.serving.online_sqlite import SqliteOnlineStore
 from backfills.serving.online_store import OnlineStore
 from backfills.serving.online_sync import online_status, sync_release
 
-DAILY = "customer_daily_txn"
+DAILY, PROFILE = "customer_daily_txn", "customer_risk_profile"
+SEVEN_DAY, THIRTY_DAY = "customer_txn_7d", "customer_txn_30d"
+EARLIER = "earlier"
+CRASH_CHILD = Path(__file__).with_name("crash_child.py")
 
 
 @pytest.fixture
@@ -100,61 +108,105 @@ def test_each_table_serves_its_newest_partition_reloading_only_what_changed(
     assert len(synced_events) == 4
 
 
-class _CorruptingStore(SqliteOnlineStore):
-    """A backend that garbles one value of every row it writes, as a broken serializer would."""
-
-    def _write_rows(self, table: str, version: str, chunk: list[tuple[str, str]]) -> int:
-        garbled = [(key, json.dumps({**json.loads(row), "txn_count": -1})) for key, row in chunk]
-        return super()._write_rows(table, version, garbled)
-
-
-class _CrashingStore(SqliteOnlineStore):
-    """A backend whose process dies (here: raises) after its first chunk of rows."""
-
-    chunks = 0
-
-    def _write_rows(self, table: str, version: str, chunk: list[tuple[str, str]]) -> int:
-        self.chunks += 1
-        if self.chunks > 1:
-            raise RuntimeError("killed mid-sync")
-        return super()._write_rows(table, version, chunk)
+def _on_earlier_versions(store: OnlineStore) -> None:
+    """Every table on a version an earlier release left (one customer each), switched together."""
+    for table in TABLES:
+        store.write_version(
+            table,
+            EARLIER,
+            [{"customer_id": "C-earlier", "release": "earlier"}],
+            key_column="customer_id",
+            release_id="r-earlier",
+            partition="2024-12-31",
+            content_hash="sha256:earlier",
+        )
+    store.switch_tables(
+        dict.fromkeys(TABLES, EARLIER), expected=dict.fromkeys(TABLES), release=(None, "r-earlier")
+    )
 
 
-def test_a_parity_failure_leaves_readers_on_the_version_they_had(lake: Lake, spark, tmp_path: Path):
+def _on_earlier(store: OnlineStore) -> bool:
+    """Whether every table still serves the earlier release, wholly."""
+    return all(
+        store.current(table).version == EARLIER
+        and store.get(table, ["C-earlier"])
+        == {"C-earlier": {"customer_id": "C-earlier", "release": "earlier"}}
+        for table in TABLES
+    )
+
+
+def _in_step(store: OnlineStore, spark, lake: Lake) -> bool:
+    """Whether every table serves its newest production partition, every key read back as offline."""
+    release = lake.catalog.current_release().release_id
+    return all(
+        _served(store, spark, lake, table)[1] and store.current(table).release_id == release
+        for table in TABLES
+    ) and all(item["in_step"] for item in online_status(lake.catalog, store))
+
+
+def _drop_last_row(lake: Lake, table: str, day: str) -> tuple[bytes, int]:
+    """Someone rewrote the table's staged file of `day` without its last row; returns the original file
+    and its row count."""
+    [key] = lake.catalog.get_batch("jan").tables[table][day].files
+    path = lake.root / key
+    original = path.read_bytes()
+    rows = pq.read_table(path)
+    pq.write_table(rows.slice(0, rows.num_rows - 1), path)
+    path.with_name(f".{path.name}.crc").unlink()  # Spark's checksum beside it: rewritten files have none
+    return original, rows.num_rows
+
+
+def test_a_failure_on_the_second_table_switches_none_and_names_it(lake: Lake, online: OnlineStore, spark):
     session = lambda: spark  # noqa: E731
-    path = tmp_path / "online.db"
-    _promote(lake, "jan")
-    with SqliteOnlineStore(path) as store:
-        sync_release(session, lake.catalog, store)
-        before = store.current(DAILY)
-    release = _promote(lake, "fix")
-    with _CorruptingStore(path) as broken, pytest.raises(OnlineParityError, match="differing values"):
-        sync_release(session, lake.catalog, broken, tables=[DAILY])
-    with SqliteOnlineStore(path) as store:
-        assert store.current(DAILY) == before  # readers never saw the garbled version
-        assert _served(store, spark, lake, DAILY) == ("2025-01-04", True)
+    _on_earlier_versions(online)
+    release = _promote(lake, "jan")
+    original, rows = _drop_last_row(lake, PROFILE, "2025-01-04")  # the second table, after the daily one
+    with pytest.raises(OnlineParityError) as error:
+        sync_release(session, lake.catalog, online)
+    assert _on_earlier(online)  # the daily table, staged before it, was not switched either
+    assert re.match(f"online table {PROFILE}: .*rows: {rows - 1} online, {rows} offline", str(error.value))
+    assert str(error.value).endswith("readers stay on the versions they had: no table was switched")
     [failed] = [event for event in lake.catalog.events() if event.kind == "online_sync_failed"]
-    assert failed.release_id == release and failed.details["table"] == DAILY
-    assert "txn_count" in failed.details["error"]
+    assert failed.release_id == release and failed.details["table"] == PROFILE
+    assert not any(event.kind == "online_synced" for event in lake.catalog.events())
+
+    [key] = lake.catalog.get_batch("jan").tables[PROFILE]["2025-01-04"].files
+    (lake.root / key).write_bytes(original)
+    synced = {sync.table: sync.action for sync in sync_release(session, lake.catalog, online)}
+    # The daily table's version was written and read back before: switched to, not loaded again.
+    assert synced == {DAILY: "switched", PROFILE: "loaded", THIRTY_DAY: "loaded", SEVEN_DAY: "loaded"}
+    assert _in_step(online, spark, lake)
+    assert online.synced_release() == release
 
 
-def test_a_crash_mid_sync_leaves_the_old_version_and_a_retry_completes(
-    lake: Lake, spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+@pytest.mark.crash
+def test_a_sync_killed_mid_write_leaves_every_table_on_the_old_release_and_a_rerun_completes(
+    lake: Lake, spark, tmp_path: Path
 ):
-    session = lambda: spark  # noqa: E731
-    path = tmp_path / "online.db"
+    """On the embedded store (the child starts a Spark JVM of its own); tests/test_online_store.py kills
+    a writer on both backends."""
+    online = SqliteOnlineStore(tmp_path / "online.db")
+    _on_earlier_versions(online)
     _promote(lake, "jan")
-    with SqliteOnlineStore(path) as store:
-        sync_release(session, lake.catalog, store)
-        before = store.current(DAILY)
-    _promote(lake, "fix")
-    monkeypatch.setattr(online_store, "WRITE_CHUNK_ROWS", 10)  # several chunks for a few dozen customers
-    with _CrashingStore(path) as crashing, pytest.raises(RuntimeError, match="killed mid-sync"):
-        sync_release(session, lake.catalog, crashing, tables=[DAILY])
-    with SqliteOnlineStore(path) as store:
-        assert store.current(DAILY) == before
-        [retry] = sync_release(session, lake.catalog, store, tables=[DAILY])
-        assert retry.action == "loaded" and _served(store, spark, lake, DAILY) == ("2025-01-06", True)
+    child = subprocess.run(
+        [
+            sys.executable,
+            str(CRASH_CHILD),
+            "mid_online_sync",
+            str(lake.root),
+            f"sqlite:///{online.path}",
+            "-",
+        ],
+        start_new_session=True,
+        capture_output=True,
+        timeout=600,
+    )
+    assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-3000:]
+    assert _on_earlier(online)  # the daily table was staged, the profile half written: nothing switched
+    # The killed sync's lease on the half-written version is taken over at once (its process is gone).
+    synced = {sync.table: sync.action for sync in sync_release(lambda: spark, lake.catalog, online)}
+    assert synced == {DAILY: "switched", PROFILE: "loaded", THIRTY_DAY: "loaded", SEVEN_DAY: "loaded"}
+    assert _in_step(online, spark, lake)
 
 
 def test_the_command_syncs_reads_and_reports_the_online_store(

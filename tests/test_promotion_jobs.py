@@ -4,23 +4,33 @@
 from __future__ import annotations
 
 import json
+import os
 import shutil
+import signal
+import subprocess
+import sys
 from collections.abc import Iterator
+from datetime import date
 from pathlib import Path
 
 import pytest
 import redis
 from conftest import Lake, make_lake
 from dagster import AssetKey, DagsterInstance, build_sensor_context
+from dagster_services import free_port
 from slack_api import FakeSlack
 from test_approvals import ALICE, BOB, CAROL, CHANNEL, TABLES
+from test_canary import _approve as approve
 
 from backfills.assets.reader import FeatureReader
+from backfills.orchestration.cli import EXIT_ONLINE_NOT_SYNCED, INSTANCE_CONFIG, main
 from backfills.orchestration.definitions import build_definitions
 from backfills.orchestration.freshness_checks import FRESHNESS_CHECK
+from backfills.orchestration.local_backfill import root_cause
 from backfills.orchestration.sensors import APPROVAL_SENSOR
 from backfills.serving.online_rows import stored_form
 from backfills.serving.online_store import open_online_store
+from backfills.serving.online_sync import online_status
 
 
 @pytest.fixture
@@ -252,3 +262,183 @@ def test_the_jobs_keep_the_online_store_in_step_with_production(
     back = observed("customer_daily_txn")[0]
     assert back["action"] == "switched" and back["keys_written"] == 0 and back["partition"] == "2025-01-04"
     assert online_rows("customer_daily_txn")["rows"] == offline_rows("customer_daily_txn", "2025-01-04")
+
+
+# Promotions at the same moment, and what a promotion says when the sync after it fails
+
+WORKER = Path(__file__).with_name("command_worker.py")
+DAILY = "customer_daily_txn"
+# Three rounds of two promotions, each of one day of the daily table: disjoint partitions.
+ROUNDS = [(date(2025, 1, 7 + 2 * n), date(2025, 1, 8 + 2 * n)) for n in range(3)]
+
+
+def _batch(day: date) -> str:
+    return f"day-{day:%m%d}"
+
+
+@pytest.fixture(scope="module")
+def racing_template(staged_template: Path, tmp_path_factory: pytest.TempPathFactory, spark) -> Path:
+    """Production serves `jan`; six approved batches of the daily table wait, one day each (Jan 7..12)."""
+    root = tmp_path_factory.mktemp("racing") / "lake"
+    shutil.copytree(staged_template, root)
+    lake = make_lake(root)
+    lake.catalog.promote("jan", actor="setup")
+    for day in (day for pair in ROUNDS for day in pair):
+        lake.stage(spark, DAILY, day, day, _batch(day), requester=ALICE)
+        lake.catalog.mark_complete(_batch(day), {DAILY: [day.isoformat()]})
+        approve(lake, _batch(day))
+    return root
+
+
+class Terminals:
+    """Two `backfills` processes (tests/command_worker.py), as two operators' terminals: the same command
+    line reaches both at the same moment."""
+
+    def __init__(self, log_dir: Path) -> None:
+        self.logs = [log_dir / f"terminal-{n}.log" for n in (1, 2)]
+        self.processes = []
+        for log in self.logs:
+            with open(log, "wb") as output:
+                self.processes.append(
+                    subprocess.Popen(
+                        [sys.executable, str(WORKER)],
+                        stdin=subprocess.PIPE,
+                        stdout=subprocess.PIPE,
+                        stderr=output,
+                        text=True,
+                        start_new_session=True,
+                    )
+                )
+
+    def run_together(self, env: dict[str, str], commands: list[list[str]]) -> list[dict]:
+        """Each command in a terminal of its own (the first ones), all at once; their answers in order."""
+        busy = list(zip(self.processes, self.logs, commands, strict=False))
+        for process, _, argv in busy:
+            process.stdin.write(json.dumps({"env": env, "argv": argv}) + "\n")
+        for process, _, _ in busy:
+            process.stdin.flush()
+        answers = []
+        for process, log, _ in busy:
+            line = process.stdout.readline()
+            assert line, f"a terminal died:\n{log.read_text()[-3000:]}"
+            answers.append(json.loads(line))
+        return answers
+
+    def close(self) -> None:
+        for process in self.processes:
+            process.stdin.close()
+            try:
+                process.wait(timeout=60)
+            except subprocess.TimeoutExpired:
+                os.killpg(process.pid, signal.SIGKILL)
+                process.wait()
+
+
+@pytest.fixture(scope="module")
+def terminals(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Terminals]:
+    started = Terminals(tmp_path_factory.mktemp("terminals"))
+    yield started
+    started.close()
+
+
+def test_promotions_started_at_the_same_moment_both_publish_and_the_online_store_ends_on_the_newest(
+    racing_template: Path, terminals: Terminals, online_store_url: str, tmp_path: Path, spark
+) -> None:
+    """Three rounds of two `backfills promote` of disjoint batches, in two processes at once, on SQLite
+    and Redis: each reports its batch in production, the syncs after them never collide, and the online
+    store ends on the newest release, equal to the offline rows."""
+    root = tmp_path / "lake"
+    shutil.copytree(racing_template, root)
+    lake = make_lake(root)
+    home = tmp_path / "dagster_home"
+    home.mkdir()
+    shutil.copy(INSTANCE_CONFIG, home / "dagster.yaml")
+    # The instance's storage is created once, before the race: two processes creating it at once collide
+    # in Dagster's own schema migration.
+    DagsterInstance.from_config(str(home)).dispose()
+    env = {
+        "BACKFILLS_STORAGE_ROOT": str(root),
+        "DAGSTER_HOME": str(home),
+        "BACKFILLS_APPROVERS": BOB,
+        "BACKFILLS_ONLINE_STORE": online_store_url,
+        "BACKFILLS_SPARK_MASTER": "local[1]",
+        "BACKFILLS_PARTITIONS_START": "2025-01-01",
+    }
+    reader = FeatureReader(spark, lake.store)
+    for first, second in ROUNDS:
+        batches = [_batch(first), _batch(second)]
+        answers = terminals.run_together(env, [["promote", batch] for batch in batches])
+        for batch, answer in zip(batches, answers, strict=True):
+            if answer["code"] == 2 and "CURRENT moved" in answer["err"]:
+                # Both staged a release on the same production: one swap won, the other changed nothing
+                # and says to run it again (the catalog's compare-and-swap), which publishes it.
+                assert "nothing was changed; run the promotion again" in answer["err"]
+                [answer] = terminals.run_together(env, [["promote", batch]])
+            assert answer["code"] == 0, answer["err"]
+            assert f"batch {batch} is in production" in answer["out"]
+        current = lake.catalog.current_release()
+        served = lake.catalog.release_partitions(DAILY, "2025-01-07", "2025-01-12")
+        assert {served[day.isoformat()].batch_id for day in (first, second)} == set(batches)
+        with open_online_store(online_store_url) as store:
+            assert store.synced_release() == current.release_id
+            status = {item["table"]: item for item in online_status(lake.catalog, store)}
+            assert all(item["in_step"] and item["parity"]["passed"] for item in status.values())
+            assert store.current(DAILY).partition == second.isoformat()
+            offline = reader.read(DAILY, second, second).collect()
+            rows = {row["customer_id"]: json.loads(stored_form(row.asDict())) for row in offline}
+            assert store.get(DAILY, sorted(rows)) == rows
+    failed = [event for event in lake.catalog.events() if event.kind == "online_sync_failed"]
+    assert failed == []
+
+
+def test_a_promotion_says_it_published_and_names_the_online_sync_that_failed_after_it(
+    lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    approve(lake, "fix")
+    down = f"redis://127.0.0.1:{free_port()}/0"  # nothing listens there: the online store is down
+    for name, value in {
+        "BACKFILLS_STORAGE_ROOT": str(lake.root),
+        "DAGSTER_HOME": str(tmp_path / "dagster_home"),
+        "BACKFILLS_APPROVERS": BOB,
+        "BACKFILLS_ONLINE_STORE": down,
+    }.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("SLACK_BOT_TOKEN", raising=False)
+
+    assert main(["promote", "fix"]) == EXIT_ONLINE_NOT_SYNCED
+    out, err = capsys.readouterr()
+    release = lake.catalog.current_release()
+    assert release.batch_id == "fix"
+    assert f"batch fix is in production, release {release.release_id}" in out
+    [run] = DagsterInstance.get().get_runs()
+    said = (
+        f"batch fix is in production as release {release.release_id}; the online store was not updated: "
+        f"OnlineStoreError: cannot reach the online store at {down}"
+    )
+    assert err.startswith(
+        f"error: OnlineSyncFailedError: step sync_online_op of promote_batch run {run.run_id} failed after "
+        f"promote_op went through: {said}"
+    )
+    assert err.rstrip().endswith("retry with `backfills online sync`")
+    steps = {
+        event.step_key: event.dagster_event
+        for event in DagsterInstance.get().all_logs(run.run_id)
+        if event.dagster_event
+        and (event.dagster_event.is_step_success or event.dagster_event.is_step_failure)
+    }
+    assert steps["promote_op"].is_step_success and steps["sync_online_op"].is_step_failure
+    failure = root_cause(steps["sync_online_op"].step_failure_data.error)
+    assert failure.startswith(f"OnlineSyncFailedError: {said}")
+
+    monkeypatch.setenv("BACKFILLS_ONLINE_STORE", f"sqlite:///{tmp_path / 'online.db'}")
+    assert main(["online", "sync"]) == 0
+    capsys.readouterr()
+    assert main(["online", "status"]) == 0
+    status = capsys.readouterr().out.splitlines()
+    # Production serves the daily table only: the others are not behind it.
+    assert [line.split(";")[0] for line in status] == [
+        f"{DAILY}: in step",
+        "customer_txn_7d: not served by production yet",
+        "customer_txn_30d: not served by production yet",
+        "customer_risk_profile: not served by production yet",
+    ]
