@@ -185,28 +185,23 @@ def test_a_sync_killed_mid_write_leaves_every_table_on_the_old_release_and_a_rer
 ):
     """On the embedded store (the child starts a Spark JVM of its own); tests/test_online_store.py kills
     a writer on both backends."""
-    online = SqliteOnlineStore(tmp_path / "online.db")
-    _on_earlier_versions(online)
+    path = tmp_path / "online.db"
+    with SqliteOnlineStore(path) as online:
+        _on_earlier_versions(online)
     _promote(lake, "jan")
     child = subprocess.run(
-        [
-            sys.executable,
-            str(CRASH_CHILD),
-            "mid_online_sync",
-            str(lake.root),
-            f"sqlite:///{online.path}",
-            "-",
-        ],
+        [sys.executable, str(CRASH_CHILD), "mid_online_sync", str(lake.root), f"sqlite:///{path}", "-"],
         start_new_session=True,
         capture_output=True,
         timeout=600,
     )
     assert child.returncode == -signal.SIGKILL, child.stderr.decode()[-3000:]
-    assert _on_earlier(online)  # the daily table was staged, the profile half written: nothing switched
-    # The killed sync's lease on the half-written version is taken over at once (its process is gone).
-    synced = {sync.table: sync.action for sync in sync_release(lambda: spark, lake.catalog, online)}
-    assert synced == {DAILY: "switched", PROFILE: "loaded", THIRTY_DAY: "loaded", SEVEN_DAY: "loaded"}
-    assert _in_step(online, spark, lake)
+    with SqliteOnlineStore(path) as online:
+        assert _on_earlier(online)  # the daily table was staged, the profile half written: nothing switched
+        # The killed sync's lease on the half-written version is taken over at once (its process is gone).
+        synced = {sync.table: sync.action for sync in sync_release(lambda: spark, lake.catalog, online)}
+        assert synced == {DAILY: "switched", PROFILE: "loaded", THIRTY_DAY: "loaded", SEVEN_DAY: "loaded"}
+        assert _in_step(online, spark, lake)
 
 
 def test_the_command_syncs_reads_and_reports_the_online_store(
