@@ -216,7 +216,17 @@ def _approve_and_promote(
         asked = time.time()
         run_id = client.launch_run(
             ROLLBACK_JOB,
-            {"ops": {"rollback_op": {"config": {"reason": "benchmark", "requested_by": "benchmark"}}}},
+            {
+                "ops": {
+                    "rollback_op": {
+                        "config": {
+                            "to_release": "previous",
+                            "reason": "benchmark",
+                            "requested_by": "benchmark",
+                        }
+                    }
+                }
+            },
         )
         rollback = _job_run(services, client.wait_for_run(run_id, timeout=APPROVAL_TIMEOUT_SECONDS), asked)
     return ApprovalFacts(

@@ -112,8 +112,9 @@ class RollbackConfig(Config):
     to_release: str | None = Field(
         default=None,
         description=(
-            "A release ID, or 'previous' (the default). While a canary is open, leave it unset: the "
-            "rollback then removes the canary and leaves production as it is."
+            "The release to roll production back to: a release ID, or 'previous'. Unset: remove the open "
+            "canary and leave production as it is (refused when no canary is open, so that running a "
+            "canary's rollback again never rolls production back)."
         ),
     )
     tables: list[str] | None = Field(default=None, description="Roll back only these tables.")
@@ -360,9 +361,14 @@ def rollback_op(
         context.log.info(text)
         _tell(context, lambda: channel.announce(ChannelMessage(text=text, blocks=[])))
         return
+    if config.to_release is None:
+        raise InvalidRequestError(
+            "no canary is open, and this rollback names no release to roll production back to; set "
+            "to_release ('previous' or a release ID) to roll production back; nothing was changed"
+        )
     change = roll_back(
         release_catalog,
-        to=config.to_release or "previous",
+        to=config.to_release,
         reason=config.reason,
         requested_by=config.requested_by,
         tables=config.tables,

@@ -60,6 +60,7 @@ from backfills.resources.approvals_store import ApprovalStore
 from backfills.resources.canary_slice import in_slice, slice_column
 from backfills.resources.catalog_models import VoteRecord
 from backfills.resources.lifecycle import BatchState
+from backfills.resources.settings import load_settings
 from backfills.serving.online_canary import sync_canary
 from backfills.serving.online_rows import stored_form
 from backfills.serving.online_store import open_online_store
@@ -614,6 +615,21 @@ def test_the_commands_open_widen_show_and_roll_back_a_canary(
     ]
     assert main(["rollback", "--reason", "nothing open"]) == 2
     assert "name the release to roll production back to with --to" in capsys.readouterr().err
+    # Re-executing the canary's rollback run (the Dagster UI keeps its config) never rolls production back.
+    production = lake.catalog.current_release_id()
+    rerun = (
+        build_definitions(load_settings())
+        .resolve_job_def("rollback_release")
+        .execute_in_process(
+            run_config={
+                "ops": {"rollback_op": {"config": {"reason": "not today", "requested_by": "carol-ops"}}}
+            },
+            raise_on_error=False,
+        )
+    )
+    assert not rerun.success and lake.catalog.current_release_id() == production
+    [failure] = [event for event in rerun.all_events if event.is_step_failure]
+    assert "no canary is open, and this rollback names no release" in str(failure.step_failure_data.error)
     assert main(["audit", PROFILE, "--date", DAY_2.isoformat()]) == 0
     trail = capsys.readouterr().out
     for line in (

@@ -288,7 +288,13 @@ def test_a_rollback_launched_in_dagster_restores_the_previous_release(
     catalog = outcome.catalog
     rollback = outcome.services.client.launch_run(
         ROLLBACK_JOB,
-        {"ops": {"rollback_op": {"config": {"reason": "end-to-end test", "requested_by": "ops"}}}},
+        {
+            "ops": {
+                "rollback_op": {
+                    "config": {"to_release": "previous", "reason": "end-to-end test", "requested_by": "ops"}
+                }
+            }
+        },
     )
     assert outcome.services.client.wait_for_run(rollback, timeout=300).status == "SUCCESS"
     current = catalog.current_release()

@@ -44,7 +44,17 @@ def test_a_rollback_launched_in_the_ui_runs_through_the_daemon_on_the_default_sq
         assert isinstance(instance.event_log_storage, SqliteEventLogStorage)
         run_id = services.client.launch_run(
             ROLLBACK_JOB,
-            {"ops": {"rollback_op": {"config": {"reason": "local instance test", "requested_by": "ops"}}}},
+            {
+                "ops": {
+                    "rollback_op": {
+                        "config": {
+                            "to_release": "previous",
+                            "reason": "local instance test",
+                            "requested_by": "ops",
+                        }
+                    }
+                }
+            },
         )
         run = services.client.wait_for_run(run_id, timeout=300)
         assert run.status == "SUCCESS", services.run_failures(run_id)
