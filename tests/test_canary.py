@@ -591,7 +591,11 @@ def test_the_health_job_rolls_a_degraded_canary_back_and_tells_the_channel(
 
 
 def test_the_commands_open_widen_show_and_roll_back_a_canary(
-    lake: Lake, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+    lake: Lake,
+    spark,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    capsys: pytest.CaptureFixture[str],
 ) -> None:
     monkeypatch.setenv("BACKFILLS_STORAGE_ROOT", str(lake.root))
     monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "dagster_home"))
@@ -615,8 +619,9 @@ def test_the_commands_open_widen_show_and_roll_back_a_canary(
     ]
     assert main(["rollback", "--reason", "nothing open"]) == 2
     assert "name the release to roll production back to with --to" in capsys.readouterr().err
-    # Re-executing the canary's rollback run (the Dagster UI keeps its config) never rolls production back.
-    production = lake.catalog.current_release_id()
+    # Production moves on; re-executing the canary's rollback run (the Dagster UI keeps its config) must not
+    # roll it back to the release before.
+    production = promote(lake.catalog, RULES, spark, "bad", requested_by="ops").release.release_id
     rerun = (
         build_definitions(load_settings())
         .resolve_job_def("rollback_release")
