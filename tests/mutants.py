@@ -460,6 +460,9 @@ def main(argv: list[str] | None = None) -> int:
         "--no-spark-connect", action="store_true", help="let each run start its own local Spark instead"
     )
     args = parser.parse_args(argv)
+    # Stopped from outside (kill, or Ctrl-C in a shell that ignores SIGINT for background jobs): unwind, so
+    # that no test run, Spark Connect server or mutated copy is left behind.
+    signal.signal(signal.SIGTERM, lambda number, frame: sys.exit(128 + number))
     targets = _select(args.modules)
     only = _numbers(args.only)
     if only is not None and len(targets) != 1:
