@@ -236,7 +236,6 @@ TARGETS = (
                 "_TableLookup.days_to_read",
                 "_TableLookup.join",
                 "_training_set",
-                "_with_canary",
             ),
         ),
         (spark_tier("tests/test_training_set.py"),),

@@ -227,8 +227,18 @@ def _enumerate(scope: Scope, source: str) -> tuple[ast.Module, Parents, list[Sit
     found: list[Site] = []
     seen: set[str] = set()
 
+    # Annotations of local names are never evaluated: a mutant there could not change anything.
+    annotations = {
+        id(node)
+        for stmt in ast.walk(tree)
+        if isinstance(stmt, ast.AnnAssign)
+        for node in ast.walk(stmt.annotation)
+    }
+
     def add(name: str, nodes: list[ast.AST], line: int) -> None:
         for node in nodes:
+            if id(node) in annotations:
+                continue
             for description, mutation in _sites(node, parents):
                 found.append((name, getattr(node, "lineno", line), description, mutation, node))
 
