@@ -33,10 +33,12 @@ def month_of(day: str) -> str:
 
 
 class ReleaseTree:
-    """The immutable objects of the releases of one storage root, with a small cache (they never change)."""
+    """The immutable objects of the releases of one storage root, with a small cache (they never change):
+    the `cached_objects` used last, whether read or written."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, *, cached_objects: int = _CACHED_OBJECTS) -> None:
         self.store = store
+        self._cached_objects = cached_objects
         self._cache: OrderedDict[str, BaseModel] = OrderedDict()
 
     # Objects
@@ -55,16 +57,15 @@ class ReleaseTree:
         cached = self._cache.get(key)
         if cached is None:
             cached = kind.model_validate_json(self.store.get(key))
-            self._remember(key, cached)
-        else:
-            self._cache.move_to_end(key)
+        self._remember(key, cached)
         assert isinstance(cached, kind)
         return cached
 
     def _remember(self, key: str, node: BaseModel) -> None:
+        """Keep the object as the one used last, dropping the least recently used past the bound."""
         self._cache[key] = node
         self._cache.move_to_end(key)
-        while len(self._cache) > _CACHED_OBJECTS:
+        while len(self._cache) > self._cached_objects:
             self._cache.popitem(last=False)
 
     # Tables

@@ -92,6 +92,8 @@ class Target:
 PURE = "--noconftest"
 # tests/test_promotion_safety.py writes its batches without the quality gate so that it stays fast.
 PROMOTION_TESTS = spark_tier("tests/test_promotion_safety.py")
+# The life cycle's stories stage, promote and roll back through the catalog, without conftest.
+LIFECYCLE = tier(PURE, "tests/test_lifecycle.py")
 CATALOG_LOCAL = tier("tests/test_catalog.py", "tests/test_release_tree.py", "-k", "not s3")
 CATALOG_S3 = tier("tests/test_catalog.py", "tests/test_release_tree.py", "-k", "s3")
 
@@ -162,16 +164,17 @@ TARGETS = (
                 "ReleaseCatalog.mark_complete",
             ),
         ),
-        (CATALOG_LOCAL, CATALOG_S3, PROMOTION_TESTS),
+        (LIFECYCLE, CATALOG_LOCAL, CATALOG_S3, PROMOTION_TESTS),
         420,
     ),
-    Target("cas", Scope("resources/cas.py"), (CATALOG_LOCAL, CATALOG_S3), 240),
+    Target("cas", Scope("resources/cas.py"), (LIFECYCLE, CATALOG_LOCAL, CATALOG_S3), 240),
     Target(
         "release_tree",
         Scope("resources/release_tree.py"),
         (
-            # The other two tests of the module take conftest's `store` (a local folder and S3).
-            tier(PURE, "tests/test_release_tree.py", "-k", "promotion_writes or reads_only_the_months"),
+            # The two other tests of the module take conftest's `store` (a local folder and S3).
+            tier(PURE, "tests/test_release_tree.py", "-k", "not long_history and not full_snapshot"),
+            LIFECYCLE,
             CATALOG_LOCAL,
             CATALOG_S3,
         ),
@@ -180,7 +183,7 @@ TARGETS = (
     Target(
         "lifecycle",
         Scope("resources/lifecycle.py", constants=("TRANSITIONS", "_WRITABLE")),
-        (tier(PURE, "tests/test_lifecycle.py"), CATALOG_LOCAL),
+        (LIFECYCLE, CATALOG_LOCAL),
         180,
     ),
     Target(
