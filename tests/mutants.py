@@ -205,7 +205,7 @@ TARGETS = (
         "canary_slice",
         Scope("resources/canary_slice.py"),
         (
-            spark_tier("tests/test_canary.py", "-k", "slice_is_the_same"),
+            spark_tier("tests/test_canary.py", "-k", "slice_is_the_same or slice_through_an_unknown"),
             tier("tests/test_online_store.py", "-k", "canary_slice and sqlite"),
             spark_tier("tests/test_training_set.py"),
         ),

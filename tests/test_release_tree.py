@@ -227,10 +227,7 @@ def test_a_reader_keeps_the_objects_it_used_last_within_its_bound(tmp_path) -> N
     store = CountingReads(tmp_path / "bound")
     writer = ReleaseTree(store)
     a, b, c = (
-        writer.write_snapshot(
-            {day: ReleasedPartition(batch_id=day, base=day, files=[], row_count=1, content_hash=day)}
-        )
-        for day in ("2025-01-01", "2025-02-01", "2025-03-01")
+        writer.write_snapshot({day: _entry(day)}) for day in ("2025-01-01", "2025-02-01", "2025-03-01")
     )
     reader = ReleaseTree(store, cached_objects=2)
     for key in (a, b, a, c):  # `a` is used again before `c` comes: `b` is the one used least recently
@@ -242,6 +239,21 @@ def test_a_reader_keeps_the_objects_it_used_last_within_its_bound(tmp_path) -> N
     assert store.read_keys == []
     reader.index(b)
     assert store.read_keys == [b]
+
+
+def test_promoting_what_a_table_already_serves_keeps_its_index_and_writes_nothing(tmp_path) -> None:
+    store = CountingStore(tmp_path / "same")
+    tree = ReleaseTree(store)
+    served = {day: _entry(day) for day in _days(date(2025, 1, 30), 4)}
+    index = tree.write_snapshot(served)
+    written = store.objects
+
+    assert tree.write_table(index, dict(list(served.items())[1:3])) == index
+    assert store.objects == written
+
+
+def _entry(day: str) -> ReleasedPartition:
+    return ReleasedPartition(batch_id=f"b-{day}", base=day, files=[], row_count=1, content_hash=day)
 
 
 def _object_reads(store: CountingReads) -> list[str]:
