@@ -198,6 +198,9 @@ def test_a_table_is_stored_as_one_segment_per_month_named_by_the_month(tmp_path)
     index = catalog.tree.index(release.table_indexes[TABLES[0]])
     assert index.partition_counts == {"2025-01": 2, "2025-02": 2}
     assert index.segments.keys() == index.partition_counts.keys()
+    # The newest day is read from the newest month (what the online store and freshness follow).
+    assert catalog.last_served_day(release, TABLES[0]) == "2025-02-02"
+    assert catalog.last_served_day(release, TABLES[1]) is None
 
 
 def test_a_catalog_reads_no_object_twice_and_none_it_has_just_written(tmp_path) -> None:
