@@ -62,10 +62,11 @@ class ReleaseTree:
         return cached
 
     def _remember(self, key: str, node: BaseModel) -> None:
-        """Keep the object as the one used last, dropping the least recently used past the bound."""
+        """Keep the object as the one used last; past the bound (one more at most), drop the one used least
+        recently."""
         self._cache[key] = node
         self._cache.move_to_end(key)
-        while len(self._cache) > self._cached_objects:
+        if len(self._cache) > self._cached_objects:
             self._cache.popitem(last=False)
 
     # Tables

@@ -244,15 +244,18 @@ def test_a_reader_keeps_the_objects_it_used_last_within_its_bound(tmp_path) -> N
     assert store.read_keys == [b]
 
 
-def test_promoting_what_a_table_already_serves_keeps_its_index_and_writes_nothing(tmp_path) -> None:
+def test_promoting_what_a_table_already_serves_keeps_its_index_writes_nothing_and_changes_no_day(
+    tmp_path,
+) -> None:
     store = CountingStore(tmp_path / "same")
     tree = ReleaseTree(store)
     served = {day: _entry(day) for day in _days(date(2025, 1, 30), 4)}
     index = tree.write_snapshot(served)
     written = store.objects
 
-    assert tree.write_table(index, dict(list(served.items())[1:3])) == index
-    assert store.objects == written
+    same = tree.write_table(index, dict(list(served.items())[1:3]))
+    assert same == index and store.objects == written
+    assert tree.changed_days(index, same) == []
 
 
 def _entry(day: str) -> ReleasedPartition:
