@@ -118,13 +118,17 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
 TEST_PARTITIONS_START = "2025-01-01"
 
 
+# A Spark Connect server for the tests' sessions and the runs they launch, instead of a local session:
+# tests/mutants.py starts one for its many short test runs.
+TEST_SPARK_REMOTE = os.environ.get("BACKFILLS_TEST_SPARK_REMOTE") or None
+
+
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
-    """One local session for the run; or a session of the Spark Connect server named by
-    BACKFILLS_TEST_SPARK_REMOTE, which tests/mutants.py starts once for its many short runs."""
+    """One local session for the run (or one of the server named by BACKFILLS_TEST_SPARK_REMOTE)."""
     session = build_session(
         master="local[2]",
-        remote=os.environ.get("BACKFILLS_TEST_SPARK_REMOTE") or None,
+        remote=TEST_SPARK_REMOTE,
         driver_memory="2g",
         shuffle_partitions=2,
         bind_address="127.0.0.1",
@@ -170,7 +174,7 @@ class Lake:
             partitions_start=TEST_PARTITIONS_START,
             max_partitions_per_run=31,
             spark_master="local[2]",
-            spark_remote=None,
+            spark_remote=TEST_SPARK_REMOTE,
             spark_driver_memory="2g",
             spark_shuffle_partitions=2,
             spark_bind_address="127.0.0.1",
