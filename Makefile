@@ -30,6 +30,8 @@ DEV_HOST ?= 127.0.0.1
 DEV_PORT ?= 3000
 BENCH_ARGS ?=
 MUTANTS_ARGS ?=
+# Modules for `make mutants`, by path or short name, comma-separated (tests/mutants.py --list); empty: all.
+MODULES ?=
 
 # The local Spark Connect server that `make dev` shares between all runs, so that no run starts its own JVM.
 SPARK_CONNECT_PORT ?= 15002
@@ -46,7 +48,7 @@ help:
 	@echo "make test     ruff, then the whole pytest suite"
 	@echo "make test-fast  ruff, then the suite without the end-to-end, Spark Connect and crash tests"
 	@echo "make screenshots  the browser test, saving the README's pictures of the Dagster UI in docs/images"
-	@echo "make mutants  mutation testing of the approval policy, promotion and publish (tests/mutants.py; MUTANTS_ARGS=...)"
+	@echo "make mutants  mutation testing of every safety module, report in tests/mutants/ (MODULES=a,b for some)"
 	@echo "make bench    benchmarks/run.py, writes benchmarks/REPORT.md (extra options: BENCH_ARGS=...)"
 	@echo "make bench-checks  benchmarks/checks.py, the quality gates against their floor (CHECKS_REPORT.md)"
 	@echo "make install  create .venv and install the package with its dev extra"
@@ -170,9 +172,10 @@ test-fast: install java
 screenshots: install java
 	BACKFILLS_SCREENSHOTS_DIR=docs/images $(BIN)/pytest tests/test_browser_ui.py
 
-# Small deliberate bugs in a copy of the package, one at a time; lists those no test notices (see the README).
+# Small deliberate bugs in a copy of the package, one at a time; names those no test notices in
+# tests/mutants/REPORT.md and report.json, refreshing the entries of the modules run (see the README).
 mutants: install java
-	$(BIN)/python tests/mutants.py $(MUTANTS_ARGS)
+	$(BIN)/python tests/mutants.py $(if $(MODULES),--modules $(MODULES)) $(MUTANTS_ARGS)
 
 bench: install java
 	$(BIN)/python benchmarks/run.py $(BENCH_ARGS)

@@ -25,7 +25,7 @@ OBJECTS_PREFIX = "catalog/objects"
 _CACHED_OBJECTS = 4096
 
 Node = TypeVar("Node", Segment, TableIndex)
-Changes = Mapping[str, ReleasedPartition | None]  # day -> new entry, or None to take the day out
+Changes = Mapping[str, ReleasedPartition]  # day -> its entry, added or replacing the one before
 
 
 def month_of(day: str) -> str:
@@ -33,10 +33,12 @@ def month_of(day: str) -> str:
 
 
 class ReleaseTree:
-    """The immutable objects of the releases of one storage root, with a small cache (they never change)."""
+    """The immutable objects of the releases of one storage root, with a small cache (they never change):
+    the `cached_objects` used last, whether read or written."""
 
-    def __init__(self, store: ObjectStore) -> None:
+    def __init__(self, store: ObjectStore, *, cached_objects: int = _CACHED_OBJECTS) -> None:
         self.store = store
+        self._cached_objects = cached_objects
         self._cache: OrderedDict[str, BaseModel] = OrderedDict()
 
     # Objects
@@ -55,16 +57,16 @@ class ReleaseTree:
         cached = self._cache.get(key)
         if cached is None:
             cached = kind.model_validate_json(self.store.get(key))
-            self._remember(key, cached)
-        else:
-            self._cache.move_to_end(key)
+        self._remember(key, cached)
         assert isinstance(cached, kind)
         return cached
 
     def _remember(self, key: str, node: BaseModel) -> None:
+        """Keep the object as the one used last; past the bound (one more at most), drop the one used least
+        recently."""
         self._cache[key] = node
         self._cache.move_to_end(key)
-        while len(self._cache) > _CACHED_OBJECTS:
+        if len(self._cache) > self._cached_objects:
             self._cache.popitem(last=False)
 
     # Tables
@@ -73,29 +75,22 @@ class ReleaseTree:
         return TableIndex() if key is None else self._get(key, TableIndex)
 
     def write_table(self, base: str | None, changes: Changes) -> str | None:
-        """The index of the table `base` (None: empty) with `changes` applied; None when no day is left.
+        """The index of the table `base` (None: empty) with `changes` applied; None when the table has no
+        day at all (an empty table of a first-format snapshot). Days are added or replaced, never taken out:
+        a rollback points a table at an earlier index instead.
 
         Writes only the segments of the months that changed, and the new index.
         """
         index = self.index(base)
         segments = dict(index.segments)
         counts = dict(index.partition_counts)
-        by_month: dict[str, dict[str, ReleasedPartition | None]] = {}
+        by_month: dict[str, dict[str, ReleasedPartition]] = {}
         for day, entry in changes.items():
             by_month.setdefault(month_of(day), {})[day] = entry
         for month, month_changes in sorted(by_month.items()):
-            partitions = dict(self._segment(segments.get(month)).partitions)
-            for day, entry in month_changes.items():
-                if entry is None:
-                    partitions.pop(day, None)
-                else:
-                    partitions[day] = entry
-            if partitions:
-                segments[month] = self._put(Segment(partitions=dict(sorted(partitions.items()))))
-                counts[month] = len(partitions)
-            else:
-                segments.pop(month, None)
-                counts.pop(month, None)
+            partitions = dict(self._segment(segments.get(month)).partitions) | month_changes
+            segments[month] = self._put(Segment(partitions=dict(sorted(partitions.items()))))
+            counts[month] = len(partitions)
         if not segments:
             return None
         if segments == index.segments:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import uuid
 from collections.abc import Iterator
@@ -16,6 +17,7 @@ from moto.server import ThreadedMotoServer
 from postgres_server import PostgresServer, PostgresUnavailable, find_postgres
 from pyspark.sql import SparkSession
 from redis_server import RedisServer, RedisUnavailable, find_redis_server
+from skipped_suites import skip_suite
 
 from backfills.assets.generator import write_landing_zone
 from backfills.assets.registry import dependency_order, feature_spec
@@ -27,8 +29,9 @@ from backfills.resources.storage import LocalObjectStore, ObjectStore, S3ObjectS
 from backfills.specs import DateRange, FeatureSpec
 
 # The operator's flow through the real Dagster services (session fixtures shared by the end-to-end and
-# browser modules).
-pytest_plugins = ["operator_flow"]
+# browser modules); the closing lines on suites skipped for a missing tool (tests/skipped_suites.py); pytest's
+# own `pytester`, which tests that plugin with a small inner run.
+pytest_plugins = ["operator_flow", "skipped_suites", "pytester"]
 
 # `make test` runs the suite on two pytest-xdist workers (`-n 2`), scheduled by module (see below).
 SLOW_MARKS = {"end_to_end", "crash", "spark_connect"}  # modules that start real services or processes
@@ -115,10 +118,20 @@ def store(request: pytest.FixtureRequest, tmp_path: Path) -> ObjectStore:
 TEST_PARTITIONS_START = "2025-01-01"
 
 
+# A Spark Connect server for the tests' sessions and the runs they launch, instead of a local session:
+# tests/mutants.py starts one for its many short test runs.
+TEST_SPARK_REMOTE = os.environ.get("BACKFILLS_TEST_SPARK_REMOTE") or None
+
+
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
+    """One local session for the run (or one of the server named by BACKFILLS_TEST_SPARK_REMOTE)."""
     session = build_session(
-        master="local[2]", remote=None, driver_memory="2g", shuffle_partitions=2, bind_address="127.0.0.1"
+        master="local[2]",
+        remote=TEST_SPARK_REMOTE,
+        driver_memory="2g",
+        shuffle_partitions=2,
+        bind_address="127.0.0.1",
     )
     yield session
     session.stop()
@@ -169,7 +182,7 @@ class Lake:
             partitions_start=TEST_PARTITIONS_START,
             max_partitions_per_run=31,
             spark_master="local[2]",
-            spark_remote=None,
+            spark_remote=TEST_SPARK_REMOTE,
             spark_driver_memory="2g",
             spark_shuffle_partitions=2,
             spark_bind_address="127.0.0.1",
@@ -235,7 +248,7 @@ def postgres_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Postgr
     try:
         installation = find_postgres()
     except PostgresUnavailable as missing:
-        pytest.skip(str(missing))
+        skip_suite(str(missing))
     with PostgresServer(tmp_path_factory.mktemp("postgres"), installation) as server:
         yield server
 
@@ -249,6 +262,6 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
     try:
         binary = find_redis_server()
     except RedisUnavailable as missing:
-        pytest.skip(str(missing))
+        skip_suite(str(missing))
     with RedisServer(tmp_path_factory.mktemp("redis"), binary=binary) as server:
         yield server

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 from operator_flow import DAYS, FAULTY_FIRST, OperatorBackfill, Promotion, failed
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
+from skipped_suites import skip_suite
 
 from backfills.assets.factory import production_key, staging_key
 from backfills.assets.registry import FEATURES
@@ -40,7 +41,7 @@ DAY = "2025-01-05"
 @pytest.fixture(scope="module")
 def browser() -> Iterator[object]:
     if CHROMIUM is None:
-        pytest.skip(
+        skip_suite(
             "no chromium: the browser test drives Debian's `chromium` (apt-get install chromium; .ci/run "
             "installs it when it runs as root)"
         )

@@ -13,6 +13,7 @@ and diff thresholds set loose, so the canary is the last line of defence).
 from __future__ import annotations
 
 import dataclasses
+import hashlib
 import json
 import random
 import re
@@ -160,14 +161,39 @@ def test_the_slice_is_the_same_in_spark_and_python_and_only_grows(spark) -> None
             row["customer_id"] for row in frame.where(slice_column(F.col("customer_id"), percent)).collect()
         }
         in_python = {key for key in keys if in_slice(key, percent)}
-        assert in_spark == in_python
+        assert in_spark == in_python == {key for key in keys if _in_documented_slice(key, percent)}
         assert abs(len(in_python) / len(keys) - percent / 100) < 0.03
         slices[percent] = in_python
     assert slices[1] <= slices[10] <= slices[33.33] <= slices[50] <= slices[100] == set(keys)
-    with pytest.raises(InvalidRequestError, match="more than 0 and at most 100"):
-        in_slice("c1", 0)
+    assert {in_slice(key, 0.01) for key in keys} == {True, False}  # one bucket: the smallest canary
+    for percent in (0, -5, 100.01, 150):
+        with pytest.raises(InvalidRequestError, match="more than 0 and at most 100"):
+            in_slice("c1", percent)
     with pytest.raises(InvalidRequestError, match="more than two decimals"):
         in_slice("c1", 12.345)
+
+
+def _in_documented_slice(key: str, percent: float) -> bool:
+    """The README's rule, worked out here: the first 8 hex digits of the key's SHA-256 as an integer, mod
+    10,000, below percent x 100."""
+    return int(hashlib.sha256(key.encode()).hexdigest()[:8], 16) % 10_000 < round(percent * 100)
+
+
+def test_reading_the_slice_through_an_unknown_channel_or_a_pinned_release_is_refused(
+    spark, tmp_path: Path
+) -> None:
+    reader = FeatureReader(spark, make_lake(tmp_path / "empty").store)
+    with pytest.raises(InvalidRequestError, match="channel 'beta' is not one of production, canary"):
+        reader.read(DAILY, DAY_1, DAY_2, channel="beta")
+    with pytest.raises(InvalidRequestError, match="release r-x pins one release: pass one of them"):
+        reader.read(DAILY, DAY_1, DAY_2, release="r-x", channel="canary")
+    with pytest.raises(InvalidRequestError, match="release r-x pins one release"):
+        reader.training_set(
+            pd.DataFrame({"customer_id": ["c1"], "event_ts": ["2025-02-09"]}),
+            [],
+            release="r-x",
+            channel="canary",
+        )
 
 
 # Readers

@@ -22,6 +22,7 @@ from backfills.errors import (
     PreconditionFailedError,
     ReleaseNotFoundError,
 )
+from backfills.resources import cas
 from backfills.resources.catalog import BATCHES_PREFIX, CURRENT_KEY, PRODUCTION, Pointer, ReleaseCatalog
 from backfills.resources.catalog_models import (
     BatchManifest,
@@ -277,6 +278,35 @@ def test_a_manifest_that_never_stops_changing_gives_up_with_a_clear_error(store:
         racing.record_partitions("b1", [record(DAILY, "2025-01-02", "b1")], run_id="run-2")
     assert touched == 3
     assert ReleaseCatalog(store).get_batch("b1").partitions_by_table() == {DAILY: ["2025-01-01"]}
+
+
+def test_a_writer_that_keeps_losing_waits_a_random_while_that_doubles_up_to_a_cap(
+    store: ObjectStore, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Writers that collided spread out instead of colliding again in lockstep: before each retry a loser
+    waits a random time between 0 and a bound that doubles from 5 ms, capped at 250 ms (full jitter)."""
+    ReleaseCatalog(store).record_partitions("b1", [record(DAILY, "2025-01-01", "b1")], run_id="run-1")
+    drawn: list[tuple[float, float]] = []
+    waited: list[float] = []
+
+    def longest(low: float, high: float) -> float:
+        drawn.append((low, high))
+        return high
+
+    monkeypatch.setattr(cas.random, "uniform", longest)
+    monkeypatch.setattr(cas.time, "sleep", waited.append)
+
+    def busy_writer() -> None:
+        ReleaseCatalog(store).update_batch("b1", lambda manifest: manifest)
+
+    racing = ReleaseCatalog(InterleavingStore(store, "catalog/batches/b1.json", busy_writer, times=7))
+    racing.record_partitions("b1", [record(DAILY, "2025-01-02", "b1")], run_id="run-2")
+
+    bounds = [0.005, 0.01, 0.02, 0.04, 0.08, 0.16, 0.25]
+    assert drawn == [(0, bound) for bound in bounds]
+    assert waited == bounds
+    manifest = ReleaseCatalog(store).get_batch("b1")
+    assert manifest.partitions_by_table() == {DAILY: ["2025-01-01", "2025-01-02"]}
 
 
 def test_a_second_batch_for_the_same_days_never_changes_the_first_batch(catalog: ReleaseCatalog) -> None:

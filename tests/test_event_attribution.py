@@ -2,7 +2,9 @@
 
 The landing zone holds hostile copies: events re-delivered a day later, the previous day's last events
 delivered again with their time moved across midnight, copies with another amount and status, and exact
-copies inside one file; several of them on the first days, where a backfill may start. Every layout of runs
+copies inside one file; several of them on the first days, where a backfill may start; copies landing
+farther apart than the re-delivery window; and, the day before the first partition, a file whose events are
+stamped the next day. Every layout of runs
 (one day per run, ranges of 2, 3 and all days, backfills starting on each of the first three days, and
 random layouts) must stage the same rows and the same verdicts, and the rows must match the documented rule
 worked out here in plain Python from the landing files.
@@ -15,6 +17,8 @@ from dataclasses import dataclass
 from datetime import date, timedelta
 from pathlib import Path
 
+import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
 from conftest import Lake, make_lake
@@ -32,6 +36,10 @@ from backfills.specs import RAW_TRANSACTIONS, DateRange
 DAILY = "customer_daily_txn"
 FIRST, LAST = date(2025, 1, 1), date(2025, 1, 6)
 JAN = {n: date(2025, 1, n) for n in range(1, 8)}
+# The day before the first partition has a file too: runs from the first day read it only to see what was
+# delivered before, and no run of these days checks it against the raw contract.
+EVE = date(2024, 12, 31)
+LANDED = [EVE, *JAN.values()]
 FAULTS = [
     Fault("cross_midnight_copies", JAN[2]),
     Fault("conflicting_copies", JAN[2]),
@@ -53,12 +61,39 @@ def landing(tmp_path_factory: pytest.TempPathFactory) -> Path:
     write_landing_zone(
         make_lake(root).store, start=FIRST, days=7, customers=40, rows_per_day=300, seed=3, faults=FAULTS
     )
+    _land_again(root, JAN[2], JAN[5])
+    _land_early(root, EVE, JAN[1])
     return root
+
+
+def _land_again(root: Path, first: date, again: date) -> None:
+    """Copies farther apart than the re-delivery window: a few rows of `first`'s file land again in
+    `again`'s file, their events moved to that day. By the rule each copy is a transaction of its own."""
+    rows = pq.read_table(root / landing_key(first)).slice(0, 3)
+    moved = pc.add(rows["event_ts"], pa.scalar(again - first, pa.duration("us")))
+    copies = rows.set_column(rows.schema.get_field_index("event_ts"), rows.schema.field("event_ts"), moved)
+    target = root / landing_key(again)
+    pq.write_table(pa.concat_tables([pq.read_table(target), copies]), target)
+
+
+def _land_early(root: Path, day: date, stamped: date) -> None:
+    """A file for `day` whose events are stamped `stamped`, the day after (a producer's clock running
+    ahead), under transaction IDs of their own. By the rule they never count: an event counts from its own
+    day's file or a later one."""
+    landed = pq.read_table(root / landing_key(stamped))
+    on_the_day = pc.equal(pc.cast(landed["event_ts"], pa.date32()), pa.scalar(stamped, pa.date32()))
+    rows = landed.filter(on_the_day).slice(0, 3)
+    ids = pa.array([f"early-{number}" for number in range(rows.num_rows)])
+    target = root / landing_key(day)
+    target.parent.mkdir(parents=True, exist_ok=True)
+    pq.write_table(
+        rows.set_column(rows.schema.get_field_index("txn_id"), rows.schema.field("txn_id"), ids), target
+    )
 
 
 def _fresh_lake(landing: Path, tmp_path: Path, name: str) -> Lake:
     lake = make_lake(tmp_path / name)
-    for day in JAN.values():
+    for day in LANDED:
         target = lake.root / landing_key(day)
         target.parent.mkdir(parents=True, exist_ok=True)
         target.write_bytes((landing / landing_key(day)).read_bytes())
@@ -81,7 +116,7 @@ def _runs(start: date, end: date, lengths: list[int]) -> list[DateRange]:
 
 def _landed_rows(root: Path) -> list[dict]:
     rows = []
-    for day in JAN.values():
+    for day in LANDED:
         for row in pq.read_table(root / landing_key(day)).to_pylist():
             rows.append(row | {"landed": day})
     return rows
@@ -151,7 +186,13 @@ def test_the_generated_copies_are_what_the_faults_say(landing: Path) -> None:
     other_amounts = [copies for copies in repeated.values() if len({copy["amount"] for copy in copies}) > 1]
     next_day = [copies for copies in repeated.values() if len({copy["landed"] for copy in copies}) > 1]
     same_file = [copies for copies in repeated.values() if len({copy["landed"] for copy in copies}) == 1]
-    assert len(across_midnight) >= 6 and len(other_amounts) >= 6 and next_day and same_file
+    beyond_window = [
+        copies
+        for copies in repeated.values()
+        if (max(c["landed"] for c in copies) - min(c["landed"] for c in copies)).days > REDELIVERY
+    ]
+    assert len(across_midnight) >= 6 and len(other_amounts) >= 6 and next_day and same_file and beyond_window
+    assert [row for row in rows if row["event_ts"].date() > row["landed"]]  # stamped after their file's day
     # A cross-midnight copy lands in the next day's file, on that day: without the earlier file it would
     # look like a transaction of its own.
     copy = max(across_midnight[0], key=lambda row: row["landed"])

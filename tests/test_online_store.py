@@ -19,6 +19,7 @@ from pathlib import Path
 import pytest
 from dagster_services import free_port
 from redis_server import RedisServer, RedisUnavailable, find_redis_server
+from skipped_suites import skip_suite
 
 from backfills.errors import (
     ConfigurationError,
@@ -672,7 +673,7 @@ def test_a_redis_with_a_password_serves_reads_and_never_shows_it(tmp_path: Path)
     try:
         binary = find_redis_server()
     except RedisUnavailable as missing:
-        pytest.skip(str(missing))
+        skip_suite(str(missing))
     with RedisServer(tmp_path / "redis", password="hunter2", binary=binary) as server:
         with open_online_store(server.url) as store:
             write(store, "v1", customers(3))

@@ -15,7 +15,7 @@ from test_catalog import record, stage
 
 from backfills.resources.catalog import CURRENT_KEY, RELEASES_PREFIX, ReleaseCatalog
 from backfills.resources.catalog_models import CurrentPointer, Release, ReleasedPartition
-from backfills.resources.release_tree import OBJECTS_PREFIX
+from backfills.resources.release_tree import OBJECTS_PREFIX, ReleaseTree
 from backfills.resources.storage import LocalObjectStore, ObjectStore
 
 TABLES = ("customer_daily_txn", "customer_txn_7d", "customer_txn_30d")
@@ -181,18 +181,98 @@ def test_reading_a_release_reads_only_the_months_asked_for(tmp_path) -> None:
     stage(catalog, "history", {TABLES[0]: _days(date(2023, 1, 1), 720)})
     release = catalog.promote("history", actor="ops")
     reader = ReleaseCatalog(store)
-    store.reads = 0
+    store.read_keys.clear()
     parts = reader.release_partitions(TABLES[0], "2024-03-10", "2024-03-12", release_id=release.release_id)
     assert sorted(parts) == ["2024-03-10", "2024-03-11", "2024-03-12"]
-    assert store.reads == 3  # the release, the table's index, one month's segment
+    assert len(store.read_keys) == 3  # the release, the table's index, one month's segment
     assert record(TABLES[0], "2024-03-11", "history").content_hash == parts["2024-03-11"].content_hash
 
 
+def test_a_table_is_stored_as_one_segment_per_month_named_by_the_month(tmp_path) -> None:
+    """Catalogs already on disk name a table's segments by month (YYYY-MM): a reader that named them
+    otherwise would find nothing in them."""
+    catalog = ReleaseCatalog(LocalObjectStore(tmp_path / "months"))
+    stage(catalog, "turn-of-month", {TABLES[0]: _days(date(2025, 1, 30), 4)})
+    release = catalog.promote("turn-of-month", actor="ops")
+
+    index = catalog.tree.index(release.table_indexes[TABLES[0]])
+    assert index.partition_counts == {"2025-01": 2, "2025-02": 2}
+    assert index.segments.keys() == index.partition_counts.keys()
+    # The newest day is read from the newest month (what the online store and freshness follow).
+    assert catalog.last_served_day(release, TABLES[0]) == "2025-02-02"
+    assert catalog.last_served_day(release, TABLES[1]) is None
+
+
+def test_a_catalog_reads_no_object_twice_and_none_it_has_just_written(tmp_path) -> None:
+    """Objects never change, so a catalog keeps those it used last: reading what it has just published,
+    or what it has read before, reads no object again."""
+    store = CountingReads(tmp_path / "once")
+    publisher = ReleaseCatalog(store)
+    stage(publisher, "history", {TABLES[0]: _days(date(2025, 1, 1), 90)})
+    release = publisher.promote("history", actor="ops")
+    quarter = dict(start="2025-01-01", end="2025-03-31", release_id=release.release_id)
+    store.read_keys.clear()
+
+    assert len(publisher.release_partitions(TABLES[0], **quarter)) == 90
+    assert _object_reads(store) == []
+
+    reader = ReleaseCatalog(store)
+    reader.release_partitions(TABLES[0], **quarter)
+    first = _object_reads(store)
+    assert len(first) == 4  # the table's index and the segments of its three months
+    reader.release_partitions(TABLES[0], **quarter)
+    assert _object_reads(store) == first
+
+
+def test_a_reader_keeps_the_objects_it_used_last_within_its_bound(tmp_path) -> None:
+    """A long-running reader's memory stays bounded: past the bound it drops the object it used least
+    recently, never one it has just used."""
+    store = CountingReads(tmp_path / "bound")
+    writer = ReleaseTree(store)
+    a, b, c = (
+        writer.write_snapshot({day: _entry(day)}) for day in ("2025-01-01", "2025-02-01", "2025-03-01")
+    )
+    reader = ReleaseTree(store, cached_objects=2)
+    for key in (a, b, a, c):  # `a` is used again before `c` comes: `b` is the one used least recently
+        reader.index(key)
+    store.read_keys.clear()
+
+    reader.index(a)
+    reader.index(c)
+    assert store.read_keys == []
+    reader.index(b)
+    assert store.read_keys == [b]
+
+
+def test_promoting_what_a_table_already_serves_keeps_its_index_writes_nothing_and_changes_no_day(
+    tmp_path,
+) -> None:
+    store = CountingStore(tmp_path / "same")
+    tree = ReleaseTree(store)
+    served = {day: _entry(day) for day in _days(date(2025, 1, 30), 4)}
+    index = tree.write_snapshot(served)
+    written = store.objects
+
+    same = tree.write_table(index, dict(list(served.items())[1:3]))
+    assert same == index and store.objects == written
+    assert tree.changed_days(index, same) == []
+
+
+def _entry(day: str) -> ReleasedPartition:
+    return ReleasedPartition(batch_id=f"b-{day}", base=day, files=[], row_count=1, content_hash=day)
+
+
+def _object_reads(store: CountingReads) -> list[str]:
+    return [key for key in store.read_keys if key.startswith(OBJECTS_PREFIX)]
+
+
 class CountingReads(LocalObjectStore):
+    """A local store that records the keys it reads."""
+
     def __init__(self, root: object) -> None:
         super().__init__(root)
-        self.reads = 0
+        self.read_keys: list[str] = []
 
     def get(self, key: str) -> bytes:
-        self.reads += 1
+        self.read_keys.append(key)
         return super().get(key)

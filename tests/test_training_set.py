@@ -12,7 +12,7 @@ from __future__ import annotations
 import json
 import random
 from dataclasses import dataclass, replace
-from datetime import date
+from datetime import date, timedelta
 from pathlib import Path
 
 import pandas as pd
@@ -151,6 +151,44 @@ def test_an_entity_without_a_row_that_day_gets_nulls_never_an_older_row(
     assert _values(forward.frame, 1) is None
 
 
+def test_a_carried_forward_row_never_comes_from_beyond_the_ttl(
+    production: Production, monkeypatch: pytest.MonkeyPatch
+):
+    """carry_forward takes the entity's newest row among the usable days only: a row one day too old stays
+    out, even when another entity row's window has read that day."""
+    days = [date(2025, 1, 1) + timedelta(days=n) for n in range(10)]
+    served = {day: production.customers(day.isoformat()) for day in days}
+    gone = [
+        (day, customer)
+        for day, after, later in zip(days, days[1:], days[2:], strict=False)
+        for customer in sorted(served[day] - served[after] - served[later])
+    ]
+    assert gone, "no customer has a row on one day and none on the next two: the data cannot show expiry"
+    day, customer = gone[0]
+    spec = FEATURES_BY_NAME[DAILY]
+    monkeypatch.setitem(
+        FEATURES_BY_NAME, DAILY, replace(spec, serving=Serving(ttl_days=2, missing_row="carry_forward"))
+    )
+    entities = _entities(
+        (customer, f"{day + timedelta(days=2)}T00:00:00Z"),  # usable: day and the next, which has no row
+        (customer, f"{day + timedelta(days=3)}T00:00:00Z"),  # usable: the two days after it, without rows
+    )
+
+    training = production.reader.training_set(entities, FEATURES)
+
+    assert _values(training.frame, 0) == production.row(day.isoformat(), customer)
+    assert _values(training.frame, 1) is None
+    assert training.lineage["tables"][DAILY]["rows_without_value"] == {"no_partition": 0, "no_row": 1}
+
+
+def test_a_training_set_before_anything_was_promoted_says_so(spark, tmp_path: Path):
+    reader = FeatureReader(spark, make_lake(tmp_path / "empty").store)
+    with pytest.raises(
+        InvalidRequestError, match="nothing has been promoted under .* yet: .* promote a batch"
+    ):
+        reader.training_set(_entities(("C000001", "2025-01-02T00:00:00Z")), FEATURES)
+
+
 def test_each_release_gives_its_own_answer_and_the_lineage_pins_it(production: Production):
     customer = _present_on(production, "2025-01-05")
     old = production.row("2025-01-05", customer, release=production.first)
@@ -231,6 +269,12 @@ def test_the_same_entities_and_release_give_the_same_bytes_in_input_order(
             FEATURES,
             InvalidRequestError,
             "string",
+        ),
+        (  # the entities' own column would be overwritten by the feature
+            _entities(("c1", "2025-01-05T00:00:00Z"), **{f"{DAILY}.txn_count": [3]}),
+            FEATURES,
+            InvalidRequestError,
+            f"the entities already have a column named {DAILY}.txn_count",
         ),
     ],
 )
