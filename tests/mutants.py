@@ -37,6 +37,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Literal
 
+from coverage import CoverageData
 from mutation_report import (
     ERROR,
     KILLED,
@@ -51,7 +52,7 @@ from mutation_report import (
     unexplained,
     write_report,
 )
-from mutation_sites import Mutant, Scope, mutants, mutated_source
+from mutation_sites import Mutant, Scope, body_lines, mutants, mutated_source
 
 REPO = Path(__file__).resolve().parent.parent
 PACKAGE = "backfills"
@@ -65,6 +66,19 @@ class Tier:
 
     args: tuple[str, ...]
     spark: Literal["none", "connect", "local"] = "none"
+
+
+def _options(run: Tier) -> tuple[str, ...]:
+    """The tier's pytest options without what selects its tests (paths and `-k`): for running chosen tests."""
+    args = list(run.args)
+    options: list[str] = []
+    while args:
+        arg = args.pop(0)
+        if arg == "-k":
+            args.pop(0)
+        elif arg.startswith("-"):
+            options.append(arg)
+    return tuple(options)
 
 
 def tier(*args: str) -> Tier:
@@ -130,6 +144,15 @@ TARGETS = (
         120,
     ),
     Target(
+        "contributors",
+        Scope("orchestration/contributors.py"),
+        (
+            tier(PURE, "tests/test_approval_policy.py"),
+            spark_tier("tests/test_approvals.py", "-k", "rerun or display_name"),
+        ),
+        300,
+    ),
+    Target(
         "promotion",
         Scope("orchestration/promotion.py"),
         # The file checks' tests count Spark jobs in the local SparkContext: a JVM of their own.
@@ -185,6 +208,21 @@ TARGETS = (
         Scope("resources/lifecycle.py", constants=("TRANSITIONS", "_WRITABLE")),
         (LIFECYCLE, CATALOG_LOCAL),
         180,
+    ),
+    Target(
+        "served_facts",
+        Scope("resources/served_facts.py"),
+        (
+            tier("tests/test_catalog.py", "-k", "not s3 and (code_versions or stale or release)"),
+            spark_tier("tests/test_stale_downstream.py"),
+        ),
+        300,
+    ),
+    Target(
+        "stale_downstream",
+        Scope("orchestration/stale_downstream.py", skip=("_partitions",)),  # wording only
+        (spark_tier("tests/test_stale_downstream.py"),),
+        600,
     ),
     Target(
         "staging",
@@ -401,15 +439,32 @@ def _deselected(failing: tuple[str, ...]) -> tuple[str, ...]:
     return tuple(item for node in failing for item in ("--deselect", node))
 
 
+# Per tier, the tests (pytest node IDs) that run a function's body in the run without any mutant.
+Focus = tuple[tuple[str, ...], ...]
+
+
 def run_tests(
-    target: Target, workspace: Workspace, timeout: float, failing: tuple[str, ...] = ()
+    target: Target,
+    workspace: Workspace,
+    timeout: float,
+    failing: tuple[str, ...] = (),
+    focus: Focus = (),
 ) -> tuple[str, float, str, int | None]:
     """Run the target's tests, tier by tier, stopping at the first failure, against the copy (leaving out
     the tests that fail without any mutant): (killed | error | timeout | survived, seconds, the end of the
-    output of the last tier run, the tier that decided)."""
+    output of the last tier run, the tier that decided).
+
+    With a focus, the tests that run the mutated function go first, each tier's with its options: most
+    mutants fail one of them within seconds. Only a mutant they all pass runs every tier in full, so a test
+    that reaches the function where coverage cannot see (another process) still gets its chance."""
     started = time.monotonic()
     tail = ""
-    for number, run in enumerate(target.tiers):
+    focused = [
+        (number, Tier((*_options(run), *tests), run.spark))
+        for number, (run, tests) in enumerate(zip(target.tiers, focus, strict=False))
+        if tests
+    ]
+    for number, run in [*focused, *enumerate(target.tiers)]:
         left = timeout - (time.monotonic() - started)
         code, output = workspace.pytest(run, left, ("-x", *_deselected(failing)))
         if code is None:
@@ -427,23 +482,48 @@ _FAILED = re.compile(r"^(?:FAILED|ERROR) (tests/\S+?::.+?)(?: - .*)?$")
 
 
 def baseline_failures(
-    target: Target, workspace: Workspace, timeout: float
-) -> tuple[list[float], tuple[str, ...]]:
-    """Every tier in full, without mutants: (seconds per tier, the tests that fail already). Those are
-    someone's work in progress: they cannot tell a mutant apart, so the mutant runs leave them out (and say
-    so)."""
+    target: Target, workspace: Workspace, timeout: float, module: Path
+) -> tuple[list[float], tuple[str, ...], list[Path]]:
+    """Every tier in full, without mutants, measuring which test runs which line of `module`: (seconds per
+    tier, the tests that fail already, the coverage data file of each tier). The failing tests are someone's
+    work in progress: they cannot tell a mutant apart, so the mutant runs leave them out (and say so)."""
     seconds: list[float] = []
     failing: list[str] = []
-    for run in target.tiers:
+    data_files: list[Path] = []
+    for number, run in enumerate(target.tiers):
+        data_file = workspace.root / "coverage" / f"{target.name}-{number}"
+        data_file.parent.mkdir(exist_ok=True)
+        config = data_file.with_suffix(".rc")
+        config.write_text(f"[run]\ndata_file = {data_file}\ninclude = {module}\n")
+        data_files.append(data_file)
+        measure = ("--cov", f"--cov-config={config}", "--cov-context=test", "--cov-report=")
         started = time.monotonic()
-        code, output = workspace.pytest(run, timeout, ())
+        code, output = workspace.pytest(run, timeout, measure)
         seconds.append(time.monotonic() - started)
         failed = [match.group(1) for line in output.splitlines() if (match := _FAILED.match(line))]
         if code is None or code not in (0, 1) or (code == 1 and not failed):
             print(output[-3000:])
             raise SystemExit(f"[{target.name}] the tests cannot run without any mutant: fix them first")
         failing.extend(failed)
-    return seconds, tuple(dict.fromkeys(failing))
+    return seconds, tuple(dict.fromkeys(failing)), data_files
+
+
+def covering_tests(data_files: list[Path], module: Path, source: str) -> dict[str, Focus]:
+    """Function -> per tier, the tests that ran its body (the module's text as the tiers ran it)."""
+    functions = body_lines(source)
+    focus: dict[str, list[tuple[str, ...]]] = {name: [] for name in functions}
+    for data_file in data_files:
+        data = CoverageData(basename=str(data_file))
+        data.read()
+        by_line: dict[int, list[str]] = {}
+        for measured in data.measured_files():
+            if Path(measured).resolve() == module.resolve():
+                by_line = data.contexts_by_lineno(measured)
+        for name, lines in functions.items():
+            # pytest-cov names a context `node ID|setup`, `|run` or `|teardown`; "" is the import
+            tests = {context.rpartition("|")[0] for line in lines for context in by_line.get(line, ())}
+            focus[name].append(tuple(sorted(tests - {""})))
+    return {name: tuple(per_tier) for name, per_tier in focus.items()}
 
 
 def _numbers(text: str | None) -> set[int] | None:
@@ -534,7 +614,8 @@ def run_target(
     baseline = ast.unparse(ast.parse(original))
     path.write_text(baseline)
     limit = args.timeout or target.timeout
-    seconds, failing = baseline_failures(target, workspace, limit * 2)
+    seconds, failing, data_files = baseline_failures(target, workspace, limit * 2, path)
+    focus = covering_tests(data_files, path, baseline)
     # Under load the tests may run slower than the target's timeout assumes: never less than 3x the baseline.
     timeout = max(limit, 3 * sum(seconds))
     state = f"{len(failing)} tests fail" if failing else "the tests pass"
@@ -558,9 +639,11 @@ def run_target(
     try:
         for count, mutant in enumerate(selected, 1):
             path.write_text(mutated_source(mutant, original))
-            outcome = _run_mutant(target, mutant, workspace, timeout, failing)
+            covering = focus.get(mutant.function, ())
+            outcome = _run_mutant(target, mutant, workspace, timeout, failing, covering)
             outcomes.append(outcome)
             decided = "" if outcome.tier is None else f" (tier {outcome.tier + 1})"
+            decided += f" [{sum(map(len, covering))} covering tests first]"
             progress = f"[{target.name} {count}/{len(selected)}]"
             print(
                 f"{progress} {outcome.status:<8} {outcome.seconds:4.0f}s{decided}"
@@ -573,13 +656,18 @@ def run_target(
 
 
 def _run_mutant(
-    target: Target, mutant: Mutant, workspace: Workspace, timeout: float, failing: tuple[str, ...]
+    target: Target,
+    mutant: Mutant,
+    workspace: Workspace,
+    timeout: float,
+    failing: tuple[str, ...],
+    focus: Focus,
 ) -> Outcome:
     """One mutant; when its tests run out of time, once more with twice the time, so that a machine busy
     with other work does not pass for a mutant that hangs the tests."""
-    status, seconds, _, decided = run_tests(target, workspace, timeout, failing)
+    status, seconds, _, decided = run_tests(target, workspace, timeout, failing, focus)
     if status == TIMEOUT:
-        status, seconds, _, decided = run_tests(target, workspace, 2 * timeout, failing)
+        status, seconds, _, decided = run_tests(target, workspace, 2 * timeout, failing, focus)
     return Outcome(mutant, status, seconds, decided)
 
 

@@ -102,6 +102,15 @@ def _functions(tree: ast.Module) -> Iterator[tuple[str, ast.FunctionDef]]:
     yield from visit(tree.body, "")
 
 
+def body_lines(source: str) -> dict[str, range]:
+    """Function (qualified name) -> the lines of its body: what runs when it is called, not when the module
+    is imported (the `def` line, decorators and defaults run then)."""
+    return {
+        name: range(function.body[0].lineno, (function.end_lineno or function.lineno) + 1)
+        for name, function in _functions(ast.parse(source))
+    }
+
+
 def _constants(tree: ast.Module) -> Iterator[tuple[str, ast.expr]]:
     for node in tree.body:
         if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
