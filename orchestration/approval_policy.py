@@ -113,7 +113,6 @@ class RequestFacts:
             raise InvalidRequestError(
                 f"batch {self.batch_id}: requester must be a user ID, or None when unknown, not ''"
             )
-        object.__setattr__(self, "contributors", frozenset(self.contributors))
         if "" in self.contributors:
             raise InvalidRequestError(
                 f"batch {self.batch_id}: contributors must be user IDs, not '' (name an unknown one in "

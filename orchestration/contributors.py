@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from collections.abc import Mapping
 from datetime import datetime
+from typing import TypeGuard
 
 from backfills.orchestration.approval_policy import RequestFacts
 from backfills.resources.catalog_models import BatchManifest
@@ -18,9 +19,14 @@ from backfills.resources.catalog_models import BatchManifest
 UNTAGGED = "a run without a backfills/requester tag"
 
 
+def _named(tag: str | None) -> TypeGuard[str]:
+    """Whether a requester tag names anyone: a run without the tag, or with a blank one, names no one."""
+    return tag is not None and tag.strip() != ""
+
+
 def contributor_tags(batch: BatchManifest) -> list[str]:
     """The requester tags of everyone who wrote into the batch, requester first, once each."""
-    return [tag for tag in dict.fromkeys([batch.requester, *batch.contributors]) if tag is not None]
+    return [tag for tag in dict.fromkeys([batch.requester, *batch.contributors]) if _named(tag)]
 
 
 def request_facts(
@@ -37,9 +43,9 @@ def request_facts(
     def resolve(tag: str) -> str | None:
         return tag if identities is None else identities.get(tag)
 
-    requester = resolve(batch.requester) if batch.requester else None
+    requester = resolve(batch.requester) if _named(batch.requester) else None
     contributors: set[str] = set()
-    unknown: list[str] = [UNTAGGED] if None in batch.contributors else []
+    unknown: list[str] = [] if all(map(_named, batch.contributors)) else [UNTAGGED]
     for tag in contributor_tags(batch):
         user = resolve(tag)
         if user is None:

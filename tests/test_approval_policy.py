@@ -220,6 +220,26 @@ def test_who_wrote_into_a_batch_is_judged_by_the_user_ids_their_tags_resolve_to(
     assert request_facts(batch, REQUESTED_AT, None).requester == "Bob Jones"
 
 
+def test_a_blank_requester_tag_names_no_one_and_counts_as_untagged() -> None:
+    batch = BatchManifest(
+        batch_id="b-9f2c",
+        created_at=REQUESTED_AT,
+        updated_at=REQUESTED_AT,
+        requester=" ",
+        contributors=[" ", "", "U_DAVE"],
+    )
+
+    for identities in ({"U_DAVE": "U_DAVE"}, None):
+        facts = request_facts(batch, REQUESTED_AT, identities)
+        assert (facts.requester, facts.contributors) == (None, {"U_DAVE"})
+        assert facts.unknown_contributors == ("a run without a backfills/requester tag",)
+
+
+def test_a_request_naming_an_empty_contributor_is_refused() -> None:
+    with pytest.raises(InvalidRequestError, match="b-9f2c: contributors must be user IDs, not ''"):
+        request(contributors=frozenset({"U_ALICE", ""}))
+
+
 # Each user counts once
 
 
