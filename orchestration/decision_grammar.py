@@ -67,7 +67,7 @@ def read_reply(text: str) -> ReplyReading:
     The rule (the README's "How to decide" states it for approvers) is asymmetric, because a false approval
     can publish data nobody approved, while a false "not a vote" costs one more reply:
     - Slack markup first: leading mentions (`<@U123>`, optionally followed by `:` or `,`) are dropped, and
-      a link stands for its label (its address is not read).
+      a link stands for its label (its address is not read), any other mention for one neutral word.
     - It approves only when, with case, whitespace, punctuation around it (`*bold*` and `_italic_`
       markers are punctuation, a question mark is not) and approving emoji (:white_check_mark:,
       :heavy_check_mark:, :+1:, ✅, ✔️, 👍) set aside, it is exactly one of `approve`, `approved`, `lgtm`.
@@ -91,7 +91,7 @@ def read_reply(text: str) -> ReplyReading:
         return ReplyReading(None, "it says both approve and reject")
     if approving:
         return ReplyReading(None, NOT_JUST_APPROVAL)
-    if _REJECTION_WORD.match(_trimmed(_REJECTING_EMOJI.sub(" ", visible), end=False)):
+    if _REJECTION_WORD.match(_trimmed(_REJECTING_EMOJI.sub(" ", visible))):
         return ReplyReading("reject", None)
     return ReplyReading(None, 'it does not start with "reject"')
 
@@ -104,23 +104,19 @@ def _visible(text: str) -> str:
 
 
 def _token_label(token: re.Match[str]) -> str:
-    target, label = token.group(1), token.group(2)
-    if label is not None:
-        return label
-    if target.startswith(("@", "#")):
-        return target
-    if target.startswith("!"):
-        return "@" + target[1:]
-    return "link"  # a bare address: its `?` or words are not the approver's
+    """A link reads as its label; a mention, a channel or a bare address as one neutral word: its text (a
+    name, the `?` of an address) is not the approver's."""
+    label = token.group(2)
+    return label if label is not None else "link"
 
 
-def _trimmed(text: str, *, end: bool = True) -> str:
-    """The text without the whitespace and punctuation around it (at its start only, unless `end`); a
-    question mark stays. Quote marks (`>`), code (backticks) and strike-through (`~`) are not punctuation."""
+def _trimmed(text: str) -> str:
+    """The text without the whitespace and punctuation around it; a question mark stays. Quote marks (`>`),
+    code (backticks) and strike-through (`~`) are not punctuation."""
     start, stop = 0, len(text)
     while start < stop and _is_edge(text[start]):
         start += 1
-    while end and stop > start and _is_edge(text[stop - 1]):
+    while stop > start and _is_edge(text[stop - 1]):
         stop -= 1
     return text[start:stop]
 

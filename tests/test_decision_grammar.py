@@ -93,6 +93,7 @@ MORE_THAN_AN_APPROVAL = [
     "thanks <@U0CAROL>, approved",
     "<!here> approve",
     "approve <@U0CAROL>",
+    "approve <https://dagster.test/runs/b-1?tab=checks>",  # a bare address is a word, not nothing
     "~approve~",
     "`approve`",
     "```approve```",
@@ -113,6 +114,7 @@ REJECTIONS = [
     "reject:\n&gt; rows changed: 0",
     "reject: not yet, wait for carol",
     "<@U0BACKFILLS> rejected, the diff is too large",
+    "reject: see <https://dagster.test/runs/b-1?tab=checks>",  # the address's `?` is not the approver's
 ]
 
 NOT_VOTES: list[tuple[str, str]] = [
