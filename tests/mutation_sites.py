@@ -223,6 +223,15 @@ def _sites(node: ast.AST, parents: Parents) -> Iterator[tuple[str, Mutation]]:
             yield f"drop `{_short(member, 40)}` from `{_short(node, 60)}`", drop_member
 
 
+def _postponed_annotations(tree: ast.Module) -> bool:
+    return any(
+        isinstance(stmt, ast.ImportFrom)
+        and stmt.module == "__future__"
+        and any(alias.name == "annotations" for alias in stmt.names)
+        for stmt in tree.body
+    )
+
+
 # function or constant, line, what, how, the node of this parse
 Site = tuple[str, int, str, Mutation, ast.AST]
 
@@ -236,13 +245,18 @@ def _enumerate(scope: Scope, source: str) -> tuple[ast.Module, Parents, list[Sit
     found: list[Site] = []
     seen: set[str] = set()
 
-    # Annotations of local names are never evaluated: a mutant there could not change anything.
-    annotations = {
-        id(node)
-        for stmt in ast.walk(tree)
-        if isinstance(stmt, ast.AnnAssign)
-        for node in ast.walk(stmt.annotation)
-    }
+    # Annotations of local names are never evaluated, nor, under `from __future__ import annotations`, those
+    # of nested functions: a mutant there could not change anything.
+    annotated = [stmt.annotation for stmt in ast.walk(tree) if isinstance(stmt, ast.AnnAssign)]
+    if _postponed_annotations(tree):
+        for function in ast.walk(tree):
+            if isinstance(function, ast.FunctionDef | ast.AsyncFunctionDef):
+                arguments = function.args
+                every = [*arguments.posonlyargs, *arguments.args, *arguments.kwonlyargs]
+                every += [arg for arg in (arguments.vararg, arguments.kwarg) if arg is not None]
+                annotated += [arg.annotation for arg in every if arg.annotation is not None]
+                annotated += [function.returns] if function.returns is not None else []
+    annotations = {id(node) for annotation in annotated for node in ast.walk(annotation)}
 
     def add(name: str, nodes: list[ast.AST], line: int) -> None:
         for node in nodes:
