@@ -64,7 +64,7 @@ def _approved_request(approvals: ApprovalStore, batch: BatchManifest) -> Approva
             f"batch {batch.batch_id} cannot be promoted: its content changed after approval request "
             f"{request.request_id} (partitions were recomputed); the new content needs a request of its own"
         )
-    if request.status not in ("approved", "promoted"):
+    if request.status != "approved":  # a promoted one belongs to a promoted batch, refused before
         raise BatchNotApprovedError(
             f"batch {batch.batch_id} cannot be promoted: its approval request is {request.status}"
             + (f" ({request.decision_summary})" if request.decision_summary else "")
