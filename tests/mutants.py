@@ -35,7 +35,7 @@ import time
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 from coverage import CoverageData
 from mutation_report import (
@@ -48,6 +48,7 @@ from mutation_report import (
     equivalence,
     load_equivalents,
     module_entry,
+    read_report,
     stale_equivalents,
     unexplained,
     write_report,
@@ -526,6 +527,36 @@ def covering_tests(data_files: list[Path], module: Path, source: str) -> dict[st
     return {name: tuple(per_tier) for name, per_tier in focus.items()}
 
 
+def reclassify(targets: list[Target], equivalents: Equivalents) -> int:
+    """Move the report's survivors that equivalent.json now explains to its equivalents (a reviewed reason
+    changes no test outcome, so this needs no run). The report names a survivor by line and change; its
+    function comes from the module's text at the commit the entry ran on. Exit status as for a run."""
+    report = read_report()
+    entries: dict[str, dict[str, Any]] = {}
+    left = 0
+    for target in targets:
+        entry = report["modules"].get(target.path)
+        if entry is None:
+            continue
+        source = _git("show", f"{entry['commit']}:{target.path}")
+        function = {(m.line, m.description): m.function for m in mutants(target.scope, source)}
+        survived = []
+        for item in entry["survived"]:
+            why = equivalents.get(
+                (target.path, function.get((item["line"], item["change"]), ""), item["change"])
+            )
+            if why is None:
+                survived.append(item)
+            else:
+                entry["equivalent"].append(item | {"why": why})
+                print(f"equivalent now: {target.path}:{item['line']} {item['change']}")
+        entries[target.path] = entry | {"survived": survived}
+        left += len(survived)
+    if entries:
+        write_report(entries, commit=report["commit"])
+    return 1 if left else 0
+
+
 def _numbers(text: str | None) -> set[int] | None:
     return None if text is None else {int(number) for number in text.split(",") if number.strip()}
 
@@ -542,6 +573,11 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--list", action="store_true", help="list the mutants and exit")
     parser.add_argument("--only", help="only these mutants of one module (numbers from --list); no report")
     parser.add_argument("--timeout", type=float, help="seconds per mutant (default: the module's)")
+    parser.add_argument(
+        "--reclassify",
+        action="store_true",
+        help="apply tests/mutants/equivalent.json to the survivors already in the report, running nothing",
+    )
     parser.add_argument(
         "--no-spark-connect", action="store_true", help="let each run start its own local Spark instead"
     )
@@ -564,6 +600,8 @@ def main(argv: list[str] | None = None) -> int:
         return 0
 
     equivalents = load_equivalents()
+    if args.reclassify:
+        return reclassify(targets, equivalents)
     commit, dirty = source_state()
     survivors: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="mutants-") as workdir:
