@@ -730,6 +730,20 @@ def test_a_rollback_on_a_shadow_pointer_moves_that_pointer_and_nothing_of_produc
         catalog.shadow(PRODUCTION)
 
 
+def test_a_code_version_that_serves_no_partition_any_more_leaves_the_release_s_counts(
+    catalog: ReleaseCatalog,
+) -> None:
+    stage(catalog, "b1", {DAILY: ["2025-01-01", "2025-01-02"]})
+    catalog.promote("b1", actor="ops")
+    rerun = [
+        record(DAILY, day, "b2", attempt="a2").model_copy(update={"code_version": "v2"})
+        for day in ("2025-01-01", "2025-01-02")
+    ]
+    catalog.record_partitions("b2", rerun, run_id="run-2")
+
+    assert catalog.promote("b2", actor="ops").served_code_versions == {DAILY: {"v2": 2}}
+
+
 def test_every_release_records_the_code_versions_of_what_it_serves_per_table(catalog: ReleaseCatalog) -> None:
     stage(catalog, "b1", {DAILY: ["2025-01-01", "2025-01-02", "2025-01-03"], WEEKLY: ["2025-01-03"]})
     first = catalog.promote("b1", actor="ops")
