@@ -25,11 +25,13 @@ from backfills.errors import (
 from backfills.resources import cas
 from backfills.resources.catalog import BATCHES_PREFIX, CURRENT_KEY, PRODUCTION, Pointer, ReleaseCatalog
 from backfills.resources.catalog_models import (
+    ApprovalFacts,
     BatchManifest,
     CheckRecord,
     ColumnSchema,
     PartitionRecord,
     Release,
+    StaleDownstream,
     UpstreamSource,
 )
 from backfills.resources.lifecycle import BatchState
@@ -742,6 +744,26 @@ def test_a_code_version_that_serves_no_partition_any_more_leaves_the_release_s_c
     catalog.record_partitions("b2", rerun, run_id="run-2")
 
     assert catalog.promote("b2", actor="ops").served_code_versions == {DAILY: {"v2": 2}}
+
+
+def test_stale_partitions_stay_marked_until_a_release_replaces_each_of_them(catalog: ReleaseCatalog) -> None:
+    stage(catalog, "load", {DAILY: ["2025-01-01", "2025-01-02"], WEEKLY: ["2025-01-02", "2025-01-03"]})
+    catalog.promote("load", actor="ops")
+    stage(catalog, "fix", {DAILY: ["2025-01-02"]}, attempt="a2")
+    left = {WEEKLY: StaleDownstream(upstream=[DAILY], days=["2025-01-02", "2025-01-03"])}
+    forced = ApprovalFacts(forced=True, overrides=["stale_downstream"], left_stale=left)
+    fix = catalog.promote("fix", actor="ops", reason="urgent", approval=forced)
+    stage(catalog, "weekly", {WEEKLY: ["2025-01-02"]}, attempt="a3")
+    weekly = catalog.promote("weekly", actor="ops")
+    stage(catalog, "daily", {DAILY: ["2025-01-01"]}, attempt="a4")
+    daily = catalog.promote("daily", actor="ops")
+
+    def marked(release: Release) -> dict[str, list[tuple[str, list[str]]]]:
+        return {table: [(m.since, m.days) for m in marks] for table, marks in release.stale.items()}
+
+    assert marked(fix) == {WEEKLY: [(fix.release_id, ["2025-01-02", "2025-01-03"])]}
+    assert marked(weekly) == {WEEKLY: [(fix.release_id, ["2025-01-03"])]}  # 2025-01-02 recomputed
+    assert marked(daily) == marked(weekly)  # a release that touches no stale partition keeps the marks
 
 
 def test_every_release_records_the_code_versions_of_what_it_serves_per_table(catalog: ReleaseCatalog) -> None:

@@ -22,7 +22,7 @@ from backfills.orchestration.approval_channels import LocalChannel
 from backfills.orchestration.approval_flow import ApprovalFlow
 from backfills.orchestration.approval_message import Links
 from backfills.orchestration.approval_policy import ApprovalRules
-from backfills.orchestration.promotion import promote
+from backfills.orchestration.promotion import promote, verify_content
 from backfills.resources.approvals_store import ApprovalStore
 from backfills.resources.catalog_models import VoteRecord
 from backfills.resources.storage import ObjectStore
@@ -75,6 +75,8 @@ def test_untouched_files_are_verified_without_a_spark_job(lake: Lake, spark) -> 
     record = lake.catalog.get_batch(BATCH).tables[DAILY]["2025-01-02"]
     assert record.file_checks and all(c.checksum.startswith("sha256:") for c in record.file_checks.values())
     before = _jobs(spark)
+    # What a canary's completion checks (verify_content as called there), then a promotion.
+    assert verify_content(spark, lake.store, lake.catalog.get_batch(BATCH)) == 3
     promote(lake.catalog, RULES, spark, BATCH, requested_by="ops")
     assert _jobs(spark) == before
     assert lake.catalog.current_release().batch_id == BATCH
