@@ -112,8 +112,8 @@ LIFECYCLE = tier(PURE, "tests/test_lifecycle.py")
 CATALOG_LOCAL = tier("tests/test_catalog.py", "tests/test_release_tree.py", "-k", "not s3")
 CATALOG_S3 = tier("tests/test_catalog.py", "tests/test_release_tree.py", "-k", "s3")
 
-# The expected time of a full run of each module is measured on 2 cores shared with other work: the mutants
-# times the cost of the tiers that kill most of them, plus the whole tiers for each survivor.
+# What a module's run costs: per mutant, a pytest start plus the covering tests until the first failure;
+# per survivor, every tier in full. The report records each module's minutes.
 TARGETS = (
     Target(
         "policy",
