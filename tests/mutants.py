@@ -156,8 +156,14 @@ TARGETS = (
     Target(
         "promotion",
         Scope("orchestration/promotion.py"),
-        # The file checks' tests count Spark jobs in the local SparkContext: a JVM of their own.
-        (PROMOTION_TESTS, Tier(("tests/test_file_verification.py",), "local")),
+        # The file checks' tests count Spark jobs in the local SparkContext: a JVM of their own. Rollbacks
+        # and drills verify what they restore with promotion's checks.
+        (
+            PROMOTION_TESTS,
+            Tier(("tests/test_file_verification.py",), "local"),
+            spark_tier("tests/test_rollback_verification.py"),
+            spark_tier("tests/test_drills.py", "-k", "not job and not commands"),
+        ),
         420,
     ),
     Target(

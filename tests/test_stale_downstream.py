@@ -11,7 +11,7 @@ of Jan 2 turns out never to have happened (its landing file is corrected), and t
 from __future__ import annotations
 
 import shutil
-from datetime import date
+from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pyarrow as pa
@@ -19,6 +19,7 @@ import pyarrow.parquet as pq
 import pytest
 from conftest import Lake, make_lake
 from test_canary import RULES, _approve
+from test_catalog import stage
 
 from backfills.assets.registry import DAILY, MONTHLY, PROFILE, WEEKLY
 from backfills.errors import StaleDownstreamError
@@ -27,10 +28,14 @@ from backfills.orchestration.cli import main
 from backfills.orchestration.promotion import promote
 from backfills.orchestration.stale_downstream import stale_downstream
 from backfills.resources.approvals_store import ApprovalStore
+from backfills.resources.catalog import ReleaseCatalog
+from backfills.resources.catalog_models import BatchManifest
+from backfills.resources.storage import LocalObjectStore
 
 ALICE = "U0ALICE"
 JAN_2, JAN_4 = date(2025, 1, 2), date(2025, 1, 4)
 STALE_DAYS = ["2025-01-02", "2025-01-03", "2025-01-04"]
+NOW = datetime.now(UTC)
 REASON = "the daily fix is urgent; the windows follow in late-full"
 
 
@@ -68,6 +73,28 @@ def lake(late_template: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -
     monkeypatch.setenv("BACKFILLS_STORAGE_ROOT", str(root))
     monkeypatch.setenv("BACKFILLS_PARTITIONS_START", "2025-01-01")
     return make_lake(root)
+
+
+def test_a_changed_day_leaves_stale_exactly_the_production_windows_that_read_it(tmp_path: Path) -> None:
+    catalog = ReleaseCatalog(LocalObjectStore(tmp_path))
+    days = [f"2025-01-{day:02d}" for day in range(1, 21)]
+    assert (
+        stale_downstream(catalog, BatchManifest(batch_id="fix", created_at=NOW, updated_at=NOW), None) == {}
+    )
+    stage(catalog, "load", {DAILY: days, WEEKLY: days, MONTHLY: days, PROFILE: days})
+    catalog.promote("load", actor="ops")
+    stage(catalog, "fix", {DAILY: ["2025-01-05"]}, attempt="a2")
+
+    stale = stale_downstream(catalog, catalog.get_batch("fix"), catalog.current_release())
+
+    assert (
+        {table: (entry.days, entry.upstream) for table, entry in stale.items()}
+        == {
+            WEEKLY: (days[4:11], [DAILY]),  # the 7-day windows ending Jan 5..11 read Jan 5
+            MONTHLY: (days[4:], [DAILY]),  # the 30-day windows from Jan 5 on, as far as production serves
+            PROFILE: (days[4:], [DAILY]),  # the profile reads both windows
+        }
+    )
 
 
 def test_the_request_of_a_daily_fix_without_its_downstream_names_the_partitions_it_leaves_stale(
