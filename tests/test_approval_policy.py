@@ -199,14 +199,19 @@ def test_a_batch_everyone_on_the_allowlist_wrote_into_says_it_can_never_be_appro
     assert "it can never be approved: only 1 allowlisted approvers may vote on it" in result.summary
 
 
-def test_who_wrote_into_a_batch_is_judged_by_the_user_ids_their_tags_resolve_to() -> None:
-    batch = BatchManifest(
+def written_by(requester: str, contributors: list[str | None]) -> BatchManifest:
+    """Batch b-9f2c as its manifest records who wrote into it (requester tags as written)."""
+    return BatchManifest(
         batch_id="b-9f2c",
         created_at=REQUESTED_AT,
         updated_at=REQUESTED_AT,
-        requester="Bob Jones",
-        contributors=["Bob Jones", "alice@example.com", None, "U_DAVE"],
+        requester=requester,
+        contributors=contributors,
     )
+
+
+def test_who_wrote_into_a_batch_is_judged_by_the_user_ids_their_tags_resolve_to() -> None:
+    batch = written_by("Bob Jones", ["Bob Jones", "alice@example.com", None, "U_DAVE"])
     # As the channel resolved them at the last reading; U_DAVE's rerun came in after it.
     resolved = {"Bob Jones": "U_BOB", "alice@example.com": "U_ALICE"}
 
@@ -221,13 +226,7 @@ def test_who_wrote_into_a_batch_is_judged_by_the_user_ids_their_tags_resolve_to(
 
 
 def test_a_blank_requester_tag_names_no_one_and_counts_as_untagged() -> None:
-    batch = BatchManifest(
-        batch_id="b-9f2c",
-        created_at=REQUESTED_AT,
-        updated_at=REQUESTED_AT,
-        requester=" ",
-        contributors=[" ", "", "U_DAVE"],
-    )
+    batch = written_by(" ", [" ", "", "U_DAVE"])
 
     for identities in ({"U_DAVE": "U_DAVE"}, None):
         facts = request_facts(batch, REQUESTED_AT, identities)
