@@ -49,6 +49,7 @@ from mutation_report import (
     load_equivalents,
     module_entry,
     read_report,
+    rechecked_entry,
     stale_equivalents,
     unexplained,
     write_report,
@@ -563,6 +564,24 @@ def reclassify(targets: list[Target], equivalents: Equivalents) -> int:
     return 1 if left else 0
 
 
+def survivor_numbers(target: Target, entry: dict[str, Any] | None) -> set[int]:
+    """The numbers (as --list gives them) of the mutants the module's entry names as survivors. Only
+    when the module is the code the entry ran on: a survivor of other code says nothing about this one."""
+    if entry is None:
+        raise SystemExit(f"{target.path} has no entry in the report yet: run it in full first")
+    unchanged = subprocess.run(["git", "diff", "--quiet", entry["commit"], "--", target.path], cwd=REPO)
+    if entry.get("dirty") or unchanged.returncode != 0:
+        raise SystemExit(
+            f"{target.path} changed since its entry ran on {entry['commit'][:10]}: run it in full instead"
+        )
+    wanted = {(item["line"], item["change"]) for item in entry["survived"]}
+    current = mutants(target.scope, (REPO / target.path).read_text())
+    numbers = {number for number, m in enumerate(current, 1) if (m.line, m.description) in wanted}
+    if len(numbers) != len(wanted):
+        raise SystemExit(f"{target.path}: some survivors of its entry are no longer mutants: run it in full")
+    return numbers
+
+
 def _numbers(text: str | None) -> set[int] | None:
     return None if text is None else {int(number) for number in text.split(",") if number.strip()}
 
@@ -583,6 +602,12 @@ def main(argv: list[str] | None = None) -> int:
         "--reclassify",
         action="store_true",
         help="apply tests/mutants/equivalent.json to the survivors already in the report, running nothing",
+    )
+    parser.add_argument(
+        "--recheck",
+        action="store_true",
+        help="run only the survivors in the modules' entries again (the modules must be unchanged since), "
+        "after tests were added for them",
     )
     parser.add_argument(
         "--no-spark-connect", action="store_true", help="let each run start its own local Spark instead"
@@ -608,6 +633,14 @@ def main(argv: list[str] | None = None) -> int:
     equivalents = load_equivalents()
     if args.reclassify:
         return reclassify(targets, equivalents)
+    report = read_report()
+    rechecks = (
+        {target.name: survivor_numbers(target, report["modules"].get(target.path)) for target in targets}
+        if args.recheck
+        else {}
+    )
+    if args.recheck:
+        targets = [target for target in targets if rechecks[target.name]]
     commit, dirty = source_state()
     survivors: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="mutants-") as workdir:
@@ -619,10 +652,16 @@ def main(argv: list[str] | None = None) -> int:
         try:
             for target in targets:
                 started = time.monotonic()
-                outcomes, left_out = run_target(target, package / target.path, workspace, args, only)
+                picked = rechecks.get(target.name, only)
+                outcomes, left_out = run_target(target, package / target.path, workspace, args, picked)
                 survivors.extend(unexplained(outcomes, equivalents))
                 print(summary(target, outcomes, equivalents, time.monotonic() - started), flush=True)
-                if only is None:
+                if args.recheck:
+                    entry = rechecked_entry(
+                        report["modules"][target.path], outcomes, equivalents, commit=commit, dirty=dirty
+                    )
+                    write_report({target.path: entry}, commit=commit)
+                elif only is None:
                     for function, change in stale_equivalents(target.path, outcomes, equivalents):
                         print(
                             f"  stale reason in equivalent.json (no such survivor now): {function}: {change}"

@@ -110,6 +110,27 @@ def module_entry(
     }
 
 
+def rechecked_entry(
+    entry: Mapping[str, Any], outcomes: list[Outcome], equivalents: Equivalents, *, commit: str, dirty: bool
+) -> dict[str, Any]:
+    """A module's entry after its survivors ran again, on the same module code, with the tests of `commit`:
+    those a test now notices count as killed, the others stay named. The rest of the entry (every mutant
+    killed in the full run, on this very code) is kept, with the commit it ran on."""
+    again = module_entry(outcomes, equivalents, commit=commit, dirty=dirty, minutes=0, tests=[], left_out=[])
+    return dict(entry) | {
+        "killed": entry["killed"] + again["killed"],
+        "survived": again["survived"],
+        "equivalent": [*entry["equivalent"], *again["equivalent"]],
+        "timeout": [*entry.get("timeout", []), *again["timeout"]],
+        "rechecked": {
+            "commit": commit,
+            "dirty": dirty,
+            "survivors": len(outcomes),
+            "killed": again["killed"],
+        },
+    }
+
+
 def read_report(path: Path = REPORT_JSON) -> dict[str, Any]:
     if not path.exists():
         return {"commit": None, "modules": {}}
@@ -145,7 +166,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
         "# Mutation testing: what the tests notice",
         "",
         "Written by `make mutants` (tests/mutants.py); `make mutants MODULES=path/of/module.py` reruns one "
-        "module and keeps the other entries. A mutant is one small deliberate bug; *killed* means a test "
+        "module and keeps the other entries; `MUTANTS_ARGS=--recheck` reruns only its survivors, when the "
+        "module is unchanged since its entry. A mutant is one small deliberate bug; *killed* means a test "
         "failed (or, listed as timeout, the tests never finished); *equivalent* means it cannot change "
         "behaviour, for the reason given (tests/mutants/equivalent.json); *survived* means no test noticed: "
         "a promise nothing checks. The same figures for tools: report.json.",
@@ -156,6 +178,8 @@ def render_markdown(report: Mapping[str, Any]) -> str:
     modules: Mapping[str, Mapping[str, Any]] = report["modules"]
     for module, entry in modules.items():
         commit = entry["commit"][:10] + (" (uncommitted changes)" if entry.get("dirty") else "")
+        if "rechecked" in entry:
+            commit += f", survivors rechecked on {entry['rechecked']['commit'][:10]}"
         lines.append(
             f"| {module} | {entry['mutants']} | {entry['killed']} | {len(entry.get('timeout', []))} | "
             f"{len(entry['equivalent'])} | {len(entry['survived'])} | {entry.get('minutes', '')} | {commit} |"
@@ -168,6 +192,14 @@ def render_markdown(report: Mapping[str, Any]) -> str:
                 "Tests, cheapest first (a tier runs only while the mutant survives the ones before):"
             )
             lines.extend(f"{number}. `{' '.join(tier)}`" for number, tier in enumerate(tiers, 1))
+            lines.append("")
+        if "rechecked" in entry:
+            again = entry["rechecked"]
+            lines.append(
+                f"The {again['survivors']} survivors of the full run on {entry['commit'][:10]} ran again on "
+                f"{again['commit'][:10]}, where the module is unchanged and the tests are newer: "
+                f"{again['killed']} of them killed."
+            )
             lines.append("")
         if entry.get("left_out"):
             lines.append("Tests left out (they failed without any mutant):")

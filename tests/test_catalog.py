@@ -19,6 +19,7 @@ from backfills.errors import (
     BatchNotFoundError,
     BatchSealedError,
     CurrentChangedError,
+    InvalidRequestError,
     PreconditionFailedError,
     ReleaseNotFoundError,
 )
@@ -195,6 +196,16 @@ def test_a_record_for_another_batch_or_a_duplicate_is_refused(catalog: ReleaseCa
         )
     with pytest.raises(BatchNotFoundError):
         catalog.get_batch("b1")
+
+
+def test_an_update_that_returns_another_batchs_manifest_writes_nothing(catalog: ReleaseCatalog) -> None:
+    catalog.record_partitions("b1", [record(DAILY, "2025-01-01", "b1")], run_id="run-1")
+    catalog.record_partitions("b2", [record(DAILY, "2025-01-02", "b2")], run_id="run-2")
+    before = catalog.get_batch("b1").model_dump()
+    with pytest.raises(InvalidRequestError, match="an update of batch b1 returned the manifest of batch b2"):
+        catalog.update_batch("b1", lambda _: catalog.get_batch("b2"))
+    assert catalog.get_batch("b1").model_dump() == before
+    assert set(catalog.get_batch("b2").tables[DAILY]) == {"2025-01-02"}
 
 
 def test_concurrent_runs_recording_into_one_batch_all_land(tmp_path: Path) -> None:

@@ -17,6 +17,7 @@ from mutation_report import (
     Outcome,
     load_equivalents,
     module_entry,
+    rechecked_entry,
     stale_equivalents,
     write_report,
 )
@@ -76,6 +77,26 @@ def test_a_run_of_some_modules_keeps_the_entries_of_the_others(report: dict[str,
     assert len(written["modules"][MODULE]["survived"]) == 1
     markdown = report["markdown_path"].read_text()
     assert "| resources/other.py |" in markdown and f"- line 3: {again['survived'][0]['change']}" in markdown
+
+
+def test_survivors_run_again_move_to_killed_and_the_full_run_is_kept(report: dict[str, Path]) -> None:
+    outcomes = _outcomes({0: SURVIVED, 1: SURVIVED, 3: SURVIVED})
+    full = _entry(outcomes, {}, commit="a" * 40)
+    still = outcomes[3].mutant
+    again = [
+        Outcome(o.mutant, KILLED if o.mutant != still else SURVIVED, 1.0)
+        for o in (outcomes[0], outcomes[1], outcomes[3])
+    ]
+
+    entry = rechecked_entry(full, again, {}, commit="b" * 40, dirty=False)
+
+    assert entry["mutants"] == len(outcomes) and entry["killed"] == len(outcomes) - 1
+    assert entry["survived"] == [{"line": still.line, "change": still.description}]
+    assert entry["commit"] == "a" * 40  # the code every mutant ran on
+    assert entry["rechecked"] == {"commit": "b" * 40, "dirty": False, "survivors": 3, "killed": 2}
+    write_report({MODULE: entry}, commit="b" * 40, **report)
+    markdown = report["markdown_path"].read_text()
+    assert "survivors rechecked on bbbbbbbbbb" in markdown and "2 of them killed" in markdown
 
 
 def test_a_reason_that_matches_no_survivor_any_more_is_pointed_out() -> None:
