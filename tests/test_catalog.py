@@ -257,6 +257,29 @@ def test_a_writer_whose_read_went_stale_retries_and_keeps_the_other_writers_reco
     assert manifest.runs == ["run-1", "run-2", "run-3"]
 
 
+def test_a_rerun_that_retries_after_losing_a_race_names_each_replaced_partition_once(
+    store: ObjectStore,
+) -> None:
+    first = record(DAILY, "2025-01-01", "b1")
+    ReleaseCatalog(store).record_partitions("b1", [first], run_id="run-1")
+
+    def other_run() -> None:
+        ReleaseCatalog(store).record_partitions(
+            "b1", [record(DAILY, "2025-01-02", "b1", run_id="run-2")], run_id="run-2"
+        )
+
+    racing = ReleaseCatalog(InterleavingStore(store, "catalog/batches/b1.json", other_run))
+    rerun = record(DAILY, "2025-01-01", "b1", attempt="a3", run_id="run-3")
+    _, replaced = racing.record_partitions("b1", [rerun], run_id="run-3")
+
+    # Files to delete: the first attempt's, once, although the rerun read the manifest twice.
+    assert [item.base for item in replaced] == [first.base]
+    [staged] = [
+        e for e in ReleaseCatalog(store).events() if e.kind == "staged" and e.details["run_id"] == "run-3"
+    ]
+    assert staged.details["replaced"] == {DAILY: ["2025-01-01"]}
+
+
 def test_two_first_runs_of_a_batch_create_its_manifest_once(store: ObjectStore) -> None:
     def other_run() -> None:
         ReleaseCatalog(store).record_partitions(
