@@ -5,7 +5,7 @@ from __future__ import annotations
 import os
 import shutil
 import uuid
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from datetime import date
 from pathlib import Path
@@ -195,14 +195,38 @@ def make_lake(root: Path) -> Lake:
     return Lake(root=root, store=store, catalog=ReleaseCatalog(store))
 
 
+# Where tests/mutants.py keeps the templates below between its many test runs of one module: built by the
+# first run (on the code without any mutant), then reused. Unset (every other run): built in each run.
+TEMPLATES = os.environ.get("BACKFILLS_TEST_TEMPLATES") or None
+
+
+def built_once(name: str, tmp_path_factory: pytest.TempPathFactory, build: Callable[[Path], None]) -> Path:
+    """A folder `build` fills, that tests only read or copy: built in this run, or taken from
+    BACKFILLS_TEST_TEMPLATES when an earlier run of the same mutation run built it."""
+    if TEMPLATES is None:
+        root = tmp_path_factory.mktemp(name) / "lake"
+        build(root)
+        return root
+    kept = Path(TEMPLATES) / name
+    if not kept.exists():
+        scratch = tmp_path_factory.mktemp(name) / "lake"
+        build(scratch)
+        partial = kept.with_name(f"{name}.{uuid.uuid4().hex}")
+        shutil.copytree(scratch, partial)
+        partial.rename(kept)
+    return kept
+
+
 @pytest.fixture(scope="session")
 def generated_landing_zone(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """40 days of small synthetic transactions, generated once and copied into each test's lake."""
-    root = tmp_path_factory.mktemp("landing")
-    write_landing_zone(
-        LocalObjectStore(root), start=date(2025, 1, 1), days=40, customers=60, rows_per_day=400, seed=11
-    )
-    return root
+
+    def generate(root: Path) -> None:
+        write_landing_zone(
+            LocalObjectStore(root), start=date(2025, 1, 1), days=40, customers=60, rows_per_day=400, seed=11
+        )
+
+    return built_once("landing", tmp_path_factory, generate)
 
 
 @pytest.fixture(scope="session")
@@ -210,7 +234,12 @@ def staged_template(tmp_path_factory: pytest.TempPathFactory, generated_landing_
     """A storage root with two complete, checked batches, staged once for the whole run (each test copies
     it): `jan` (every table, Jan 1..4, requested by Alice, U0ALICE) and the later `fix` (customer_daily_txn,
     Jan 3..6, also Alice's). The approval, promotion, drill, freshness and online tests start from it."""
-    root = tmp_path_factory.mktemp("approvals") / "lake"
+    return built_once(
+        "approvals", tmp_path_factory, lambda root: _stage_template(root, generated_landing_zone, spark)
+    )
+
+
+def _stage_template(root: Path, generated_landing_zone: Path, spark: SparkSession) -> None:
     shutil.copytree(generated_landing_zone / "raw", root / "raw")
     lake = make_lake(root)
     jan = {spec.name: [f"2025-01-0{day}" for day in range(1, 5)] for spec in dependency_order()}
@@ -219,7 +248,6 @@ def staged_template(tmp_path_factory: pytest.TempPathFactory, generated_landing_
     lake.catalog.mark_complete("jan", jan)
     lake.stage(spark, "customer_daily_txn", date(2025, 1, 3), date(2025, 1, 6), "fix", requester="U0ALICE")
     lake.catalog.mark_complete("fix", {"customer_daily_txn": [f"2025-01-0{day}" for day in range(3, 7)]})
-    return root
 
 
 @pytest.fixture

@@ -98,6 +98,10 @@ class Target:
     # Cheapest first: the next tier runs only while the mutant survives the earlier ones.
     tiers: tuple[Tier, ...]
     timeout: float  # seconds per mutant, all tiers together, at the least (3x the baseline when longer)
+    # The staged lakes the tests copy (conftest's built_once) are built by the first run, without any mutant,
+    # and reused by every mutant's runs: only for modules that build none of them (a mutant can then only
+    # be missed, never killed, by a template it did not build).
+    reuse_templates: bool = False
 
     @property
     def path(self) -> str:
@@ -246,6 +250,7 @@ TARGETS = (
         Scope("resources/canary.py"),
         (spark_tier("tests/test_canary.py"),),
         900,
+        reuse_templates=True,
     ),
     Target(
         "canary_slice",
@@ -256,8 +261,9 @@ TARGETS = (
             spark_tier("tests/test_training_set.py"),
         ),
         300,
+        reuse_templates=True,
     ),
-    Target("canary", Scope("orchestration/canary.py"), (spark_tier("tests/test_canary.py"),), 900),
+    Target("canary", Scope("orchestration/canary.py"), (spark_tier("tests/test_canary.py"),), 900, True),
     Target(
         "canary_health",
         # Wording only: the verdict's sentences and the numbers in them.
@@ -267,6 +273,7 @@ TARGETS = (
         ),
         (spark_tier("tests/test_canary.py"),),
         900,
+        reuse_templates=True,
     ),
     Target(
         "online_store",
@@ -277,8 +284,12 @@ TARGETS = (
         ),
         300,
     ),
-    Target("online_sync", Scope("serving/online_sync.py"), (spark_tier("tests/test_online_sync.py"),), 600),
-    Target("online_canary", Scope("serving/online_canary.py"), (spark_tier("tests/test_canary.py"),), 900),
+    Target(
+        "online_sync", Scope("serving/online_sync.py"), (spark_tier("tests/test_online_sync.py"),), 600, True
+    ),
+    Target(
+        "online_canary", Scope("serving/online_canary.py"), (spark_tier("tests/test_canary.py"),), 900, True
+    ),
     Target(
         "training",
         Scope(
@@ -294,7 +305,7 @@ TARGETS = (
         (spark_tier("tests/test_training_set.py"),),
         600,
     ),
-    Target("drills", Scope("orchestration/drills.py"), (spark_tier("tests/test_drills.py"),), 600),
+    Target("drills", Scope("orchestration/drills.py"), (spark_tier("tests/test_drills.py"),), 600, True),
     Target(
         "deliveries", Scope("assets/deliveries.py"), (spark_tier("tests/test_event_attribution.py"),), 600
     ),
@@ -357,12 +368,15 @@ class Workspace:
     def __init__(self, root: Path, *, spark_connect: bool) -> None:
         self.root = root
         self._spark_connect = spark_connect
+        self.templates: Path | None = None  # see Target.reuse_templates
         self._spark_remote: str | None = None
 
     def environment(self, run: Tier | None = None) -> dict[str, str]:
         env = dict(os.environ, PYTHONPATH=str(self.root), PYTHONDONTWRITEBYTECODE="1")
-        for name in ("BACKFILLS_TEST_SPARK_REMOTE", "BACKFILLS_SPARK_REMOTE"):
+        for name in ("BACKFILLS_TEST_SPARK_REMOTE", "BACKFILLS_SPARK_REMOTE", "BACKFILLS_TEST_TEMPLATES"):
             env.pop(name, None)
+        if self.templates is not None:
+            env["BACKFILLS_TEST_TEMPLATES"] = str(self.templates)
         if run is not None and run.spark == "connect" and self._spark_connect:
             # The tests' own session, and the sessions the commands they run build from the settings.
             url = self._spark_url()
@@ -697,6 +711,9 @@ def run_target(
     baseline = ast.unparse(ast.parse(original))
     path.write_text(baseline)
     limit = args.timeout or target.timeout
+    workspace.templates = workspace.root / "templates" / target.name if target.reuse_templates else None
+    if workspace.templates is not None:
+        workspace.templates.mkdir(parents=True, exist_ok=True)
     seconds, failing, data_files = baseline_failures(target, workspace, limit * 2, path)
     focus = covering_tests(data_files, path, baseline)
     # Under load the tests may run slower than the target's timeout assumes: never less than 3x the baseline.

@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import Lake, make_lake
+from conftest import Lake, built_once, make_lake
 from dagster import AssetKey, DagsterInstance, build_sensor_context
 from pyspark.sql import functions as F
 from slack_api import FakeSlack
@@ -108,7 +108,12 @@ def _flip_statuses(lake: Lake, day: date) -> None:
 
 @pytest.fixture(scope="module")
 def canary_template(tmp_path_factory, generated_landing_zone: Path, spark) -> Path:
-    root = tmp_path_factory.mktemp("canary") / "lake"
+    return built_once(
+        "canary", tmp_path_factory, lambda root: _canary_lake(root, generated_landing_zone, spark)
+    )
+
+
+def _canary_lake(root: Path, generated_landing_zone: Path, spark) -> None:
     shutil.copytree(generated_landing_zone / "raw", root / "raw")
     lake = make_lake(root)
     lake.stage(spark, DAILY, FIRST_DAY, DAY_2, "base", requester=ALICE)
@@ -126,7 +131,6 @@ def canary_template(tmp_path_factory, generated_landing_zone: Path, spark) -> Pa
     lake.catalog.mark_complete("bad", {spec.name: DAYS for spec in dependency_order()})
     for batch in ("again", "bad"):
         _approve(lake, batch)
-    return root
 
 
 @pytest.fixture
