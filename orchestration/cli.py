@@ -1006,8 +1006,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except Exception as error:  # a last line of defence: one line, not a traceback
         if args.debug:
             raise
-        first_line = (str(error).strip().splitlines() or [""])[0]
-        print(f"error: unexpected {type(error).__name__}: {first_line} (rerun with --debug)", file=sys.stderr)
+        from backfills.resources.spark import failure_summary  # Spark's import waits for Spark's errors
+
+        print(
+            f"error: unexpected {type(error).__name__}: {failure_summary(error, 500)} (rerun with --debug)",
+            file=sys.stderr,
+        )
         return EXIT_UNEXPECTED
     return 0
 

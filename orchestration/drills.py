@@ -35,6 +35,7 @@ from backfills.errors import CurrentChangedError, InvalidRequestError, OnlineSto
 from backfills.orchestration.promotion import restore_check, row_problems
 from backfills.resources.catalog import Pointer, ReleaseCatalog
 from backfills.resources.catalog_models import PartitionRecord, Release
+from backfills.resources.spark import failure_summary
 from backfills.serving.online_store import OnlineStore
 from backfills.serving.online_sync import load_version, newest_served, online_version
 from backfills.serving.parity import DEFAULT_SAMPLE_SIZE
@@ -145,8 +146,7 @@ def _restore_online(
             )
             restored[table] = facts["keys_checked"]
         except (OnlineStoreError, PySparkException, Py4JJavaError) as error:
-            first_line = (str(error).strip().splitlines() or [""])[0]
-            problems.append(f"online {table} {day} (cannot be restored: {first_line[:200]})")
+            problems.append(f"online {table} {day} (cannot be restored: {failure_summary(error)})")
         finally:
             online.discard(shadow, [version])
     return states, restored, problems

@@ -42,6 +42,7 @@ from backfills.resources.catalog_models import (
 )
 from backfills.resources.feature_store import PartitionFacts, PartitionFiles, partition_facts, read_partitions
 from backfills.resources.lifecycle import BatchState
+from backfills.resources.spark import failure_summary
 from backfills.resources.storage import ObjectStore
 
 
@@ -183,8 +184,7 @@ def row_problems(
             try:
                 facts |= _facts(spark, store, table, [record])
             except (PySparkException, Py4JJavaError) as error:
-                first_line = (str(error).strip().splitlines() or [""])[0]
-                problems.append(f"{table} {day} (its files cannot be read: {first_line[:200]})")
+                problems.append(f"{table} {day} (its files cannot be read: {failure_summary(error)})")
                 facts[day] = None
     for day, record in sorted(records.items()):
         if day in facts and facts[day] is None:

@@ -5,12 +5,29 @@ from __future__ import annotations
 from pathlib import Path
 
 from dagster import ConfigurableResource
+from py4j.protocol import Py4JError
 from pydantic import Field
 from pyspark.sql import SparkSession
 
 from backfills.resources.settings import Settings
 
 LOG_CONFIG = Path(__file__).with_name("log4j2.properties")
+
+
+def failure_summary(error: BaseException, limit: int = 200) -> str:
+    """What an error says went wrong, in one line of at most `limit` characters. A local Spark session's
+    Py4J error only names the JVM call on its first line ("An error occurred while calling o42.parquet."):
+    its innermost Java cause says what failed. PySpark's own and Spark Connect's errors say it first."""
+    text = str(error)
+    java = getattr(error, "java_exception", None)
+    if java is not None:
+        try:
+            while java.getCause() is not None:
+                java = java.getCause()
+            text = java.toString()
+        except Py4JError:  # the JVM is gone: the error's own words are all there is
+            pass
+    return (text.strip().splitlines() or [""])[0][:limit]
 
 
 def spark_conf(*, driver_memory: str, shuffle_partitions: int, bind_address: str) -> dict[str, str]:

@@ -368,25 +368,54 @@ def test_a_second_batch_for_the_same_days_never_changes_the_first_batch(catalog:
     assert [manifest.batch_id for manifest in catalog.list_batches()] == ["b1", "b2"]
 
 
+def verdict(check: str, days: list[str], outcome: str = "passed") -> CheckRecord:
+    return CheckRecord(
+        table=DAILY,
+        check=check,
+        partitions=days,
+        verdict=outcome,
+        blocking=True,
+        summary=f"{check} {outcome}",
+        run_id="run-1",
+        checked_at=datetime.now(UTC),
+    )
+
+
+def test_recorded_verdicts_set_the_state_and_enter_the_audit_trail(catalog: ReleaseCatalog) -> None:
+    stage(catalog, "b1", {DAILY: ["2025-01-01", "2025-01-02"]})
+
+    manifest = catalog.record_checks(
+        "b1",
+        [verdict("non_empty", ["2025-01-01", "2025-01-02"]), verdict("diff", ["2025-01-02"], "failed")],
+        table=DAILY,
+        partitions=["2025-01-01", "2025-01-02"],
+        run_id="run-1",
+        requester="U0ALICE",
+    )
+
+    assert manifest.state == "blocked" and manifest == catalog.get_batch("b1")
+    [checked] = [event for event in catalog.events() if event.kind == "checked"]
+    assert checked.batch_id == "b1" and checked.actor == "U0ALICE"
+    assert checked.tables == {DAILY: ["2025-01-01", "2025-01-02"]}
+    assert checked.details == {
+        "run_id": "run-1",
+        "state": "blocked",
+        "verdicts": {"non_empty": "passed", "diff": "failed"},
+    }
+
+
+def test_recording_no_partitions_is_refused_and_creates_no_batch(catalog: ReleaseCatalog) -> None:
+    with pytest.raises(InvalidRequestError, match="no partitions given to record in batch b1"):
+        catalog.record_partitions("b1", [], run_id="run-1")
+    with pytest.raises(BatchNotFoundError):
+        catalog.get_batch("b1")
+    assert [event for event in catalog.events() if event.kind == "staged"] == []
+
+
 def test_a_sealed_batch_refuses_new_partitions(catalog: ReleaseCatalog) -> None:
     stage(catalog, "b1", {DAILY: ["2025-01-01"]})
     catalog.record_checks(
-        "b1",
-        [
-            CheckRecord(
-                table=DAILY,
-                check="non_empty",
-                partitions=["2025-01-01"],
-                verdict="passed",
-                blocking=True,
-                summary="rows staged",
-                run_id="run-1",
-                checked_at=datetime.now(UTC),
-            )
-        ],
-        table=DAILY,
-        partitions=["2025-01-01"],
-        run_id="run-1",
+        "b1", [verdict("non_empty", ["2025-01-01"])], table=DAILY, partitions=["2025-01-01"], run_id="run-1"
     )
     catalog.move_batch("b1", BatchState.APPROVED)
 

@@ -7,6 +7,7 @@ Spark.
 
 from __future__ import annotations
 
+import re
 import shutil
 from datetime import UTC, date, datetime
 from pathlib import Path
@@ -126,15 +127,16 @@ def test_deep_verify_recomputes_content_hashes_with_spark(lake: Lake, spark) -> 
     assert _jobs(spark) > before
 
 
+def _forget_file_checks(manifest):
+    """The manifest as earlier versions wrote it: no file checks, so promotion falls back to content hashes
+    (the approval binds hashes and code: it stays valid)."""
+    for record in manifest.tables[DAILY].values():
+        record.file_checks = {}
+    return manifest
+
+
 def test_a_partition_staged_before_checksums_were_kept_is_verified_by_its_rows(lake: Lake, spark) -> None:
-    """Manifests of earlier versions have no file checks: their partitions fall back to content hashes."""
-
-    def forget_checks(manifest):
-        for record in manifest.tables[DAILY].values():
-            record.file_checks = {}
-        return manifest
-
-    lake.catalog.update_batch(BATCH, forget_checks)  # the approval binds hashes and code: still valid
+    lake.catalog.update_batch(BATCH, _forget_file_checks)
     key, path = _one_file(lake)
     table = pq.read_table(path)
     table = table.slice(1)  # a row gone: same schema, other content
@@ -151,3 +153,17 @@ def test_the_object_store_checksum_follows_the_bytes(store: ObjectStore) -> None
     assert store.checksum("staging/t/b/a/part.parquet") == first
     store.put("staging/t/b/a/part.parquet", b"other")
     assert store.checksum("staging/t/b/a/part.parquet") != first
+
+
+def test_an_unreadable_file_without_checksums_is_named_with_what_the_reader_says(lake: Lake, spark) -> None:
+    lake.catalog.update_batch(BATCH, _forget_file_checks)
+    key, path = _one_file(lake)
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 2])
+    (path.parent / f".{path.name}.crc").unlink(missing_ok=True)
+
+    message = _refused(lake, spark)
+
+    # The reader's own words (a local session's Py4J error only names the JVM call on its first line).
+    reason = message.split(f"{DAILY} 2025-01-02 (its files cannot be read: ", 1)[1].split(")")[0]
+    assert "An error occurred while calling" not in reason
+    assert re.search(r"Exception|Error", reason) and len(reason) > 20
