@@ -170,6 +170,7 @@ TARGETS = (
             spark_tier("tests/test_drills.py", "-k", "not job and not commands"),
         ),
         420,
+        reuse_templates=True,  # the templates stage and approve; promotion runs in the tests
     ),
     Target(
         "catalog",

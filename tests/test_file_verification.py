@@ -15,7 +15,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import Lake, make_lake
+from conftest import Lake, built_once, make_lake
 from tampering import change_one_byte
 
 from backfills.errors import StagedContentChangedError
@@ -34,7 +34,10 @@ RULES = ApprovalRules(approvers=frozenset({APPROVER}))
 
 @pytest.fixture(scope="module")
 def approved(tmp_path_factory, generated_landing_zone: Path, spark) -> Path:
-    root = tmp_path_factory.mktemp("verify") / "lake"
+    return built_once("verify", tmp_path_factory, lambda root: _approved(root, generated_landing_zone, spark))
+
+
+def _approved(root: Path, generated_landing_zone: Path, spark) -> None:
     shutil.copytree(generated_landing_zone / "raw", root / "raw")
     lake = make_lake(root)
     lake.stage(spark, DAILY, date(2025, 1, 1), date(2025, 1, 3), BATCH, requester="U0ALICE")
@@ -47,7 +50,6 @@ def approved(tmp_path_factory, generated_landing_zone: Path, spark) -> Path:
         BATCH, request.request_id, lambda current: current.model_copy(update={"cli_votes": [vote]})
     )
     assert flow.process(BATCH, lambda manifest: None) is not None
-    return root
 
 
 @pytest.fixture

@@ -27,7 +27,7 @@ from pathlib import Path
 import pyarrow as pa
 import pyarrow.parquet as pq
 import pytest
-from conftest import Lake, make_lake
+from conftest import Lake, built_once, make_lake
 from dagster import AssetKey, DagsterInstance, build_sensor_context
 from dagster._core.storage.dagster_run import DagsterRun, DagsterRunStatus
 from pyspark.sql import SparkSession
@@ -636,11 +636,14 @@ def test_rollback_from_the_command_line_needs_approved_by_when_required(
 def staged_template(tmp_path_factory: pytest.TempPathFactory, spark) -> Path:
     """`jan` (Jan 1..3, Jan 3 a quiet day), the later `fix` (Jan 2..4), and `old` (Jan 1..3, staged by code
     no longer deployed), all requested by Alice."""
-    lake = make_lake(tmp_path_factory.mktemp("promotion") / "lake")
-    _staged_batch(spark, lake, "jan", JAN, spend="30.00")
-    _staged_batch(spark, lake, "fix", FIX, spend="31.00")
-    _staged_batch(spark, lake, "old", JAN, spend="30.00", code=OLD_CODE)
-    return lake.root
+
+    def build(root: Path) -> None:
+        lake = make_lake(root)
+        _staged_batch(spark, lake, "jan", JAN, spend="30.00")
+        _staged_batch(spark, lake, "fix", FIX, spend="31.00")
+        _staged_batch(spark, lake, "old", JAN, spend="30.00", code=OLD_CODE)
+
+    return built_once("promotion", tmp_path_factory, build)
 
 
 @pytest.fixture
