@@ -160,6 +160,14 @@ def test_a_catalog_of_full_snapshot_releases_is_read_published_over_and_rolled_b
         _days(date(2025, 1, 1), 10)
     )
     assert catalog.last_served_day(legacy, TABLES[0]) == "2025-02-09"
+    # Some days of a snapshot release, by range and by name (a day it does not serve is left out).
+    assert list(catalog.served(legacy, TABLES[0], start="2025-01-05", end="2025-01-07")) == [
+        "2025-01-05",
+        "2025-01-06",
+        "2025-01-07",
+    ]
+    picked = catalog.served(legacy, TABLES[0], days=["2025-01-03", "2025-03-01"])
+    assert picked == {"2025-01-03": legacy.snapshot_tables[TABLES[0]]["2025-01-03"]}
     assert store.list(OBJECTS_PREFIX) == []  # reading writes nothing
 
     stage(catalog, "new", {TABLES[0]: ["2025-02-01"]})
