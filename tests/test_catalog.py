@@ -489,6 +489,11 @@ def test_promoting_an_empty_batch_or_unknown_tables_is_refused(catalog: ReleaseC
         ValueError, match=f"customer_risk_profile: not among the tables batch b1 staged \\({DAILY}\\)"
     ):
         catalog.promote("b1", actor="ops", tables=["customer_risk_profile"])
+    # One table name where a list belongs is named as such (not as a list of unknown one-letter tables).
+    with pytest.raises(
+        InvalidRequestError, match=f"tables='{DAILY}' is one string: pass a list of table names"
+    ):
+        catalog.promote("b1", actor="ops", tables=DAILY)
     catalog.update_batch("b1", lambda manifest: manifest.model_copy(update={"tables": {}}))
     with pytest.raises(ValueError, match="batch b1 has no staged partitions, so there is nothing to promote"):
         catalog.promote("b1", actor="ops")
