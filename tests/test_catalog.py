@@ -494,6 +494,8 @@ def test_promoting_an_empty_batch_or_unknown_tables_is_refused(catalog: ReleaseC
         InvalidRequestError, match=f"tables='{DAILY}' is one string: pass a list of table names"
     ):
         catalog.promote("b1", actor="ops", tables=DAILY)
+    with pytest.raises(InvalidRequestError, match=f"no tables given: .* or None for all \\({DAILY}\\)"):
+        catalog.promote("b1", actor="ops", tables=[])
     catalog.update_batch("b1", lambda manifest: manifest.model_copy(update={"tables": {}}))
     with pytest.raises(ValueError, match="batch b1 has no staged partitions, so there is nothing to promote"):
         catalog.promote("b1", actor="ops")

@@ -12,16 +12,20 @@ from pathlib import Path
 import pytest
 from conftest import Lake, make_lake
 from dagster import DagsterInstance
+from test_catalog import record
 
 from backfills.assets.factory import staging_key
 from backfills.assets.reader import FeatureReader
 from backfills.assets.registry import FEATURES, dependency_order, feature_spec
+from backfills.assets.staging import StagedRun
 from backfills.errors import BatchNotFoundError, InvalidInputError, MissingUpstreamPartitionError
 from backfills.orchestration.definitions import build_definitions
 from backfills.orchestration.local_backfill import BackfillRunFailedError, blast_radius, run_local_backfill
+from backfills.resources.catalog_models import UpstreamSource
 from backfills.specs import DateRange
 
 JAN_1 = date(2025, 1, 1)
+DAILY, WEEKLY = "customer_daily_txn", "customer_txn_7d"
 
 
 def _backfill(lake: Lake, instance, start: date, end: date, *, per_run: int, batch: str, tables=None) -> str:
@@ -243,3 +247,37 @@ def test_a_downstream_backfill_covers_every_window_that_includes_a_changed_day(
     sources = {(s.table, s.source): s.partitions for s in weekly.upstream}
     assert sources[("customer_daily_txn", "batch")] == ["2025-01-06"]
     assert sources[("customer_daily_txn", "release")] == [f"2025-01-{d:02d}" for d in range(7, 13)]
+
+
+def test_a_runs_inputs_name_each_source_once_with_its_days_in_a_stable_order() -> None:
+    """The lineage a run's materialization shows: each source of its input once, the days every partition
+    read from it merged, sources in order of table, kind and ID."""
+
+    def read(day: str, *sources: UpstreamSource):
+        return record(DAILY, day, "b9").model_copy(update={"upstream": list(sources)})
+
+    released = UpstreamSource(table=DAILY, source="release", source_id="r2", partitions=["2025-01-01"])
+    run = StagedRun(
+        table=WEEKLY,
+        batch_id="b9",
+        records=[
+            read(
+                "2025-01-07",
+                released,
+                UpstreamSource(table=DAILY, source="batch", source_id="b9", partitions=["2025-01-03"]),
+            ),
+            read(
+                "2025-01-08",
+                UpstreamSource(table=DAILY, source="batch", source_id="b9", partitions=["2025-01-02"]),
+            ),
+        ],
+        replaced=0,
+        location="staging/customer_txn_7d/b9",
+        checks=[],
+        checks_by_day={},
+    )
+
+    assert run.upstream == [
+        UpstreamSource(table=DAILY, source="batch", source_id="b9", partitions=["2025-01-02", "2025-01-03"]),
+        released,
+    ]
