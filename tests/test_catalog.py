@@ -834,6 +834,14 @@ def test_stale_partitions_stay_marked_until_a_release_replaces_each_of_them(cata
     assert marked(fix) == {WEEKLY: [(fix.release_id, ["2025-01-02", "2025-01-03"])]}
     assert marked(weekly) == {WEEKLY: [(fix.release_id, ["2025-01-03"])]}  # 2025-01-02 recomputed
     assert marked(daily) == marked(weekly)  # a release that touches no stale partition keeps the marks
+    # The stale partitions have an audit event of their own, from the release that left them stale.
+    [event] = [e for e in catalog.events() if e.kind == "downstream_stale"]
+    assert (event.release_id, event.batch_id) == (fix.release_id, "fix")
+    assert event.tables == {WEEKLY: ["2025-01-02", "2025-01-03"]}
+    assert event.details == {"upstream": {WEEKLY: [DAILY]}, "reason": "urgent"}
+    # A rollback serves the partitions of the release it returns to, stale marks included.
+    back = catalog.rollback(fix.release_id, actor="ops", reason="back to the forced fix")
+    assert marked(back) == marked(fix)
 
 
 def test_every_release_records_the_code_versions_of_what_it_serves_per_table(catalog: ReleaseCatalog) -> None:

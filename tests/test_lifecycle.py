@@ -189,8 +189,10 @@ def test_a_rollback_that_takes_a_batch_out_of_production_marks_it_rolled_back(
     [event] = [e for e in catalog.events(batch_id=None) if e.release_id == rollback.release_id]
     assert event.details["batches_rolled_back"] == ["fix"]
 
-    catalog.rollback(fix, actor="ops", reason="the fix was right after all")
+    again = catalog.rollback(fix, actor="ops", reason="the fix was right after all")
     assert catalog.get_batch("fix").state == BatchState.PROMOTED
+    [event] = [e for e in catalog.events(batch_id=None) if e.release_id == again.release_id]
+    assert event.details["batches_promoted_again"] == ["fix"] and event.details["batches_rolled_back"] == []
 
 
 def test_a_rollback_that_leaves_some_of_a_batch_in_production_keeps_it_promoted(
