@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import shutil
 from collections.abc import Iterator
@@ -9,19 +10,28 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import pyarrow.parquet as pq
 import pytest
 from conftest import Lake, make_lake
 from dagster import DagsterInstance
 from test_catalog import record
 
 from backfills.assets.factory import staging_key
+from backfills.assets.generator import landing_key
 from backfills.assets.reader import FeatureReader
 from backfills.assets.registry import FEATURES, dependency_order, feature_spec
 from backfills.assets.staging import StagedRun
-from backfills.errors import BatchNotFoundError, InvalidInputError, MissingUpstreamPartitionError
+from backfills.errors import (
+    BatchNotFoundError,
+    BatchSealedError,
+    InvalidInputError,
+    MissingUpstreamPartitionError,
+)
 from backfills.orchestration.definitions import build_definitions
 from backfills.orchestration.local_backfill import BackfillRunFailedError, blast_radius, run_local_backfill
 from backfills.resources.catalog_models import UpstreamSource
+from backfills.resources.feature_store import empty_partition_hash
+from backfills.resources.lifecycle import BatchState
 from backfills.specs import DateRange
 
 JAN_1 = date(2025, 1, 1)
@@ -206,6 +216,34 @@ def test_a_day_missing_from_the_landing_zone_fails_clearly(lake: Lake, spark) ->
     lake.store.delete("raw/transactions/date=2025-01-03/part-00000.parquet")
     with pytest.raises(InvalidInputError, match="no landing file for 2025-01-03"):
         _stage(lake, spark, "customer_daily_txn", JAN_1, date(2025, 1, 5), "gap")
+
+
+def test_staging_into_a_sealed_batch_is_refused_before_any_spark_work(lake: Lake, spark) -> None:
+    _stage(lake, spark, DAILY, JAN_1, JAN_1, "sealed")
+    lake.catalog.mark_complete("sealed", {DAILY: ["2025-01-01"]})
+    lake.catalog.move_batch("sealed", BatchState.APPROVED)
+    before = lake.store.list(f"staging/{DAILY}/sealed")
+
+    with pytest.raises(BatchSealedError, match="batch sealed is approved and accepts no more partitions"):
+        _stage(lake, spark, DAILY, date(2025, 1, 2), date(2025, 1, 2), "sealed")
+
+    assert lake.store.list(f"staging/{DAILY}/sealed") == before  # nothing written, not even an attempt
+
+
+def test_a_day_without_any_event_is_staged_as_an_empty_partition(lake: Lake, spark) -> None:
+    """A quiet day (its file and the next, where its late events would be, hold no rows), in a table that
+    expects them, is recorded with no rows, no files and the hash of an empty partition."""
+    for day in (3, 4):
+        key = landing_key(date(2025, 1, day))
+        empty = pq.read_table(lake.root / key).slice(0, 0)
+        pq.write_table(empty, lake.root / key)
+    expecting_quiet_days = dataclasses.replace(feature_spec(DAILY), empty_partition_blocks=False)
+
+    lake.stage(spark, expecting_quiet_days, date(2025, 1, 3), date(2025, 1, 3), "quiet")
+
+    quiet = lake.catalog.get_batch("quiet").tables[DAILY]["2025-01-03"]
+    assert (quiet.row_count, quiet.files) == (0, [])
+    assert quiet.content_hash == empty_partition_hash(feature_spec(DAILY).schema_ddl)
 
 
 def test_a_downstream_backfill_covers_every_window_that_includes_a_changed_day(
