@@ -28,6 +28,7 @@ from backfills.errors import (
     OnlineVersionChangedError,
 )
 from backfills.resources.canary_slice import in_slice
+from backfills.serving import online_store
 from backfills.serving.online_redis import RedisOnlineStore
 from backfills.serving.online_sqlite import SqliteOnlineStore
 from backfills.serving.online_store import OnlineStore, OnlineVersion, WriterLease, open_online_store
@@ -356,6 +357,27 @@ def test_a_version_whose_writer_was_killed_mid_write_is_taken_over_at_once_and_w
         store.switch(TABLE, "v2", expected_current="v1")
         assert store.current(TABLE).rows == 100
         assert store.get(TABLE, ["C000099"]) == {"C000099": read_back(customer(99, 2))}
+
+
+def test_a_writer_on_another_host_keeps_its_lease_until_it_expires(
+    open_store: Callable[[], OnlineStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Its process number means nothing here, even if no process of this host has it: only the lease's
+    expiry tells that it died."""
+    gone = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True
+    )
+    elsewhere = f"another-host:{int(gone.stdout)}:0123456789ab"
+    monkeypatch.setattr(online_store, "_new_owner", lambda: elsewhere)
+    with open_store() as remote:
+        remote.lease_seconds = 1.0
+        with remote.writer_lease(TABLE, "v1"):
+            monkeypatch.undo()
+            with open_store() as local:
+                started = time.monotonic()
+                with local.writer_lease(TABLE, "v1") as lease:
+                    waited = time.monotonic() - started
+    assert lease.inherited and waited >= 0.9  # taken over when the lease expired, not at once
 
 
 def test_a_writer_whose_lease_expired_and_was_taken_over_stops_writing(
