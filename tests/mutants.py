@@ -264,7 +264,13 @@ TARGETS = (
         300,
         reuse_templates=True,
     ),
-    Target("canary", Scope("orchestration/canary.py"), (spark_tier("tests/test_canary.py"),), 900, True),
+    Target(
+        "canary",
+        Scope("orchestration/canary.py"),
+        (spark_tier("tests/test_canary.py"),),
+        900,
+        reuse_templates=True,
+    ),
     Target(
         "canary_health",
         # Wording only: the verdict's sentences and the numbers in them.
@@ -286,10 +292,18 @@ TARGETS = (
         300,
     ),
     Target(
-        "online_sync", Scope("serving/online_sync.py"), (spark_tier("tests/test_online_sync.py"),), 600, True
+        "online_sync",
+        Scope("serving/online_sync.py"),
+        (spark_tier("tests/test_online_sync.py"),),
+        600,
+        reuse_templates=True,
     ),
     Target(
-        "online_canary", Scope("serving/online_canary.py"), (spark_tier("tests/test_canary.py"),), 900, True
+        "online_canary",
+        Scope("serving/online_canary.py"),
+        (spark_tier("tests/test_canary.py"),),
+        900,
+        reuse_templates=True,
     ),
     Target(
         "training",
@@ -306,7 +320,13 @@ TARGETS = (
         (spark_tier("tests/test_training_set.py"),),
         600,
     ),
-    Target("drills", Scope("orchestration/drills.py"), (spark_tier("tests/test_drills.py"),), 600, True),
+    Target(
+        "drills",
+        Scope("orchestration/drills.py"),
+        (spark_tier("tests/test_drills.py"),),
+        600,
+        reuse_templates=True,
+    ),
     Target(
         "deliveries", Scope("assets/deliveries.py"), (spark_tier("tests/test_event_attribution.py"),), 600
     ),
