@@ -37,7 +37,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
+import forked_pytest
 from coverage import CoverageData
+from mutation_progress import Progress
 from mutation_report import (
     ERROR,
     KILLED,
@@ -386,9 +388,10 @@ class Workspace:
     """The snapshot under `root` that the mutants go into, and the Spark Connect server that the test runs
     needing Spark share (each would start a JVM of its own otherwise), started on first use."""
 
-    def __init__(self, root: Path, *, spark_connect: bool) -> None:
+    def __init__(self, root: Path, *, spark_connect: bool, forked: bool = False) -> None:
         self.root = root
         self._spark_connect = spark_connect
+        self.forked = forked  # the runner preloaded the heavy libraries: fork the mutants' test runs
         self.templates: Path | None = None  # see Target.reuse_templates
         self._spark_remote: str | None = None
 
@@ -451,11 +454,20 @@ class Workspace:
                 f"`import {PACKAGE}` resolves to {found}, not to the copy under {self.root}: stopping"
             )
 
-    def pytest(self, run: Tier, timeout: float, extra: tuple[str, ...]) -> tuple[int | None, str]:
+    def pytest(
+        self, run: Tier, timeout: float, extra: tuple[str, ...], *, fork: bool = True
+    ) -> tuple[int | None, str]:
         """One pytest run of the copied tests, under the project's pytest settings: (exit code, output);
-        the exit code is None when it ran out of time."""
+        the exit code is None when it ran out of time. Forked from this process when it preloaded the heavy
+        libraries (see forked_pytest) and `fork` allows, a new interpreter otherwise."""
         config = ("-c", str(REPO / "pyproject.toml"), "--rootdir", str(self.root))
-        command = [sys.executable, "-m", "pytest", *config, "-q", "-p", "no:cacheprovider", *extra, *run.args]
+        args = [*config, "-q", "-p", "no:cacheprovider", *extra, *run.args]
+        if fork and self.forked:
+            env = self.environment(run)
+            return forked_pytest.run(
+                args, cwd=str(self.root), env=env, first_on_path=str(self.root), timeout=timeout
+            )
+        command = [sys.executable, "-m", "pytest", *args]
         # A session of its own, so that a timeout ends pytest and everything it started at once.
         process = subprocess.Popen(
             command,
@@ -541,7 +553,7 @@ def baseline_failures(
         data_files.append(data_file)
         measure = ("--cov", f"--cov-config={config}", "--cov-context=test", "--cov-report=")
         started = time.monotonic()
-        code, output = workspace.pytest(run, timeout, measure)
+        code, output = workspace.pytest(run, timeout, measure, fork=False)  # coverage wants its own start
         seconds.append(time.monotonic() - started)
         failed = [match.group(1) for line in output.splitlines() if (match := _FAILED.match(line))]
         if code is None or code not in (0, 1) or (code == 1 and not failed):
@@ -647,6 +659,12 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument(
         "--no-spark-connect", action="store_true", help="let each run start its own local Spark instead"
     )
+    parser.add_argument(
+        "--no-fork",
+        action="store_true",
+        help="start a new interpreter for every test run instead of forking one that preloaded the "
+        "heavy libraries (about 12 s more per run)",
+    )
     args = parser.parse_args(argv)
     # Stopped from outside (kill, or Ctrl-C in a shell that ignores SIGINT for background jobs): unwind, so
     # that no test run, Spark Connect server or mutated copy is left behind.
@@ -679,7 +697,9 @@ def main(argv: list[str] | None = None) -> int:
     commit, dirty = source_state()
     survivors: list[Outcome] = []
     with tempfile.TemporaryDirectory(prefix="mutants-") as workdir:
-        workspace = Workspace(Path(workdir), spark_connect=not args.no_spark_connect)
+        if not args.no_fork:
+            forked_pytest.preload(PACKAGE)
+        workspace = Workspace(Path(workdir), spark_connect=not args.no_spark_connect, forked=not args.no_fork)
         # One snapshot of the package: the working tree may change while this runs, the copy does not.
         package = copy_package(workspace.root)
         workspace.check_isolation()
@@ -688,7 +708,11 @@ def main(argv: list[str] | None = None) -> int:
             for target in targets:
                 started = time.monotonic()
                 picked = rechecks.get(target.name, only)
-                outcomes, left_out = run_target(target, package / target.path, workspace, args, picked)
+                full = only is None and not args.recheck
+                progress = Progress(target.name, (package / target.path).read_text()) if full else None
+                outcomes, left_out = run_target(
+                    target, package / target.path, workspace, args, picked, progress, commit
+                )
                 survivors.extend(unexplained(outcomes, equivalents))
                 print(summary(target, outcomes, equivalents, time.monotonic() - started), flush=True)
                 if args.recheck:
@@ -710,20 +734,31 @@ def main(argv: list[str] | None = None) -> int:
                         tests=[list(run.args) for run in target.tiers],
                         left_out=list(left_out),
                     )
+                    if progress is not None and (earlier := progress.commits()) != [commit]:
+                        entry["ran_on"] = earlier  # resumed: outcomes from runs on these commits
                     write_report({target.path: entry}, commit=commit)
+                    if progress is not None:
+                        progress.finish()
         finally:
             workspace.close()
     return 1 if survivors else 0
 
 
 def run_target(
-    target: Target, path: Path, workspace: Workspace, args: argparse.Namespace, only: set[int] | None
+    target: Target,
+    path: Path,
+    workspace: Workspace,
+    args: argparse.Namespace,
+    only: set[int] | None,
+    progress: Progress | None,
+    commit: str,
 ) -> tuple[list[Outcome], tuple[str, ...]]:
-    """Every mutant of the target (or the chosen ones), written into the copy at `path`, against its tests:
-    the outcomes, and the tests left out because they fail without any mutant."""
+    """Every mutant of the target (or the chosen ones), written into the copy at `path`, against its tests,
+    except those whose outcome `progress` knows from an earlier run of the same module text: the outcomes,
+    and the tests left out because they fail without any mutant."""
     original = path.read_text()
     selected = [
-        mutant
+        (number, mutant)
         for number, mutant in enumerate(mutants(target.scope, original), 1)
         if only is None or number in only
     ]
@@ -742,6 +777,8 @@ def run_target(
     state = f"{len(failing)} tests fail" if failing else "the tests pass"
     tiers = ", ".join(f"{value:.0f}s" for value in seconds)
     print(f"[{target.name}] baseline, without any mutant: {state} (tiers: {tiers}); {len(selected)} mutants")
+    if progress is not None and (earlier := sum(progress.known(n, m) is not None for n, m in selected)):
+        print(f"[{target.name}] resuming: {earlier} outcomes known from earlier runs of this module text")
     for node in failing:
         print(f"[{target.name}] left out, it fails without any mutant: {node}", flush=True)
     if failing:
@@ -758,11 +795,17 @@ def run_target(
     print(f"[{target.name}] canary: {status} in {elapsed:.0f}s, so the tests import the copy", flush=True)
     outcomes: list[Outcome] = []
     try:
-        for count, mutant in enumerate(selected, 1):
+        for count, (number, mutant) in enumerate(selected, 1):
+            known = progress.known(number, mutant) if progress is not None else None
+            if known is not None:
+                outcomes.append(known)
+                continue
             path.write_text(mutated_source(mutant, original))
             covering = focus.get(mutant.function, ())
             outcome = _run_mutant(target, mutant, workspace, timeout, failing, covering)
             outcomes.append(outcome)
+            if progress is not None:
+                progress.record(number, outcome, commit=commit)
             decided = "" if outcome.tier is None else f" (tier {outcome.tier + 1})"
             decided += f" [{sum(map(len, covering))} covering tests first]"
             progress = f"[{target.name} {count}/{len(selected)}]"

@@ -10,6 +10,8 @@ import json
 from pathlib import Path
 
 import pytest
+from forked_pytest import run as run_forked
+from mutation_progress import Progress
 from mutation_report import (
     KILLED,
     SURVIVED,
@@ -113,3 +115,39 @@ def test_a_reason_without_a_why_is_refused(tmp_path: Path) -> None:
 
     with pytest.raises(SystemExit, match="needs a function, a change and a one-line why"):
         load_equivalents(reasons)
+
+
+def test_a_stopped_run_resumes_with_the_outcomes_of_the_same_module_text(tmp_path: Path) -> None:
+    found = mutants(Scope(MODULE), SOURCE)
+    first = Progress("example", SOURCE, tmp_path)
+    first.record(1, Outcome(found[0], KILLED, 2.0, 0), commit="a" * 40)
+    first.record(2, Outcome(found[1], SURVIVED, 9.0), commit="a" * 40)
+
+    again = Progress("example", SOURCE, tmp_path)
+    assert again.known(1, found[0]) == Outcome(found[0], KILLED, 2.0, 0)
+    assert again.known(2, found[1]) == Outcome(found[1], SURVIVED, 9.0)
+    assert again.known(3, found[2]) is None  # not run yet
+    assert again.known(1, found[2]) is None  # numbered 1 before, but another change: run it
+    assert again.commits() == ["a" * 40]
+
+    # One character more in the module: other mutants, nothing carries over.
+    assert Progress("example", SOURCE + "\n", tmp_path).known(1, found[0]) is None
+    again.finish()
+    assert not (tmp_path / "example.json").exists()
+
+
+def test_a_forked_run_imports_the_package_from_the_path_it_is_given(tmp_path: Path) -> None:
+    copy = tmp_path / "copy"
+    (copy / "example_pkg").mkdir(parents=True)
+    (copy / "example_pkg" / "__init__.py").write_text("ANSWER = 41\n")
+    (tmp_path / "test_it.py").write_text(
+        "import example_pkg\n\ndef test_answer():\n    assert example_pkg.ANSWER == 42\n"
+    )
+    args = ["-q", "-p", "no:cacheprovider", "--rootdir", str(tmp_path), "test_it.py"]
+    env = {"PATH": "/usr/bin:/bin"}
+    code, output = run_forked(args, cwd=str(tmp_path), env=env, first_on_path=str(copy), timeout=60)
+    assert code == 1 and "assert 41 == 42" in output  # the copy's value, seen by the test
+
+    (tmp_path / "test_it.py").write_text("import time\n\ndef test_slow():\n    time.sleep(30)\n")
+    code, output = run_forked(args, cwd=str(tmp_path), env=env, first_on_path=str(copy), timeout=2)
+    assert code is None  # ran out of time, and was stopped
