@@ -154,8 +154,10 @@ class Lake:
         batch: str,
         *,
         requester=None,
+        progress: Callable[[str], None] = lambda _: None,
     ) -> StagedRun:
-        """Stage `start..end` of one feature table into `batch`, as one run would."""
+        """Stage `start..end` of one feature table into `batch`, as one run would (`progress` hears what
+        the run's log would)."""
         return stage_partitions(
             feature_spec(spec) if isinstance(spec, str) else spec,
             DateRange(start, end),
@@ -166,6 +168,7 @@ class Lake:
             spark=spark,
             store=self.store,
             catalog=self.catalog,
+            progress=progress,
         )
 
     def lay_paper_files(self, batch: str) -> None:

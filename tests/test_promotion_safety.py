@@ -50,6 +50,7 @@ from backfills.orchestration.cli import main
 from backfills.orchestration.definitions import build_definitions
 from backfills.orchestration.promotion import (
     PublishedChange,
+    _listed,
     production_facts,
     promote,
     verify_approval,
@@ -741,6 +742,13 @@ def test_promotion_refuses_a_staged_file_emptied_cut_short_or_deleted_after_appr
         promote(lake.catalog, RULES, spark, "jan", requested_by="ops")
     assert "2025-01-02" not in str(refused.value)
     assert _nothing_published(lake.catalog)
+
+
+def test_a_refusal_names_the_first_five_problems_once_each_and_counts_the_rest() -> None:
+    problems = [f"{TABLE} 2025-01-0{day} (missing)" for day in range(1, 8)]
+    listed = _listed([*problems, problems[0]])  # one problem found twice
+    assert listed == "; ".join(problems[:5]) + " and 2 more"
+    assert _listed(problems[:5]) == "; ".join(problems[:5])  # five: no "more"
 
 
 def test_an_older_batch_is_refused_over_newer_production_data_unless_forced(

@@ -10,6 +10,7 @@ from dataclasses import dataclass
 from datetime import date
 from pathlib import Path
 
+import conftest
 import pyarrow.parquet as pq
 import pytest
 from conftest import Lake, make_lake
@@ -150,6 +151,30 @@ def test_rerunning_a_partition_in_the_same_batch_replaces_it_and_leaves_one_copy
         r["feature_date"].isoformat(): r["count"] for r in rows.groupBy("feature_date").count().collect()
     }
     assert per_day == {day: record.row_count for day, record in after.items()}
+
+
+def test_a_staging_run_tells_its_log_how_many_rows_it_wrote_in_how_many_partitions(lake: Lake, spark) -> None:
+    heard: list[str] = []
+    lake.stage(spark, DAILY, JAN_1, date(2025, 1, 3), "told", progress=heard.append)
+    records = lake.catalog.get_batch("told").tables[DAILY]
+    rows = sum(record.row_count for record in records.values())
+    assert rows > 0 and len(records) == 3
+    wrote = f"{DAILY}: wrote {rows:,} rows in 3 partitions (2025-01-01..2025-01-03) in "
+    assert [line for line in heard if line.startswith(wrote)], heard
+
+
+@pytest.mark.skipif(
+    conftest.TEST_SPARK_REMOTE is not None,
+    reason="a Spark Connect client cannot list what the server keeps cached: runs on a local session",
+)
+def test_a_staging_run_leaves_nothing_cached_in_spark_memory(lake: Lake, spark) -> None:
+    """A long backfill stages hundreds of runs in one Spark application: what a run caches (its inputs and
+    the rows it wrote) must be released when it ends, or executor memory fills run by run."""
+    persisted = spark.sparkContext._jsc.getPersistentRDDs  # the cached data, by RDD
+    before = persisted().size()
+    lake.stage(spark, DAILY, JAN_1, date(2025, 1, 3), "cached")
+    lake.stage(spark, WEEKLY, date(2025, 1, 3), date(2025, 1, 3), "cached")  # reads DAILY's staging
+    assert persisted().size() == before
 
 
 def _fingerprint(lake: Lake, batch: str) -> dict[str, str]:
