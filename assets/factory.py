@@ -235,9 +235,14 @@ def _diff_by_partition(checks: Sequence[CheckOutcome]) -> dict[str, dict[str, ob
 
 
 def build_feature_asset(
-    spec: FeatureSpec, partitions_def: DailyPartitionsDefinition, max_partitions_per_run: int
+    spec: FeatureSpec, partitions_def: DailyPartitionsDefinition, max_partitions_per_run: int | None
 ) -> AssetsDefinition:
-    """One staged feature asset from its spec."""
+    """One staged feature asset from its spec; a backfill stages it in one run, or in runs of at most
+    `max_partitions_per_run` partitions when that is fewer than all (assets/run_layout.py)."""
+    if max_partitions_per_run is not None and max_partitions_per_run >= len(
+        partitions_def.get_partition_keys()
+    ):
+        max_partitions_per_run = None
     key = staging_key(spec.name)
     earliest = date.fromisoformat(partitions_def.start.strftime("%Y-%m-%d"))
 
@@ -256,7 +261,11 @@ def build_feature_asset(
             )
             for item in spec.inputs
         ],
-        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=max_partitions_per_run),
+        backfill_policy=(
+            BackfillPolicy.single_run()
+            if max_partitions_per_run is None
+            else BackfillPolicy.multi_run(max_partitions_per_run=max_partitions_per_run)
+        ),
         # Blocking: a failed check fails the step, so Dagster runs nothing downstream of it.
         check_specs=[
             AssetCheckSpec(
@@ -401,6 +410,8 @@ def online_spec(spec: FeatureSpec) -> AssetSpec:
 
 
 def build_feature_assets(
-    specs: Sequence[FeatureSpec], partitions_def: DailyPartitionsDefinition, max_partitions_per_run: int
+    specs: Sequence[FeatureSpec],
+    partitions_def: DailyPartitionsDefinition,
+    partitions_per_run: Mapping[str, int | None],
 ) -> list[AssetsDefinition]:
-    return [build_feature_asset(spec, partitions_def, max_partitions_per_run) for spec in specs]
+    return [build_feature_asset(spec, partitions_def, partitions_per_run.get(spec.name)) for spec in specs]

@@ -172,7 +172,12 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
     instance = _instance()
     tables = [name.strip() for name in args.tables.split(",")] if args.tables else None
     per_run = args.max_partitions_per_run or settings.max_partitions_per_run
-    print(f"local backfill {args.start}..{args.end}, at most {per_run} partitions per run (no daemon needed)")
+    length = (
+        f"at most {per_run} partitions per run"
+        if per_run
+        else f"each table in as few runs as {settings.max_rows_per_run:,} rows read per run allow"
+    )
+    print(f"local backfill {args.start}..{args.end}, {length} (no daemon needed)")
     batch_id = args.batch_id or new_batch_id()
     try:
         run_local_backfill(
@@ -182,6 +187,7 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
             end=args.end,
             tables=tables,
             max_partitions_per_run=per_run,
+            max_rows_per_run=settings.max_rows_per_run,
             batch_id=batch_id,
             requester=args.requester,
             downstream=args.downstream,

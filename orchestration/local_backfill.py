@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
@@ -18,9 +18,11 @@ from dagster._utils.error import SerializableErrorInfo
 
 from backfills.assets.factory import BATCH_TAG, REQUESTER_TAG, staging_key
 from backfills.assets.registry import FEATURES, dependency_order, feature_spec
+from backfills.assets.run_layout import layout
 from backfills.errors import BackfillsError
 from backfills.orchestration.definitions import STAGE_FEATURES_JOB
 from backfills.resources.catalog import ReleaseCatalog
+from backfills.resources.settings import DEFAULT_MAX_ROWS_PER_RUN
 from backfills.specs import DateRange
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -82,14 +84,16 @@ def blast_radius(tables: Sequence[str], dates: DateRange, catalog: ReleaseCatalo
     return ranges
 
 
-def plan_runs(ranges: dict[str, DateRange], max_partitions_per_run: int) -> list[PlannedRun]:
-    """Range runs in dependency order, each at most `max_partitions_per_run` days (like BackfillPolicy)."""
+def plan_runs(ranges: dict[str, DateRange], partitions_per_run: Mapping[str, int | None]) -> list[PlannedRun]:
+    """Range runs in dependency order, each table's at most its `partitions_per_run` days (None: one run),
+    as its BackfillPolicy has them."""
     runs = []
     for spec in dependency_order(tuple(feature_spec(name) for name in ranges)):
         dates = ranges[spec.name]
+        per_run = partitions_per_run.get(spec.name) or len(dates.days())
         start = dates.start
         while start <= dates.end:
-            end = min(dates.end, start + timedelta(days=max_partitions_per_run - 1))
+            end = min(dates.end, start + timedelta(days=per_run - 1))
             runs.append(PlannedRun(spec.name, DateRange(start, end)))
             start = end + timedelta(days=1)
     return runs
@@ -102,13 +106,16 @@ def run_local_backfill(
     start: date,
     end: date,
     tables: Sequence[str] | None = None,
-    max_partitions_per_run: int,
+    max_partitions_per_run: int | None = None,
+    max_rows_per_run: int = DEFAULT_MAX_ROWS_PER_RUN,
     batch_id: str | None = None,
     requester: str | None = None,
     downstream: bool = False,
     on_run: Callable[[PlannedRun], None] | None = None,
 ) -> str:
     """Stage `tables` (default: every feature table) for start..end into one batch; return the batch ID.
+    Each table runs in runs of `max_partitions_per_run` days, or by default in as few runs as
+    `max_rows_per_run` allows (assets/run_layout.py): one, unless its data is too large.
 
     When the last run has finished (or one failed) the batch is marked complete with the partitions it
     targeted, which lets the approval flow ask for its approval (or say why it cannot). With `downstream`,
@@ -120,7 +127,14 @@ def run_local_backfill(
     catalog: ReleaseCatalog = defs.resources["catalog"].catalog()
     dates = DateRange(start, end)
     ranges = blast_radius(chosen, dates, catalog) if downstream else dict.fromkeys(chosen, dates)
-    planned_runs = plan_runs(ranges, max_partitions_per_run)
+    per_run = layout(
+        [feature_spec(name) for name in ranges],
+        defs.resources["catalog"].store(),
+        catalog,
+        max_rows_per_run=max_rows_per_run,
+        max_partitions_per_run=max_partitions_per_run,
+    )
+    planned_runs = plan_runs(ranges, per_run)
     expected = {name: [day.isoformat() for day in span.days()] for name, span in ranges.items()}
     for planned in planned_runs:
         tags = {

@@ -1,0 +1,121 @@
+"""A backfill runs each table in as few runs as a limit on the rows read allows: one, unless the data is too
+large (assets/run_layout.py). The estimates come from what is stored: landing file footers, and the row
+counts production serves.
+
+No Spark: the landing files come from the generator, the promoted partitions are records written by hand.
+"""
+
+from __future__ import annotations
+
+import statistics
+from datetime import date, timedelta
+from pathlib import Path
+
+import pyarrow.parquet as pq
+import pytest
+from conftest import make_lake
+from test_catalog import record
+
+from backfills.assets.factory import staging_key
+from backfills.assets.generator import landing_key, write_landing_zone
+from backfills.assets.registry import FEATURES, dependency_order, feature_spec
+from backfills.assets.run_layout import estimate_rows_per_day, layout, partitions_per_run, rows_read
+from backfills.orchestration.definitions import build_definitions
+from backfills.orchestration.local_backfill import plan_runs
+from backfills.specs import RAW_TRANSACTIONS, DateRange
+
+DAILY, WEEKLY = "customer_daily_txn", "customer_txn_7d"
+ROWS_PER_DAY = 300
+
+
+@pytest.fixture
+def landed(tmp_path: Path):
+    lake = make_lake(tmp_path / "lake")
+    write_landing_zone(lake.store, start=date(2025, 1, 1), days=10, customers=40, rows_per_day=ROWS_PER_DAY)
+    return lake
+
+
+def _promote(lake, table: str, rows: dict[str, int]) -> None:
+    records = [record(table, day, "b1").model_copy(update={"row_count": n}) for day, n in rows.items()]
+    lake.catalog.record_partitions("b1", records, run_id="run-1")
+    lake.catalog.promote("b1", actor="ops", reason="layout test")
+
+
+def test_nothing_stored_means_one_run_per_table(tmp_path: Path) -> None:
+    lake = make_lake(tmp_path / "empty")
+    per_run = layout(FEATURES, lake.store, lake.catalog, max_rows_per_run=1)
+    assert per_run == {spec.name: None for spec in FEATURES}
+    assert [(run.table, run.dates) for run in plan_runs({DAILY: _days(1, 90)}, per_run)] == [
+        (DAILY, _days(1, 90))
+    ]
+
+
+def test_raw_events_are_counted_from_the_newest_landing_files(landed) -> None:
+    counts = [
+        pq.read_metadata(landed.root / landing_key(date(2025, 1, day))).num_rows for day in range(4, 11)
+    ]
+
+    estimates = estimate_rows_per_day(dependency_order(), landed.store, landed.catalog)
+
+    assert estimates[RAW_TRANSACTIONS].rows == statistics.median(counts)
+    assert abs(estimates[RAW_TRANSACTIONS].rows - ROWS_PER_DAY) < ROWS_PER_DAY / 10
+    # Before any promotion a feature table is taken to hold at most as many rows a day as its inputs.
+    assert estimates[DAILY].rows == estimates[RAW_TRANSACTIONS].rows
+    assert "at most its inputs" in estimates[DAILY].source
+
+
+def test_a_run_holds_as_many_partitions_as_the_row_limit_allows(landed) -> None:
+    daily = feature_spec(DAILY)
+    [raw] = daily.inputs
+    extra = raw.lookback_days + raw.lateness_days + raw.redelivery_days
+    estimates = estimate_rows_per_day(dependency_order(), landed.store, landed.catalog)
+    limit = (extra + 20) * estimates[RAW_TRANSACTIONS].rows
+
+    assert partitions_per_run(daily, estimates, limit) == 20
+    assert rows_read(daily, 20, estimates) == limit
+    assert partitions_per_run(daily, estimates, limit - 1) == 19
+    assert partitions_per_run(daily, estimates, 1) == 1  # never less than one partition
+    # The default limit holds a year of 100k events a day in one run.
+    big = {table: estimate.__class__(100_000, "benchmark scale") for table, estimate in estimates.items()}
+    assert partitions_per_run(daily, big, 50_000_000) >= 365
+
+
+def test_a_feature_table_is_estimated_from_what_production_serves(landed) -> None:
+    _promote(landed, DAILY, {f"2025-01-0{day}": 10 * day for day in range(1, 10)})
+
+    estimates = estimate_rows_per_day(dependency_order(), landed.store, landed.catalog)
+
+    assert estimates[DAILY].rows == 60  # the median of the newest 7 partitions: days 3..9
+    weekly = feature_spec(WEEKLY)
+    [daily] = weekly.inputs
+    assert partitions_per_run(weekly, estimates, (daily.lookback_days + 5) * 60) == 5
+
+
+def test_the_backfill_policy_is_one_run_or_runs_of_the_computed_length(landed, monkeypatch) -> None:
+    one_run = build_definitions(landed.settings(max_partitions_per_run=None)).resolve_asset_graph()
+    for spec in FEATURES:
+        policy = one_run.get(staging_key(spec.name)).backfill_policy
+        assert policy.policy_type.name == "SINGLE_RUN", spec.name
+
+    small = landed.settings(max_partitions_per_run=None, max_rows_per_run=10 * ROWS_PER_DAY)
+    graph = build_definitions(small).resolve_asset_graph()
+    daily = graph.get(staging_key(DAILY)).backfill_policy
+    expected = partitions_per_run(
+        feature_spec(DAILY), estimate_rows_per_day(FEATURES, landed.store, landed.catalog), 10 * ROWS_PER_DAY
+    )
+    assert daily.policy_type.name == "MULTI_RUN" and daily.max_partitions_per_run == expected == 7
+
+
+def test_local_runs_follow_each_tables_length() -> None:
+    runs = plan_runs({DAILY: _days(1, 10), WEEKLY: _days(1, 10)}, {DAILY: 4, WEEKLY: None})
+    assert [(run.table, run.dates) for run in runs] == [
+        (DAILY, _days(1, 4)),
+        (DAILY, _days(5, 8)),
+        (DAILY, _days(9, 10)),
+        (WEEKLY, _days(1, 10)),
+    ]
+
+
+def _days(first: int, last: int) -> DateRange:
+    start = date(2025, 1, 1)
+    return DateRange(start + timedelta(days=first - 1), start + timedelta(days=last - 1))
