@@ -3,6 +3,7 @@
 The asset body is thin: resolve the batch from the run's tags, stage the partitions, report metadata.
 """
 
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import date, timedelta
@@ -35,6 +36,7 @@ from dagster import (
 from backfills.assets.check_results import blocked_check_results, not_checked, partition_check_results
 from backfills.assets.launch import BACKFILL_TAG, STAGING_PREFIX, launch_plan, refuse
 from backfills.assets.raw_transactions import LANDING_PREFIX
+from backfills.assets.run_history import record_run, timing
 from backfills.assets.staging import StagedRun, stage_partitions
 from backfills.checks.diff_check import DIFF_CHECK
 from backfills.checks.outcome import CheckOutcome
@@ -318,6 +320,7 @@ def build_feature_asset(
             context.log.info(f"staging {spec.name} {_span(days)} into batch {batch_id}")
         keys = [*spec.entity_keys, spec.date_column]
         runs: list[StagedRun] = []
+        started = time.monotonic()
         try:
             for span in spans:
                 runs.append(
@@ -341,6 +344,19 @@ def build_feature_asset(
             mine = [record for record in failures if record.run_id == context.run.run_id]
             yield from blocked_check_results(context, batch_id=batch_id, records=mine, keys=keys)
             raise
+        if runs:
+            # What the next backfill's plan estimates its time from (assets/run_history.py).
+            record_run(
+                catalog.store(),
+                timing(
+                    spec.name,
+                    context.run.run_id,
+                    batch_id,
+                    partitions=sum(len(staged.records) for staged in runs),
+                    rows=sum(staged.row_count for staged in runs),
+                    seconds=time.monotonic() - started,
+                ),
+            )
         by_day = {day: list(outcomes) for staged in runs for day, outcomes in staged.checks_by_day.items()}
         for day in left_out:
             by_day[day] = not_checked(check_names(spec), batch_id=batch_id, reason=planned_out[day])

@@ -20,13 +20,15 @@ import io
 import statistics
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
+from datetime import timedelta
 
 import pyarrow.parquet as pq
 
 from backfills.assets.generator import LANDING_PREFIX
+from backfills.assets.registry import dependency_order, feature_spec
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.storage import ObjectStore
-from backfills.specs import RAW_TRANSACTIONS, FeatureSpec
+from backfills.specs import RAW_TRANSACTIONS, DateRange, FeatureSpec
 
 # How many of the newest days an estimate looks at.
 SAMPLE_DAYS = 7
@@ -143,3 +145,24 @@ def layout(
         return {spec.name: max_partitions_per_run for spec in specs}
     estimates = estimate_rows_per_day(specs, store, catalog)
     return {spec.name: partitions_per_run(spec, estimates, max_rows_per_run) for spec in specs}
+
+
+@dataclass(frozen=True)
+class PlannedRun:
+    table: str
+    dates: DateRange
+
+
+def plan_runs(ranges: dict[str, DateRange], partitions_per_run: Mapping[str, int | None]) -> list[PlannedRun]:
+    """Range runs in dependency order, each table's at most its `partitions_per_run` days (None: one run),
+    as its BackfillPolicy has them."""
+    runs = []
+    for spec in dependency_order(tuple(feature_spec(name) for name in ranges)):
+        dates = ranges[spec.name]
+        per_run = partitions_per_run.get(spec.name) or len(dates.days())
+        start = dates.start
+        while start <= dates.end:
+            end = min(dates.end, start + timedelta(days=per_run - 1))
+            runs.append(PlannedRun(spec.name, DateRange(start, end)))
+            start = end + timedelta(days=1)
+    return runs

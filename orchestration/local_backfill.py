@@ -9,8 +9,7 @@ from __future__ import annotations
 
 import re
 import uuid
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass
+from collections.abc import Callable, Sequence
 from datetime import UTC, date, datetime, timedelta
 
 from dagster import DagsterInstance, Definitions
@@ -18,7 +17,7 @@ from dagster._utils.error import SerializableErrorInfo
 
 from backfills.assets.factory import BATCH_TAG, REQUESTER_TAG, staging_key
 from backfills.assets.registry import FEATURES, dependency_order, feature_spec
-from backfills.assets.run_layout import layout
+from backfills.assets.run_layout import PlannedRun, layout, plan_runs
 from backfills.errors import BackfillsError
 from backfills.orchestration.definitions import STAGE_FEATURES_JOB
 from backfills.resources.catalog import ReleaseCatalog
@@ -36,12 +35,6 @@ class BackfillRunFailedError(BackfillsError):
     """A run of a local backfill failed; later runs were not started."""
 
 
-@dataclass(frozen=True)
-class PlannedRun:
-    table: str
-    dates: DateRange
-
-
 def root_cause(error: SerializableErrorInfo | None) -> str:
     """The innermost error of a step failure: ours, not Dagster's wrapper around it."""
     if error is None:
@@ -57,6 +50,15 @@ def root_cause(error: SerializableErrorInfo | None) -> str:
 
 def new_batch_id() -> str:
     return f"local-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def backfill_ranges(
+    tables: Sequence[str] | None, dates: DateRange, catalog: ReleaseCatalog, *, downstream: bool
+) -> dict[str, DateRange]:
+    """Table -> days a backfill of `tables` (default: every feature table) over `dates` stages; with
+    `downstream`, the tables downstream of them too, over their blast radius."""
+    chosen = [feature_spec(name).name for name in tables] if tables else [spec.name for spec in FEATURES]
+    return blast_radius(chosen, dates, catalog) if downstream else dict.fromkeys(chosen, dates)
 
 
 def blast_radius(tables: Sequence[str], dates: DateRange, catalog: ReleaseCatalog) -> dict[str, DateRange]:
@@ -84,21 +86,6 @@ def blast_radius(tables: Sequence[str], dates: DateRange, catalog: ReleaseCatalo
     return ranges
 
 
-def plan_runs(ranges: dict[str, DateRange], partitions_per_run: Mapping[str, int | None]) -> list[PlannedRun]:
-    """Range runs in dependency order, each table's at most its `partitions_per_run` days (None: one run),
-    as its BackfillPolicy has them."""
-    runs = []
-    for spec in dependency_order(tuple(feature_spec(name) for name in ranges)):
-        dates = ranges[spec.name]
-        per_run = partitions_per_run.get(spec.name) or len(dates.days())
-        start = dates.start
-        while start <= dates.end:
-            end = min(dates.end, start + timedelta(days=per_run - 1))
-            runs.append(PlannedRun(spec.name, DateRange(start, end)))
-            start = end + timedelta(days=1)
-    return runs
-
-
 def run_local_backfill(
     defs: Definitions,
     instance: DagsterInstance,
@@ -121,12 +108,10 @@ def run_local_backfill(
     targeted, which lets the approval flow ask for its approval (or say why it cannot). With `downstream`,
     the tables downstream of `tables` are recomputed too, over their blast radius.
     """
-    chosen = [feature_spec(name).name for name in tables] if tables else [spec.name for spec in FEATURES]
     batch_id = batch_id or new_batch_id()
     job = defs.resolve_job_def(STAGE_FEATURES_JOB)
     catalog: ReleaseCatalog = defs.resources["catalog"].catalog()
-    dates = DateRange(start, end)
-    ranges = blast_radius(chosen, dates, catalog) if downstream else dict.fromkeys(chosen, dates)
+    ranges = backfill_ranges(tables, DateRange(start, end), catalog, downstream=downstream)
     per_run = layout(
         [feature_spec(name) for name in ranges],
         defs.resources["catalog"].store(),

@@ -19,9 +19,16 @@ from test_catalog import record
 from backfills.assets.factory import staging_key
 from backfills.assets.generator import landing_key, write_landing_zone
 from backfills.assets.registry import FEATURES, dependency_order, feature_spec
-from backfills.assets.run_layout import estimate_rows_per_day, layout, partitions_per_run, rows_read
+from backfills.assets.run_history import RunTiming, estimate_run, newest_runs, record_run
+from backfills.assets.run_layout import (
+    estimate_rows_per_day,
+    layout,
+    partitions_per_run,
+    plan_runs,
+    rows_read,
+)
+from backfills.orchestration.cli import main
 from backfills.orchestration.definitions import build_definitions
-from backfills.orchestration.local_backfill import plan_runs
 from backfills.specs import RAW_TRANSACTIONS, DateRange
 
 DAILY, WEEKLY = "customer_daily_txn", "customer_txn_7d"
@@ -119,3 +126,56 @@ def test_local_runs_follow_each_tables_length() -> None:
 def _days(first: int, last: int) -> DateRange:
     start = date(2025, 1, 1)
     return DateRange(start + timedelta(days=first - 1), start + timedelta(days=last - 1))
+
+
+def test_a_run_is_estimated_from_earlier_runs_of_its_table() -> None:
+    assert estimate_run([], 30).seconds is None
+    same = [_timing(n, partitions=10, seconds=20.0 + n) for n in range(3)]
+    assert estimate_run(same, 30).seconds == pytest.approx(3 * 21.0)  # median 2.1 s per partition, scaled
+    # Runs of different lengths separate the fixed part from the part per partition.
+    mixed = [_timing(0, partitions=1, seconds=12.0), _timing(1, partitions=31, seconds=42.0)]
+    estimate = estimate_run(mixed, 365)
+    assert estimate.seconds == pytest.approx(11.0 + 365 * 1.0)
+    assert "11 s per run + 1.00 s per partition" in estimate.basis
+
+
+def test_recorded_runs_are_read_back_newest_last(tmp_path: Path) -> None:
+    lake = make_lake(tmp_path / "lake")
+    for n in range(3):
+        record_run(lake.store, _timing(n, partitions=n + 1, seconds=float(n)))
+    record_run(lake.store, _timing(9, table=WEEKLY, partitions=1, seconds=1.0))
+    assert [run.run_id for run in newest_runs(lake.store, DAILY)] == ["run-0", "run-1", "run-2"]
+    assert [run.run_id for run in newest_runs(lake.store, DAILY, count=2)] == ["run-1", "run-2"]
+
+
+def test_a_dry_run_states_the_plan_and_stages_nothing(
+    lake, monkeypatch: pytest.MonkeyPatch, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    monkeypatch.setenv("BACKFILLS_STORAGE_ROOT", str(lake.root))
+    monkeypatch.setenv("DAGSTER_HOME", str(tmp_path / "no_dagster_home"))
+    for n, partitions in enumerate((1, 31)):
+        record_run(lake.store, _timing(n, partitions=partitions, seconds=10.0 + partitions))
+
+    assert main(["backfill", "--start", "2025-01-01", "--end", "2025-01-31", "--dry-run"]) == 0
+
+    out = capsys.readouterr().out
+    assert "plan: 4 tables, 4 runs" in out
+    assert f"{DAILY}: 31 partitions (2025-01-01..2025-01-31) in 1 run; ~" in out
+    assert "(customer_daily_txn: 41 s" not in out and "~41 s (2 earlier runs: 10 s per run + 1.00 s" in out
+    assert f"{WEEKLY}: 31 partitions" in out and "no earlier run of this table to go by" in out
+    assert "estimated time: unknown" in out and "dry run: nothing was staged" in out
+    assert lake.catalog.list_batches() == [] and not (tmp_path / "no_dagster_home").exists()
+
+    monkeypatch.setenv("BACKFILLS_MAX_ROWS_PER_RUN", "6000")
+    assert main(["backfill", "--start", "2025-01-01", "--end", "2025-01-31", "--dry-run"]) == 0
+    out = capsys.readouterr().out
+    per_run = partitions_per_run(
+        feature_spec(DAILY), estimate_rows_per_day(FEATURES, lake.store, lake.catalog), 6_000
+    )
+    runs = -(-31 // per_run)
+    assert runs > 1 and f"{DAILY}: 31 partitions (2025-01-01..2025-01-31) in {runs} runs" in out
+
+
+def _timing(n: int, *, partitions: int, seconds: float, table: str = DAILY) -> RunTiming:
+    finished = f"2026-12-0{n % 9 + 1}T00:00:00+00:00"
+    return RunTiming(table, f"run-{n}", "b1", partitions, partitions * 100, seconds, finished)
