@@ -96,7 +96,10 @@ def launch_plan(
     if not targets:
         return None
     plan = catalog.record_plan(batch_id, make_plan(catalog, targets, earliest=earliest), requester=requester)
-    context.log.info(f"backfill {batch_id}: {_backfill_plan(context, catalog, targets)}")
+    try:
+        context.log.info(f"backfill {batch_id}: {_backfill_plan(context, catalog, targets)}")
+    except Exception as error:  # noqa: BLE001 -- an estimate that cannot be made never stops a backfill
+        context.log.warning(f"backfill {batch_id}: no plan to show ({type(error).__name__}: {error})")
     return plan
 
 

@@ -27,7 +27,7 @@ import pyarrow.parquet as pq
 from backfills.assets.generator import LANDING_PREFIX
 from backfills.assets.registry import dependency_order, feature_spec
 from backfills.resources.catalog import ReleaseCatalog
-from backfills.resources.storage import ObjectStore
+from backfills.resources.storage import LocalObjectStore, ObjectStore
 from backfills.specs import RAW_TRANSACTIONS, DateRange, FeatureSpec
 
 # How many of the newest days an estimate looks at.
@@ -59,10 +59,15 @@ def landing_rows_per_day(store: ObjectStore) -> RowsPerDay:
     newest = sorted(by_day)[-SAMPLE_DAYS:]
     if not newest:
         return RowsPerDay(None, "no landing files yet")
-    counts = [
-        sum(pq.read_metadata(io.BytesIO(store.get(key))).num_rows for key in by_day[day]) for day in newest
-    ]
+    counts = [sum(_rows_in(store, key) for key in by_day[day]) for day in newest]
     return RowsPerDay(statistics.median(counts), f"the landing files of {len(newest)} days")
+
+
+def _rows_in(store: ObjectStore, key: str) -> int:
+    """The rows of one Parquet file, from its footer: read alone when the file is local."""
+    if isinstance(store, LocalObjectStore):
+        return pq.read_metadata(store.data_uri(key)).num_rows
+    return pq.read_metadata(io.BytesIO(store.get(key))).num_rows
 
 
 def served_rows_per_day(catalog: ReleaseCatalog, table: str) -> RowsPerDay:

@@ -7,6 +7,7 @@ No Spark: the landing files come from the generator, the promoted partitions are
 
 from __future__ import annotations
 
+import io
 import statistics
 from datetime import date, timedelta
 from pathlib import Path
@@ -22,6 +23,7 @@ from backfills.assets.registry import FEATURES, dependency_order, feature_spec
 from backfills.assets.run_history import RunTiming, estimate_run, newest_runs, record_run
 from backfills.assets.run_layout import (
     estimate_rows_per_day,
+    landing_rows_per_day,
     layout,
     partitions_per_run,
     plan_runs,
@@ -179,3 +181,12 @@ def test_a_dry_run_states_the_plan_and_stages_nothing(
 def _timing(n: int, *, partitions: int, seconds: float, table: str = DAILY) -> RunTiming:
     finished = f"2026-12-0{n % 9 + 1}T00:00:00+00:00"
     return RunTiming(table, f"run-{n}", "b1", partitions, partitions * 100, seconds, finished)
+
+
+def test_landing_rows_are_read_from_the_footers_on_a_folder_and_on_s3(store) -> None:
+    write_landing_zone(store, start=date(2025, 1, 1), days=3, customers=10, rows_per_day=50)
+    counts = [
+        pq.read_metadata(io.BytesIO(store.get(landing_key(date(2025, 1, day))))).num_rows for day in (1, 2, 3)
+    ]
+    estimate = landing_rows_per_day(store)
+    assert estimate.rows == statistics.median(counts) and estimate.source == "the landing files of 3 days"
