@@ -11,6 +11,7 @@ import types
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass, field
 from datetime import date, timedelta
+from functools import cached_property
 from typing import TYPE_CHECKING, Literal
 
 if TYPE_CHECKING:
@@ -292,9 +293,10 @@ class FeatureSpec:
     def feature_inputs(self) -> tuple[FeatureInput, ...]:
         return tuple(item for item in self.inputs if item.table != RAW_TRANSACTIONS)
 
-    @property
+    @cached_property
     def code_version(self) -> str:
-        """Hash of the spec and the source of its transformation (and the module functions it calls)."""
+        """Hash of the spec and the source of its transformation (and the module functions it calls).
+        Computed once per spec (reading sources is slow, and every partition record carries it)."""
         described = repr(
             (
                 self.name,

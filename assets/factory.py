@@ -3,6 +3,7 @@
 The asset body is thin: resolve the batch from the run's tags, stage the partitions, report metadata.
 """
 
+import time
 import warnings
 from collections.abc import Iterator, Mapping, Sequence
 from datetime import date, timedelta
@@ -35,6 +36,7 @@ from dagster import (
 from backfills.assets.check_results import blocked_check_results, not_checked, partition_check_results
 from backfills.assets.launch import BACKFILL_TAG, STAGING_PREFIX, launch_plan, refuse
 from backfills.assets.raw_transactions import LANDING_PREFIX
+from backfills.assets.run_history import record_run, timing
 from backfills.assets.staging import StagedRun, stage_partitions
 from backfills.checks.diff_check import DIFF_CHECK
 from backfills.checks.outcome import CheckOutcome
@@ -235,9 +237,14 @@ def _diff_by_partition(checks: Sequence[CheckOutcome]) -> dict[str, dict[str, ob
 
 
 def build_feature_asset(
-    spec: FeatureSpec, partitions_def: DailyPartitionsDefinition, max_partitions_per_run: int
+    spec: FeatureSpec, partitions_def: DailyPartitionsDefinition, max_partitions_per_run: int | None
 ) -> AssetsDefinition:
-    """One staged feature asset from its spec."""
+    """One staged feature asset from its spec; a backfill stages it in one run, or in runs of at most
+    `max_partitions_per_run` partitions when that is fewer than all (assets/run_layout.py)."""
+    if max_partitions_per_run is not None and max_partitions_per_run >= len(
+        partitions_def.get_partition_keys()
+    ):
+        max_partitions_per_run = None
     key = staging_key(spec.name)
     earliest = date.fromisoformat(partitions_def.start.strftime("%Y-%m-%d"))
 
@@ -256,7 +263,11 @@ def build_feature_asset(
             )
             for item in spec.inputs
         ],
-        backfill_policy=BackfillPolicy.multi_run(max_partitions_per_run=max_partitions_per_run),
+        backfill_policy=(
+            BackfillPolicy.single_run()
+            if max_partitions_per_run is None
+            else BackfillPolicy.multi_run(max_partitions_per_run=max_partitions_per_run)
+        ),
         # Blocking: a failed check fails the step, so Dagster runs nothing downstream of it.
         check_specs=[
             AssetCheckSpec(
@@ -309,6 +320,7 @@ def build_feature_asset(
             context.log.info(f"staging {spec.name} {_span(days)} into batch {batch_id}")
         keys = [*spec.entity_keys, spec.date_column]
         runs: list[StagedRun] = []
+        started = time.monotonic()
         try:
             for span in spans:
                 runs.append(
@@ -332,6 +344,19 @@ def build_feature_asset(
             mine = [record for record in failures if record.run_id == context.run.run_id]
             yield from blocked_check_results(context, batch_id=batch_id, records=mine, keys=keys)
             raise
+        if runs:
+            # What the next backfill's plan estimates its time from (assets/run_history.py).
+            record_run(
+                catalog.store(),
+                timing(
+                    spec.name,
+                    context.run.run_id,
+                    batch_id,
+                    partitions=sum(len(staged.records) for staged in runs),
+                    rows=sum(staged.row_count for staged in runs),
+                    seconds=time.monotonic() - started,
+                ),
+            )
         by_day = {day: list(outcomes) for staged in runs for day, outcomes in staged.checks_by_day.items()}
         for day in left_out:
             by_day[day] = not_checked(check_names(spec), batch_id=batch_id, reason=planned_out[day])
@@ -401,6 +426,8 @@ def online_spec(spec: FeatureSpec) -> AssetSpec:
 
 
 def build_feature_assets(
-    specs: Sequence[FeatureSpec], partitions_def: DailyPartitionsDefinition, max_partitions_per_run: int
+    specs: Sequence[FeatureSpec],
+    partitions_def: DailyPartitionsDefinition,
+    partitions_per_run: Mapping[str, int | None],
 ) -> list[AssetsDefinition]:
-    return [build_feature_asset(spec, partitions_def, max_partitions_per_run) for spec in specs]
+    return [build_feature_asset(spec, partitions_def, partitions_per_run.get(spec.name)) for spec in specs]

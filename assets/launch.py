@@ -4,18 +4,21 @@ batch manifest, and the refusal of a launch that cannot be computed (see assets/
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping, Sequence
 from datetime import UTC, date, datetime, timedelta
 
-from dagster import AssetExecutionContext, DagsterInstance, Failure
+from dagster import AssetExecutionContext, AssetKey, DagsterInstance, Failure
 from dagster._core.definitions.assets.graph.base_asset_graph import BaseAssetGraph
 from dagster._core.execution.asset_backfill import AssetBackfillData
 from dagster._core.execution.backfill import BulkActionStatus
 
+from backfills.assets.backfill_plan import plan_backfill
 from backfills.assets.launch_plan import plan_launch
 from backfills.assets.registry import FEATURES, dependency_order
 from backfills.errors import BatchNotFoundError
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import CheckRecord, LaunchPlan
+from backfills.specs import DateRange
 
 STAGING_PREFIX = "staging"
 BACKFILL_TAG = "dagster/backfill"
@@ -92,7 +95,26 @@ def launch_plan(
         targets = {key.path[-1]: days for key in sorted(selected) if key.path[0] == STAGING_PREFIX}
     if not targets:
         return None
-    return catalog.record_plan(batch_id, make_plan(catalog, targets, earliest=earliest), requester=requester)
+    plan = catalog.record_plan(batch_id, make_plan(catalog, targets, earliest=earliest), requester=requester)
+    try:
+        context.log.info(f"backfill {batch_id}: {_backfill_plan(context, catalog, targets)}")
+    except Exception as error:  # noqa: BLE001 -- an estimate that cannot be made never stops a backfill
+        context.log.warning(f"backfill {batch_id}: no plan to show ({type(error).__name__}: {error})")
+    return plan
+
+
+def _backfill_plan(
+    context: AssetExecutionContext, catalog: ReleaseCatalog, targets: Mapping[str, Sequence[str]]
+) -> str:
+    """What the launch will do, for its first log line: its tables' partitions and runs (as their backfill
+    policies split them), rows and time."""
+    graph = context.repository_def.asset_graph
+    ranges, per_run = {}, {}
+    for table, days in targets.items():
+        ranges[table] = DateRange(date.fromisoformat(min(days)), date.fromisoformat(max(days)))
+        policy = graph.get(AssetKey([STAGING_PREFIX, table])).backfill_policy
+        per_run[table] = policy.max_partitions_per_run if policy else None
+    return plan_backfill(ranges, per_run, catalog.store, catalog).describe()
 
 
 def refuse(

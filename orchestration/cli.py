@@ -32,6 +32,7 @@ if TYPE_CHECKING:
 
     from backfills.orchestration.approval_flow import ApprovalFlow, CompletionProbe
     from backfills.resources.catalog import ReleaseCatalog
+    from backfills.specs import DateRange
 
 EXIT_UNEXPECTED = 1
 EXIT_ERROR = 2
@@ -161,6 +162,26 @@ def _ask_for_approval(settings: Settings, batch_id: str) -> None:
         ) from error
 
 
+def _backfill_plan(
+    settings: Settings, tables: list[str] | None, dates: DateRange, downstream: bool, per_run: int | None
+) -> str:
+    from backfills.assets.backfill_plan import plan_backfill
+    from backfills.assets.registry import feature_spec
+    from backfills.assets.run_layout import layout
+    from backfills.orchestration.local_backfill import backfill_ranges
+
+    catalog = _catalog(settings)
+    ranges = backfill_ranges(tables, dates, catalog, downstream=downstream)
+    lengths = layout(
+        [feature_spec(name) for name in ranges],
+        catalog.store,
+        catalog,
+        max_rows_per_run=settings.max_rows_per_run,
+        max_partitions_per_run=per_run,
+    )
+    return plan_backfill(ranges, lengths, catalog.store, catalog).describe()
+
+
 def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
     from backfills.orchestration.definitions import build_definitions
     from backfills.orchestration.local_backfill import (
@@ -169,10 +190,21 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
         run_local_backfill,
     )
 
-    instance = _instance()
     tables = [name.strip() for name in args.tables.split(",")] if args.tables else None
     per_run = args.max_partitions_per_run or settings.max_partitions_per_run
-    print(f"local backfill {args.start}..{args.end}, at most {per_run} partitions per run (no daemon needed)")
+    if args.dry_run:
+        from backfills.specs import DateRange
+
+        print(_backfill_plan(settings, tables, DateRange(args.start, args.end), args.downstream, per_run))
+        print("dry run: nothing was staged")
+        return
+    instance = _instance()
+    length = (
+        f"at most {per_run} partitions per run"
+        if per_run
+        else f"each table in as few runs as {settings.max_rows_per_run:,} rows read per run allow"
+    )
+    print(f"local backfill {args.start}..{args.end}, {length} (no daemon needed)")
     batch_id = args.batch_id or new_batch_id()
     try:
         run_local_backfill(
@@ -182,6 +214,7 @@ def cmd_backfill(args: argparse.Namespace, settings: Settings) -> None:
             end=args.end,
             tables=tables,
             max_partitions_per_run=per_run,
+            max_rows_per_run=settings.max_rows_per_run,
             batch_id=batch_id,
             requester=args.requester,
             downstream=args.downstream,
@@ -809,6 +842,11 @@ def build_parser() -> argparse.ArgumentParser:
     backfill.add_argument("--end", type=_day, required=True)
     backfill.add_argument("--tables", help="comma-separated feature tables (default: all)")
     backfill.add_argument("--max-partitions-per-run", type=int)
+    backfill.add_argument(
+        "--dry-run",
+        action="store_true",
+        help="only say what the backfill would do: tables, partitions, runs, rows read and its time",
+    )
     backfill.add_argument("--batch-id", help="write into this batch (default: a new local-… ID)")
     backfill.add_argument("--requester", help="who asks for this backfill (recorded on the batch)")
     backfill.add_argument(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import logging
 import os
 
 from dagster import (
@@ -23,6 +24,7 @@ from backfills.assets.factory import (
     raw_transactions_spec,
 )
 from backfills.assets.registry import FEATURES
+from backfills.assets.run_layout import layout
 from backfills.orchestration.approval_channels import ApprovalsResource
 from backfills.orchestration.freshness_checks import (
     FRESHNESS_JOB,
@@ -41,9 +43,11 @@ from backfills.orchestration.jobs import (
     rollback_release_job,
 )
 from backfills.orchestration.sensors import build_approval_sensor, build_canary_health_sensor
+from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_resource import CatalogResource
 from backfills.resources.settings import Settings, load_settings
 from backfills.resources.spark import SparkResource
+from backfills.resources.storage import open_store
 from backfills.serving.online_resource import OnlineStoreResource
 
 STAGE_FEATURES_JOB = "stage_features"
@@ -78,9 +82,31 @@ def online_resource(settings: Settings) -> OnlineStoreResource:
     return OnlineStoreResource(url=settings.online_store_url)
 
 
+def partitions_per_run(settings: Settings) -> dict[str, int | None]:
+    """Each table's run length for backfills, from the data stored when the code location loads
+    (assets/run_layout.py); when the storage cannot be read, one run per table, said in the log."""
+    try:
+        store = open_store(settings.storage_root)
+        return layout(
+            FEATURES,
+            store,
+            ReleaseCatalog(store),
+            max_rows_per_run=settings.max_rows_per_run,
+            max_partitions_per_run=settings.max_partitions_per_run,
+        )
+    except Exception as error:  # noqa: BLE001 -- the code location must load whatever the storage says
+        logging.getLogger(__name__).warning(
+            "could not estimate the rows per day under %s (%s): each table's backfill runs in one run; set "
+            "BACKFILLS_MAX_PARTITIONS_PER_RUN to bound them",
+            settings.storage_root,
+            error,
+        )
+        return {spec.name: settings.max_partitions_per_run for spec in FEATURES}
+
+
 def build_definitions(settings: Settings) -> Definitions:
     partitions = daily_partitions(settings.partitions_start, settings.partitions_end)
-    feature_assets = build_feature_assets(FEATURES, partitions, settings.max_partitions_per_run)
+    feature_assets = build_feature_assets(FEATURES, partitions, partitions_per_run(settings))
     check_freshness = define_asset_job(
         FRESHNESS_JOB,
         selection=AssetSelection.checks(*(freshness_check_key(spec.name) for spec in FEATURES)),

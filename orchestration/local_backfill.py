@@ -10,7 +10,6 @@ from __future__ import annotations
 import re
 import uuid
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 
 from dagster import DagsterInstance, Definitions
@@ -18,9 +17,11 @@ from dagster._utils.error import SerializableErrorInfo
 
 from backfills.assets.factory import BATCH_TAG, REQUESTER_TAG, staging_key
 from backfills.assets.registry import FEATURES, dependency_order, feature_spec
+from backfills.assets.run_layout import PlannedRun, layout, plan_runs
 from backfills.errors import BackfillsError
 from backfills.orchestration.definitions import STAGE_FEATURES_JOB
 from backfills.resources.catalog import ReleaseCatalog
+from backfills.resources.settings import DEFAULT_MAX_ROWS_PER_RUN
 from backfills.specs import DateRange
 
 RANGE_START_TAG = "dagster/asset_partition_range_start"
@@ -32,12 +33,6 @@ QUIET_LOGS = {"loggers": {"console": {"config": {"log_level": "CRITICAL"}}}}
 
 class BackfillRunFailedError(BackfillsError):
     """A run of a local backfill failed; later runs were not started."""
-
-
-@dataclass(frozen=True)
-class PlannedRun:
-    table: str
-    dates: DateRange
 
 
 def root_cause(error: SerializableErrorInfo | None) -> str:
@@ -55,6 +50,15 @@ def root_cause(error: SerializableErrorInfo | None) -> str:
 
 def new_batch_id() -> str:
     return f"local-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
+
+
+def backfill_ranges(
+    tables: Sequence[str] | None, dates: DateRange, catalog: ReleaseCatalog, *, downstream: bool
+) -> dict[str, DateRange]:
+    """Table -> days a backfill of `tables` (default: every feature table) over `dates` stages; with
+    `downstream`, the tables downstream of them too, over their blast radius."""
+    chosen = [feature_spec(name).name for name in tables] if tables else [spec.name for spec in FEATURES]
+    return blast_radius(chosen, dates, catalog) if downstream else dict.fromkeys(chosen, dates)
 
 
 def blast_radius(tables: Sequence[str], dates: DateRange, catalog: ReleaseCatalog) -> dict[str, DateRange]:
@@ -82,19 +86,6 @@ def blast_radius(tables: Sequence[str], dates: DateRange, catalog: ReleaseCatalo
     return ranges
 
 
-def plan_runs(ranges: dict[str, DateRange], max_partitions_per_run: int) -> list[PlannedRun]:
-    """Range runs in dependency order, each at most `max_partitions_per_run` days (like BackfillPolicy)."""
-    runs = []
-    for spec in dependency_order(tuple(feature_spec(name) for name in ranges)):
-        dates = ranges[spec.name]
-        start = dates.start
-        while start <= dates.end:
-            end = min(dates.end, start + timedelta(days=max_partitions_per_run - 1))
-            runs.append(PlannedRun(spec.name, DateRange(start, end)))
-            start = end + timedelta(days=1)
-    return runs
-
-
 def run_local_backfill(
     defs: Definitions,
     instance: DagsterInstance,
@@ -102,25 +93,33 @@ def run_local_backfill(
     start: date,
     end: date,
     tables: Sequence[str] | None = None,
-    max_partitions_per_run: int,
+    max_partitions_per_run: int | None = None,
+    max_rows_per_run: int = DEFAULT_MAX_ROWS_PER_RUN,
     batch_id: str | None = None,
     requester: str | None = None,
     downstream: bool = False,
     on_run: Callable[[PlannedRun], None] | None = None,
 ) -> str:
     """Stage `tables` (default: every feature table) for start..end into one batch; return the batch ID.
+    Each table runs in runs of `max_partitions_per_run` days, or by default in as few runs as
+    `max_rows_per_run` allows (assets/run_layout.py): one, unless its data is too large.
 
     When the last run has finished (or one failed) the batch is marked complete with the partitions it
     targeted, which lets the approval flow ask for its approval (or say why it cannot). With `downstream`,
     the tables downstream of `tables` are recomputed too, over their blast radius.
     """
-    chosen = [feature_spec(name).name for name in tables] if tables else [spec.name for spec in FEATURES]
     batch_id = batch_id or new_batch_id()
     job = defs.resolve_job_def(STAGE_FEATURES_JOB)
     catalog: ReleaseCatalog = defs.resources["catalog"].catalog()
-    dates = DateRange(start, end)
-    ranges = blast_radius(chosen, dates, catalog) if downstream else dict.fromkeys(chosen, dates)
-    planned_runs = plan_runs(ranges, max_partitions_per_run)
+    ranges = backfill_ranges(tables, DateRange(start, end), catalog, downstream=downstream)
+    per_run = layout(
+        [feature_spec(name) for name in ranges],
+        defs.resources["catalog"].store(),
+        catalog,
+        max_rows_per_run=max_rows_per_run,
+        max_partitions_per_run=max_partitions_per_run,
+    )
+    planned_runs = plan_runs(ranges, per_run)
     expected = {name: [day.isoformat() for day in span.days()] for name, span in ranges.items()}
     for planned in planned_runs:
         tags = {

@@ -9,6 +9,10 @@ from pathlib import Path
 
 from backfills.errors import ConfigurationError
 
+# BACKFILLS_MAX_ROWS_PER_RUN by default: a 365-day backfill of 100k events a day (and of its downstream
+# tables) runs each table in one run, within the memory goal (peak < 8 GB for every process together).
+DEFAULT_MAX_ROWS_PER_RUN = 50_000_000
+
 PROJECT_DIR = Path(__file__).resolve().parent.parent
 
 
@@ -77,7 +81,9 @@ def _ids(name: str) -> frozenset[str]:
 class Settings:
     storage_root: str
     partitions_start: str
-    max_partitions_per_run: int
+    # BACKFILLS_MAX_PARTITIONS_PER_RUN: a fixed number of days per run for every table; None (the default):
+    # each table's runs are as long as `max_rows_per_run` allows (assets/run_layout.py).
+    max_partitions_per_run: int | None
     spark_master: str
     spark_remote: str | None
     spark_driver_memory: str
@@ -102,6 +108,8 @@ class Settings:
     # the entities first (None: straight to production).
     canary_percent: float | None = None
     canary_health_interval_seconds: int = 600
+    # BACKFILLS_MAX_ROWS_PER_RUN: the most rows one run may read.
+    max_rows_per_run: int = DEFAULT_MAX_ROWS_PER_RUN
 
     @property
     def uses_slack(self) -> bool:
@@ -151,7 +159,11 @@ def load_settings() -> Settings:
     return Settings(
         storage_root=storage_root,
         partitions_start=_date("BACKFILLS_PARTITIONS_START", "2025-01-01"),
-        max_partitions_per_run=_int("BACKFILLS_MAX_PARTITIONS_PER_RUN", 31),
+        max_partitions_per_run=(
+            _int("BACKFILLS_MAX_PARTITIONS_PER_RUN", 1)
+            if os.environ.get("BACKFILLS_MAX_PARTITIONS_PER_RUN")
+            else None
+        ),
         spark_master=os.environ.get("BACKFILLS_SPARK_MASTER") or "local[2]",
         spark_remote=os.environ.get("BACKFILLS_SPARK_REMOTE") or None,
         spark_driver_memory=os.environ.get("BACKFILLS_SPARK_DRIVER_MEMORY") or "3g",
@@ -171,4 +183,5 @@ def load_settings() -> Settings:
         online_store_url=_online_store(storage_root),
         canary_percent=_canary_percent(),
         canary_health_interval_seconds=_int("BACKFILLS_CANARY_HEALTH_SECONDS", 600),
+        max_rows_per_run=_int("BACKFILLS_MAX_ROWS_PER_RUN", DEFAULT_MAX_ROWS_PER_RUN),
     )

@@ -794,7 +794,7 @@ class DagsterServices:
         *,
         partitions_start: str = "2025-01-01",
         partitions_end: str | None = None,
-        max_partitions_per_run: int = 31,
+        max_partitions_per_run: int | None = 31,  # None: the layout by rows (assets/run_layout.py)
         env: Mapping[str, str] | None = None,
         instance_config: Mapping[str, Any] | None = None,
         startup_timeout: float = 300.0,
@@ -812,7 +812,11 @@ class DagsterServices:
             "BACKFILLS_STORAGE_ROOT": str(self.storage_root),
             "BACKFILLS_PARTITIONS_START": partitions_start,
             **({"BACKFILLS_PARTITIONS_END": partitions_end} if partitions_end else {}),
-            "BACKFILLS_MAX_PARTITIONS_PER_RUN": str(max_partitions_per_run),
+            **(
+                {"BACKFILLS_MAX_PARTITIONS_PER_RUN": str(max_partitions_per_run)}
+                if max_partitions_per_run
+                else {}
+            ),
             "BACKFILLS_SPARK_DRIVER_MEMORY": "1g",
             "BACKFILLS_SPARK_SHUFFLE_PARTITIONS": "2",
             "BACKFILLS_DAGSTER_URL": self.url,
