@@ -812,9 +812,9 @@ def run_target(
                 progress.record(number, outcome, commit=commit)
             decided = "" if outcome.tier is None else f" (tier {outcome.tier + 1})"
             decided += f" [{sum(map(len, covering))} covering tests first]"
-            progress = f"[{target.name} {count}/{len(selected)}]"
+            counter = f"[{target.name} {count}/{len(selected)}]"
             print(
-                f"{progress} {outcome.status:<8} {outcome.seconds:4.0f}s{decided}"
+                f"{counter} {outcome.status:<8} {outcome.seconds:4.0f}s{decided}"
                 f"  {mutant.where}  {mutant.function}: {mutant.description}",
                 flush=True,
             )
