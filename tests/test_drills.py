@@ -122,6 +122,20 @@ def _plant(lake: Lake, damage: str) -> str:
 
         lake.catalog.update_batch("jan", recorded_otherwise)
         return f"{WEEKLY} 2025-01-02 (the release records another content hash than its batch's manifest)"
+    if damage == "other files":  # the manifest names intact copies, not the files the release serves
+        staged = lake.catalog.get_batch("jan").tables[WEEKLY]["2025-01-02"]
+        copies = {key: key.replace(".parquet", "-copy.parquet") for key in staged.files}
+        for key, copy in copies.items():
+            lake.store.put(copy, lake.store.get(key))
+
+        def renamed(manifest):
+            record = manifest.tables[WEEKLY]["2025-01-02"]
+            record.file_checks = {copies[key]: record.file_checks[key] for key in record.files}
+            record.files = [copies[key] for key in record.files]
+            return manifest
+
+        lake.catalog.update_batch("jan", renamed)
+        return f"{WEEKLY} 2025-01-02 (the release points at other files than its batch's manifest)"
     path = _jan_file(lake, "2025-01-02")
     key = path.relative_to(lake.root).as_posix()
     if damage == "one byte":
@@ -131,7 +145,7 @@ def _plant(lake: Lake, damage: str) -> str:
     return f"{DAILY} 2025-01-02 ({key} is missing)"
 
 
-@pytest.mark.parametrize("damage", ["content hash", "one byte", "missing"])
+@pytest.mark.parametrize("damage", ["content hash", "other files", "one byte", "missing"])
 def test_a_drill_fails_naming_the_partition_a_rollback_would_not_restore_as_recorded(lake: Lake, damage: str):
     before = lake.catalog.current_release_id()
     expected = _plant(lake, damage)
