@@ -136,8 +136,23 @@ def _plant(lake: Lake, damage: str) -> str:
 
         lake.catalog.update_batch("jan", renamed)
         return f"{WEEKLY} 2025-01-02 (the release points at other files than its batch's manifest)"
+    if damage == "unlisted":  # the batch's manifest lost the partition the release serves from it
+
+        def unlisted(manifest):
+            del manifest.tables[WEEKLY]["2025-01-02"]
+            return manifest
+
+        lake.catalog.update_batch("jan", unlisted)
+        return f"{WEEKLY} 2025-01-02 (its batch's manifest no longer lists the partition)"
     path = _jan_file(lake, "2025-01-02")
     key = path.relative_to(lake.root).as_posix()
+    if damage == "missing, staged without checksums":  # an older record: only presence can be checked
+
+        def without_checksums(manifest):
+            manifest.tables[DAILY]["2025-01-02"].file_checks = {}
+            return manifest
+
+        lake.catalog.update_batch("jan", without_checksums)
     if damage == "one byte":
         change_one_byte(path)
         return f"{DAILY} 2025-01-02 ({key} changed: its checksum is not the one recorded at staging)"
@@ -145,7 +160,10 @@ def _plant(lake: Lake, damage: str) -> str:
     return f"{DAILY} 2025-01-02 ({key} is missing)"
 
 
-@pytest.mark.parametrize("damage", ["content hash", "other files", "one byte", "missing"])
+@pytest.mark.parametrize(
+    "damage",
+    ["content hash", "other files", "unlisted", "one byte", "missing", "missing, staged without checksums"],
+)
 def test_a_drill_fails_naming_the_partition_a_rollback_would_not_restore_as_recorded(lake: Lake, damage: str):
     before = lake.catalog.current_release_id()
     expected = _plant(lake, damage)
