@@ -149,10 +149,12 @@ def test_a_failed_check_shows_its_offending_rows_and_figures(
     row.get_by_role("button").last.click()  # the result's metadata
     dialog = page.get_by_role("dialog")
     dialog.get_by_text(f"{RAW_INPUT_CHECK}/amount/min/count", exact=True).wait_for()
-    show = dialog.get_by_text("[Show Markdown]")
-    if show.count():  # a long table opens in its own dialog
+    # The result's tables: every check's verdict, and the offending rows (a long one opens in its own dialog).
+    show = dialog.locator("tr", has_text="offending_rows").get_by_text("[Show Markdown]")
+    if show.count():
         show.first.click()
-    rows = page.get_by_role("dialog").locator("table").last.locator("tr")
+    offending = page.get_by_role("dialog").locator("table").filter(has_not_text="verdict")
+    rows = offending.last.locator("tr")
     rows.first.wait_for()
     assert "amount" in rows.first.inner_text()
     assert any(re.search(r"(^|\s)-\d", text) for text in rows.all_inner_texts()[1:])
