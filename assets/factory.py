@@ -10,7 +10,6 @@ from datetime import date, timedelta
 
 from dagster import (
     AssetCheckEvaluation,
-    AssetCheckSpec,
     AssetDep,
     AssetExecutionContext,
     AssetKey,
@@ -33,14 +32,20 @@ from dagster import (
     asset,
 )
 
-from backfills.assets.check_results import blocked_check_results, not_checked, partition_check_results
+from backfills.assets.check_results import (
+    blocked_check_results,
+    gate_spec,
+    not_checked,
+    partition_check_results,
+    step_evidence,
+)
 from backfills.assets.launch import BACKFILL_TAG, STAGING_PREFIX, launch_plan, refuse
 from backfills.assets.raw_transactions import LANDING_PREFIX
 from backfills.assets.run_history import record_run, timing
 from backfills.assets.staging import StagedRun, stage_partitions
 from backfills.checks.diff_check import DIFF_CHECK
 from backfills.checks.outcome import CheckOutcome
-from backfills.checks.registry import check_names, checks_of
+from backfills.checks.registry import check_names
 from backfills.errors import InvalidInputError
 from backfills.resources.catalog_models import BatchManifest, LaunchPlan, PartitionRecord
 from backfills.resources.catalog_resource import CatalogResource
@@ -150,8 +155,6 @@ def _run_metadata(spec: FeatureSpec, runs: Sequence[StagedRun]) -> dict[str, obj
         "partitions": _span(days),
         "partition_count": len(days),
         "dagster/row_count": sum(record.row_count for record in records),
-        "rows_per_partition": MetadataValue.json({r.partition: r.row_count for r in records}),
-        "content_hash_per_partition": MetadataValue.json({r.partition: r.content_hash for r in records}),
         "upstream": MetadataValue.json(upstream),
         "storage_location": MetadataValue.path(runs[0].location),
         "code_version": spec.code_version,
@@ -209,16 +212,11 @@ def _spans(days: Sequence[str]) -> list[list[str]]:
     return spans
 
 
-def _partition_metadata(
-    batch_id: str, record: PartitionRecord, diff: dict[str, object] | None
-) -> dict[str, object]:
-    """Per-partition numbers the UI can plot: rows, null rates of nullable columns, what the diff found."""
+def _partition_facts(record: PartitionRecord, diff: dict[str, object] | None) -> dict[str, object]:
+    """A partition's own figures, on its gate result: rows, content hash, null rates of nullable columns,
+    what the diff found (numbers the UI plots per partition)."""
     rows = record.row_count
-    metadata: dict[str, object] = {
-        "batch_id": batch_id,
-        "dagster/row_count": rows,
-        "content_hash": record.content_hash,
-    }
+    metadata: dict[str, object] = {"rows": rows, "content_hash": record.content_hash}
     for column, nulls in sorted(record.null_counts.items()):
         metadata[f"null_rate/{column}"] = nulls / rows if rows else 0.0
     if diff is not None:
@@ -269,16 +267,7 @@ def build_feature_asset(
             else BackfillPolicy.multi_run(max_partitions_per_run=max_partitions_per_run)
         ),
         # Blocking: a failed check fails the step, so Dagster runs nothing downstream of it.
-        check_specs=[
-            AssetCheckSpec(
-                check.name,
-                asset=key,
-                blocking=True,
-                description=check.description,
-                partitions_def=partitions_def,
-            )
-            for check in checks_of(spec)
-        ],
+        check_specs=[gate_spec(key, partitions_def, check_names(spec))],
         code_version=spec.code_version,
         owners=[spec.owner],
         kinds={"spark", "parquet"},
@@ -360,18 +349,18 @@ def build_feature_asset(
         by_day = {day: list(outcomes) for staged in runs for day, outcomes in staged.checks_by_day.items()}
         for day in left_out:
             by_day[day] = not_checked(check_names(spec), batch_id=batch_id, reason=planned_out[day])
-        # Dagster gives every partition of a range run the same materialization metadata; the per-partition
-        # facts go out as observations (and are in the batch manifest).
+        # Dagster gives every partition of a range run the same materialization metadata: each partition's
+        # own figures ride on its gate result (and are in the batch manifest); the run-wide evidence of
+        # every check goes once per staged span.
         diff = _diff_by_partition([outcome for staged in runs for outcome in staged.checks])
+        facts = {
+            record.partition: _partition_facts(record, diff.get(record.partition))
+            for staged in runs
+            for record in staged.records
+        }
         for staged in runs:
-            for record in staged.records:
-                context.log_event(
-                    AssetObservation(
-                        key,
-                        partition=record.partition,
-                        metadata=_partition_metadata(batch_id, record, diff.get(record.partition)),
-                    )
-                )
+            span = _span([record.partition for record in staged.records])
+            context.log_event(step_evidence(key, batch_id, span, staged.checks))
         if runs:
             context.log.info(_done_of_targeted(spec.name, release_catalog.get_batch(batch_id), plan))
         yield MaterializeResult(
@@ -385,6 +374,7 @@ def build_feature_asset(
             batch_id=batch_id,
             by_day=dict(sorted(by_day.items())),
             keys=keys,
+            facts=facts,
         )
 
     return feature_asset

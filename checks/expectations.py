@@ -13,6 +13,7 @@ import os
 import re
 from dataclasses import replace
 from datetime import date
+from functools import partial
 from typing import Any
 
 from pyspark.sql import DataFrame
@@ -129,6 +130,11 @@ def _referenced(spec: FeatureSpec, condition: str) -> tuple[str, ...]:
     return tuple(c for c in spec.column_names if re.search(rf"\b{re.escape(c)}\b", condition))
 
 
+def _fails_mostly(unexpected: int, rows: int, *, mostly: float) -> bool:
+    """Whether `unexpected` of `rows` fail an expectation that `mostly` of them must meet (GX's rule)."""
+    return rows > 0 and not _mostly_success(rows, unexpected, mostly)
+
+
 def _rule_condition(expectation: gxe.UnexpectedRowsExpectation) -> str:
     return expectation.description.split(": ", 1)[1]
 
@@ -154,8 +160,10 @@ class ExpectationCheck(Check):
                 measures.append(Measure(f"{self.name}:{index}", _outside(expectation), shown))
                 measures.append(Measure(null_measure(expectation.column), F.col(expectation.column).isNull()))
             elif isinstance(expectation, gxe.ExpectColumnValuesToNotBeNull):
-                column = expectation.column
-                measures.append(Measure(null_measure(column), F.col(column).isNull(), (column,)))
+                column, mostly = expectation.column, expectation.mostly
+                # The nulls a nullable column may hold need no sample: only a null rate that fails does.
+                offends = partial(_fails_mostly, mostly=mostly)
+                measures.append(Measure(null_measure(column), F.col(column).isNull(), (column,), offends))
             elif self.name == ROW_CONSISTENCY_CHECK:
                 condition = _rule_condition(expectation)
                 broken = ~F.expr(condition)

@@ -12,7 +12,7 @@ whatever their number.
 from __future__ import annotations
 
 import operator
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from functools import reduce
 
@@ -27,11 +27,15 @@ from backfills.resources.feature_store import content_hash, row_hashes
 @dataclass(frozen=True)
 class Measure:
     """Rows for which `condition` is true (a null condition counts as false), counted per day; with `shown`,
-    up to `SAMPLE_SIZE` of them per day as evidence: their keys and the `shown` columns, in key order."""
+    up to `SAMPLE_SIZE` of them per day as evidence: their keys and the `shown` columns, in key order. The
+    samples cost a scan of their own, so they are taken only when the rows found make a check fail or warn:
+    `offends(count, rows)` says whether `count` matching rows of the run's `rows` do (without it, any does:
+    a rule every row must keep)."""
 
     name: str
     condition: Column
     shown: tuple[str, ...] | None = None
+    offends: Callable[[int, int], bool] | None = None
 
 
 @dataclass
@@ -123,10 +127,13 @@ def run_pass(
             if measure.shown is not None:
                 figures.samples[measure.name] = []
         days[found["day"]] = figures
+    rows = sum(figures.rows for figures in days.values())
     offending = [
         measure
         for measure in measures
-        if measure.shown is not None and any(figures.counts[measure.name] for figures in days.values())
+        if measure.shown is not None
+        and (count := sum(figures.counts[measure.name] for figures in days.values()))
+        and (measure.offends is None or measure.offends(count, rows))
     ]
     if offending:
         _sample_offending_rows(df, keys, day, order, offending, sample_size, days)

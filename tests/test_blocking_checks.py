@@ -21,6 +21,7 @@ from dagster import DagsterInstance, materialize
 from pyspark.sql import Column, DataFrame, Window
 from pyspark.sql import functions as F
 
+from backfills.assets.check_results import GATE_CHECK
 from backfills.assets.factory import (
     BATCH_TAG,
     build_feature_assets,
@@ -53,12 +54,13 @@ JAN_1, JAN_2, JAN_3, JAN_4, JAN_5, JAN_6 = (date(2025, 1, day) for day in range(
 # Declared blocking in the Definitions
 
 
-def test_every_gate_check_of_every_staged_asset_is_a_blocking_asset_check() -> None:
+def test_every_staged_asset_carries_one_blocking_partitioned_quality_gate_of_all_its_checks() -> None:
     assets = {key: asset for asset in defs.resolve_asset_graph().assets_defs for key in asset.keys}
     for spec in FEATURES:
-        declared = {check.name: check for check in assets[staging_key(spec.name)].check_specs}
-        assert sorted(declared) == check_names(spec)
-        assert [name for name, check in declared.items() if not check.blocking] == [], spec.name
+        [gate] = assets[staging_key(spec.name)].check_specs
+        assert (gate.name, gate.blocking) == (GATE_CHECK, True), spec.name
+        assert gate.partitions_def == assets[staging_key(spec.name)].partitions_def
+        assert all(name in gate.description for name in check_names(spec)), spec.name
 
 
 # A failing blocking check stops the run's downstream steps
@@ -93,7 +95,7 @@ def test_a_failing_blocking_check_stops_the_downstream_step_in_the_same_run(
     lake: Lake, dagster_instance: DagsterInstance
 ) -> None:
     partitions = daily_partitions("2025-01-01")
-    daily, weekly = build_feature_assets([DECLINES_OVER_TOTAL, feature_spec(WEEKLY)], partitions, 31)
+    daily, weekly = build_feature_assets([DECLINES_OVER_TOTAL, feature_spec(WEEKLY)], partitions, {})
     settings = lake.settings()
     result = materialize(
         [raw_transactions_spec(partitions), daily, weekly],
@@ -111,9 +113,10 @@ def test_a_failing_blocking_check_stops_the_downstream_step_in_the_same_run(
     started = {event.step_key for event in result.all_events if event.event_type_value == "STEP_START"}
     failed = {event.step_key for event in result.all_events if event.is_step_failure}
     assert failed == started == {"staging__customer_daily_txn"}  # the 7-day step never started
-    evaluations = {e.check_name: e for e in result.get_asset_check_evaluations()}
-    assert not evaluations[ROW_CONSISTENCY_CHECK].passed
-    assert evaluations[ROW_CONSISTENCY_CHECK].severity.value == "ERROR"
+    [gate] = result.get_asset_check_evaluations()
+    assert (gate.check_name, gate.passed, gate.severity.value) == (GATE_CHECK, False, "ERROR")
+    assert gate.description.startswith(f"failed: {ROW_CONSISTENCY_CHECK} (")
+    assert f"| {ROW_CONSISTENCY_CHECK} | failed |" in gate.metadata["checks"].value
     manifest = lake.catalog.get_batch("stopped")
     assert manifest.state == "blocked" and sorted(manifest.tables) == [DAILY]
     assert [record.check for record in manifest.blocking_failures()] == [ROW_CONSISTENCY_CHECK]

@@ -25,6 +25,7 @@ from operator_flow import DAYS, FAULTY_FIRST, OperatorBackfill, Promotion, faile
 from playwright.sync_api import TimeoutError as PlaywrightTimeout
 from skipped_suites import skip_suite
 
+from backfills.assets.check_results import GATE_CHECK
 from backfills.assets.factory import production_key, staging_key
 from backfills.assets.registry import FEATURES
 from backfills.assets.staging import RAW_INPUT_CHECK
@@ -36,6 +37,7 @@ CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 SCREENSHOTS_DIR = os.environ.get("BACKFILLS_SCREENSHOTS_DIR")
 TIMEOUT_MS = 60_000  # the first page load compiles the UI's bundle in a cold browser
 DAY = "2025-01-05"
+DAILY_STAGING = staging_key("customer_daily_txn")
 
 
 @pytest.fixture(scope="module")
@@ -110,17 +112,17 @@ def test_the_asset_graph_shows_raw_then_staging_then_production(
     _keep(page, "lineage")
 
 
-def test_each_partition_has_its_check_result_with_numbers_beside_their_thresholds(
+def test_each_partition_has_its_gate_result_with_every_check_verdict_and_its_numbers(
     page, operator_backfill: OperatorBackfill, promotion: Promotion
 ):
     _open(
         page,
         _asset_url(
-            operator_backfill, staging_key("customer_daily_txn"), view="checks", checkDetail="value_ranges"
+            operator_backfill, staging_key("customer_daily_txn"), view="checks", checkDetail=GATE_CHECK
         ),
     )
-    # The latest result's figures, as numbers (what the Plots panel draws), each beside its bound.
-    for label in ("amount_max_usd/unexpected_count", "amount_max_usd/threshold/max"):
+    # The latest result: how many checks passed, and the partition's own numbers (what Plots draws).
+    for label in ("checks_passed", "rows", "content_hash"):
         page.get_by_text(label, exact=True).first.wait_for()
     page.get_by_text("Plots", exact=True).first.wait_for()
     _keep(page, "check_result")
@@ -133,12 +135,12 @@ def test_each_partition_has_its_check_result_with_numbers_beside_their_threshold
 def test_a_failed_check_shows_its_offending_rows_and_figures(
     page, operator_backfill: OperatorBackfill, promotion: Promotion
 ):
-    """The faulty backfill's landing day has negative amounts: the raw input contract failed on each of its
-    partitions, and its result shows the broken rule's count and the offending rows as a table."""
+    """The faulty backfill's landing day has negative amounts: the raw input contract failed the gate on
+    each of its partitions, and the result shows the broken rule's count and the offending rows as a table."""
     _open(
         page,
         _asset_url(
-            operator_backfill, staging_key("customer_daily_txn"), view="checks", checkDetail=RAW_INPUT_CHECK
+            operator_backfill, staging_key("customer_daily_txn"), view="checks", checkDetail=GATE_CHECK
         ),
     )
     page.get_by_text("Execution history", exact=True).first.click()
@@ -146,11 +148,13 @@ def test_a_failed_check_shows_its_offending_rows_and_figures(
     row.wait_for()
     row.get_by_role("button").last.click()  # the result's metadata
     dialog = page.get_by_role("dialog")
-    dialog.get_by_text("amount/min/count", exact=True).wait_for()
-    show = dialog.get_by_text("[Show Markdown]")
-    if show.count():  # a long table opens in its own dialog
+    dialog.get_by_text(f"{RAW_INPUT_CHECK}/amount/min/count", exact=True).wait_for()
+    # The result's tables: every check's verdict, and the offending rows (a long one opens in its own dialog).
+    show = dialog.locator("tr", has_text="offending_rows").get_by_text("[Show Markdown]")
+    if show.count():
         show.first.click()
-    rows = page.get_by_role("dialog").locator("table").last.locator("tr")
+    offending = page.get_by_role("dialog").locator("table").filter(has_not_text="verdict")
+    rows = offending.last.locator("tr")
     rows.first.wait_for()
     assert "amount" in rows.first.inner_text()
     assert any(re.search(r"(^|\s)-\d", text) for text in rows.all_inner_texts()[1:])

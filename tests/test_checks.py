@@ -21,6 +21,7 @@ from backfills.checks.expectations import (
     ROW_CONSISTENCY_CHECK,
     UNIQUE_KEYS_CHECK,
     expectation_figures,
+    null_measure,
     run_expectations,
     suite,
     validate_on_pass,
@@ -197,3 +198,24 @@ def test_the_one_pass_reaches_the_verdicts_and_counts_of_great_expectations_itse
     # Every kind of expectation saw unexpected rows, so the comparison covered failures, not only passes.
     failed = {result.expectation_config.type for result in theirs.results if not result.success}
     assert {"expect_column_values_to_not_be_null", "unexpected_rows_expectation"} <= failed
+
+
+def test_nulls_a_nullable_column_may_hold_are_counted_but_not_sampled(clean_batch, spark) -> None:
+    """Sampling offending rows is a scan of its own: only nulls that fail the null rate are sampled."""
+    spec, column = feature_spec("customer_daily_txn"), "amount_max_usd"  # nullable: up to half may be null
+    staged = _staged(spark, clean_batch, spec.name)
+    first = staged.where(F.col(column).isNotNull()).orderBy(*spec.entity_keys, spec.date_column).first()
+    one = (F.col("customer_id") == first["customer_id"]) & (F.col("feature_date") == first["feature_date"])
+    allowed = staged.withColumn(column, F.when(one, F.lit(None)).otherwise(F.col(column)))
+    already = expectation_figures(spec, staged).total(null_measure(column))  # days without an approval
+    figures = expectation_figures(spec, allowed)
+    assert figures.total(null_measure(column)) == already + 1 and figures.sample(null_measure(column)) == []
+    assert {o.name: o for o in run_expectations(spec, allowed)}[NULL_RATES_CHECK].passed
+
+    too_many = staged.withColumn(column, F.lit(None).cast(staged.schema[column].dataType))
+    figures = expectation_figures(spec, too_many)
+    assert figures.sample(null_measure(column))[0][column] is None
+    failed = {o.name: o for o in run_expectations(spec, too_many)}[NULL_RATES_CHECK]
+    assert not failed.passed
+    [evidence] = [item for item in failed.figures["failures"] if item["column"] == column]
+    assert len(evidence["sample"]) == 5 and {row[column] for row in evidence["sample"]} == {None}

@@ -10,6 +10,7 @@ from conftest import Lake
 from dagster import AssetKey, DailyPartitionsDefinition, TimeWindowPartitionMapping
 
 from backfills.assets import transformations
+from backfills.assets.check_results import GATE_CHECK
 from backfills.assets.factory import production_key, staging_key
 from backfills.assets.registry import FEATURES, dependency_order, feature_spec
 from backfills.checks.registry import CHECKS, check_names, checks_of
@@ -41,9 +42,14 @@ def test_production_assets_jobs_sensor_and_checks_are_in_the_code_location() -> 
         assert production_key(spec.name) in keys
         assert staging_key(spec.name) in production.parent_keys
         assert isinstance(production.partitions_def, DailyPartitionsDefinition)
-        checks = {key.name for key in graph.get(staging_key(spec.name)).check_keys}
-        assert checks == set(check_names(spec))
-        assert {"diff_vs_production", "cross_table_consistency", "value_ranges", "unique_keys"} <= checks
+        # One quality gate per staged table, naming every check it runs.
+        [gate] = graph.get(staging_key(spec.name)).check_keys
+        assert gate.name == GATE_CHECK
+        described = defs.resolve_assets_def(staging_key(spec.name)).get_spec_for_check_key(gate).description
+        assert all(name in described for name in check_names(spec))
+        assert {"diff_vs_production", "cross_table_consistency", "value_ranges", "unique_keys"} <= set(
+            check_names(spec)
+        )
     assert {job.name for job in (defs.resolve_job_def(PROMOTE_JOB), defs.resolve_job_def(ROLLBACK_JOB))} == {
         "promote_batch",
         "rollback_release",

@@ -36,6 +36,7 @@ from operator_flow import (
 )
 from postgres_server import PostgresServer
 
+from backfills.assets.check_results import GATE_CHECK
 from backfills.assets.factory import REQUESTER_TAG, production_key, staging_key
 from backfills.assets.registry import feature_spec
 from backfills.assets.staging import RAW_INPUT_CHECK
@@ -142,27 +143,28 @@ def test_blocking_checks_of_every_staged_table_ran_and_passed_for_each_partition
         ]
         for table in _staged_tables(run):
             mine = [item for item in evaluations if item.asset_key == staging_key(table)]
-            expected = {(check, day) for check in check_names(feature_spec(table)) for day in run.partitions}
-            # One result per check and partition of the range run, each tied to that partition's
+            # One gate result per partition of the range run, each tied to that partition's
             # materialization in this run.
-            assert sorted((item.check_name, item.partition) for item in mine) == sorted(expected), (
-                run.describe()
-            )
+            expected = sorted((GATE_CHECK, day) for day in run.partitions)
+            assert sorted((item.check_name, item.partition) for item in mine) == expected, run.describe()
             assert {item.target_materialization_data.run_id for item in mine} == {run.run_id}
-            failed = [f"{item.check_name}: {item.description}" for item in mine if not item.passed]
+            failed = [f"{item.partition}: {item.description}" for item in mine if not item.passed]
             assert not failed, f"{table} in {run.describe()}: {failed}"
-            assert all(item.blocking for item in mine), f"{table}: non-blocking checks in {run.describe()}"
+            assert all(item.blocking for item in mine), f"{table}: a non-blocking gate in {run.describe()}"
 
-    # The asset's Checks tab (GraphQL) shows the same: every partition of every check has a succeeded
-    # execution of its run, and none is left SKIPPED (Dagster plans one execution per partition).
+    # The asset's Checks tab (GraphQL) shows the same: every partition of the gate has a succeeded
+    # execution of its run, none left SKIPPED (Dagster plans one execution per partition), each naming
+    # every check of the table as passed.
     for table in TABLES:
-        for check in check_names(feature_spec(table)):
-            executions = outcome.services.client.asset_check_executions(staging_key(table).path, check)
-            ours = [item for item in executions if item.run_id in run_ids]
-            assert sorted(item.partition for item in ours) == DAYS, f"{table}.{check}: {ours}"
-            assert {item.status for item in ours} == {"SUCCEEDED"}, f"{table}.{check}: {ours}"
-            assert all(item.passed for item in ours), f"{table}.{check}"
-            assert all(item.metadata["partition"] == item.partition for item in ours)
+        executions = outcome.services.client.asset_check_executions(staging_key(table).path, GATE_CHECK)
+        ours = [item for item in executions if item.run_id in run_ids]
+        assert sorted(item.partition for item in ours) == DAYS, f"{table}: {ours}"
+        assert {item.status for item in ours} == {"SUCCEEDED"}, f"{table}: {ours}"
+        assert all(item.passed for item in ours), table
+        assert all(item.metadata["partition"] == item.partition for item in ours)
+        checks = check_names(feature_spec(table))
+        assert all(item.metadata["checks_passed"] == len(checks) for item in ours), table
+        assert all(f"| {name} | passed |" in item.metadata["checks"] for item in ours for name in checks)
 
 
 def test_the_instance_keeps_runs_check_results_and_sensor_ticks_in_postgres(
@@ -179,10 +181,9 @@ def test_the_instance_keeps_runs_check_results_and_sensor_ticks_in_postgres(
 
     run_ids = [run.run_id for run in outcome.runs]
     passed = {
-        (run.run_id, staging_key(table).to_string(), check)
+        (run.run_id, staging_key(table).to_string(), GATE_CHECK)
         for run in outcome.runs
         for table in _staged_tables(run)
-        for check in check_names(feature_spec(table))
     }
     with closing(postgres_server.connect(DAGSTER_DB)) as connection, connection.cursor() as cursor:
         cursor.execute("SELECT status FROM bulk_actions WHERE key = %s", (outcome.backfill_id,))
@@ -243,12 +244,13 @@ def test_a_faulty_backfill_is_blocked_gets_a_notice_and_no_request(operator_back
     # count per broken rule and the offending rows (36 negative amounts, all on the first day).
     client = outcome.services.client
     [faulty_run] = client.runs(backfill_id=outcome.faulty_backfill_id)
-    executions = client.asset_check_executions(staging_key("customer_daily_txn").path, RAW_INPUT_CHECK)
+    executions = client.asset_check_executions(staging_key("customer_daily_txn").path, GATE_CHECK)
     failed = [item for item in executions if item.run_id == faulty_run.run_id]
     assert sorted(item.partition for item in failed) == [FAULTY_FIRST, FAULTY_LAST], executions
     for item in failed:
         assert (item.status, item.passed, item.severity) == ("FAILED", False, "ERROR"), item
-        assert item.metadata["amount/min/count"] == 36 and "amount" in item.description
+        assert item.description.startswith(f"failed: {RAW_INPUT_CHECK} (") and "amount" in item.description
+        assert item.metadata[f"{RAW_INPUT_CHECK}/amount/min/count"] == 36
         table = item.metadata["offending_rows"].splitlines()
         assert "amount" in table[0] and any(re.search(r"\| -\d", line) for line in table[2:]), table
 

@@ -31,9 +31,11 @@ from dagster_services import CHANNEL, REQUESTER, DagsterServices, WaitTimeout, g
 from operator_flow import approval_requests, wait_for
 from slack_api import FakeSlack
 
+from backfills.assets.check_results import GATE_CHECK
 from backfills.assets.factory import REQUESTER_TAG, staging_key
 from backfills.assets.generator import write_landing_zone
-from backfills.assets.registry import FEATURES
+from backfills.assets.registry import FEATURES, feature_spec
+from backfills.checks.registry import check_names
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import BatchManifest
 from backfills.resources.connect_server import ConnectServer
@@ -183,24 +185,28 @@ def _executions(launches: Launches, case: str, table: str, check: str) -> list:
     return sorted((item for item in executions if item.run_id in runs), key=lambda item: item.partition)
 
 
-def test_every_partition_of_a_range_run_has_its_own_check_result_with_numbers(launches: Launches):
-    # One range run per table in (c): each of its 24 partitions has its own succeeded result, none SKIPPED.
-    ranges = _executions(launches, "c", DAILY, "value_ranges")
-    assert [item.partition for item in ranges] == ALL_DAYS
-    assert {item.status for item in ranges} == {"SUCCEEDED"}
-    for item in ranges:
-        assert item.metadata["partition"] == item.partition
-        # Numbers the Plots panel draws: each bounded column's offending rows that day, beside its bound.
-        assert item.metadata["amount_sum_usd/unexpected_count"] == 0
-        assert item.metadata["amount_sum_usd/threshold/min"] == 0
-    empty = _executions(launches, "c", WEEKLY, "non_empty_partitions")
-    assert [item.metadata["rows"] for item in empty] == [
-        launches.batch("c").tables[WEEKLY][day].row_count for day in ALL_DAYS
-    ]
+def test_every_partition_of_a_range_run_has_its_own_gate_result_with_numbers(launches: Launches):
+    # One range run per table in (c): each of its 24 partitions has its own succeeded result, none SKIPPED,
+    # saying that every check of the gate passed there.
+    for table in (DAILY, WEEKLY):
+        results = _executions(launches, "c", table, GATE_CHECK)
+        assert [item.partition for item in results] == ALL_DAYS
+        assert {item.status for item in results} == {"SUCCEEDED"}
+        checks = check_names(feature_spec(table))
+        for item in results:
+            assert item.metadata["partition"] == item.partition
+            assert (item.metadata["checks_passed"], item.metadata["checks_failed"]) == (len(checks), 0)
+            assert all(f"| {name} | passed |" in item.metadata["checks"] for name in checks)
+        # The partition's own numbers, which the Plots panel draws: its rows and content hash.
+        staged = launches.batch("c").tables[table]
+        assert [item.metadata["rows"] for item in results] == [staged[day].row_count for day in ALL_DAYS]
+        assert [item.metadata["content_hash"] for item in results] == [
+            staged[day].content_hash for day in ALL_DAYS
+        ]
 
 
 def test_planned_out_partitions_show_a_warning_that_they_were_not_checked(launches: Launches):
-    results = _executions(launches, "b", MONTHLY, "value_ranges")
+    results = _executions(launches, "b", MONTHLY, GATE_CHECK)
     assert [item.partition for item in results] == LAST_TEN
     assert {(item.status, item.severity) for item in results} == {("SUCCEEDED", "WARN")}
     assert all(item.description.startswith("not checked: planned out of batch") for item in results)

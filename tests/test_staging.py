@@ -14,14 +14,16 @@ import conftest
 import pyarrow.parquet as pq
 import pytest
 from conftest import Lake, make_lake
-from dagster import DagsterInstance
+from dagster import AssetCheckKey, DagsterInstance
 from test_catalog import record
 
+from backfills.assets.check_results import GATE_CHECK
 from backfills.assets.factory import staging_key
 from backfills.assets.generator import landing_key
 from backfills.assets.reader import FeatureReader
 from backfills.assets.registry import FEATURES, dependency_order, feature_spec
 from backfills.assets.staging import StagedRun
+from backfills.checks.registry import check_names
 from backfills.errors import (
     BatchNotFoundError,
     BatchSealedError,
@@ -108,7 +110,7 @@ def test_one_partition_per_run_and_one_range_run_give_identical_content_hashes(l
     assert len(lake.catalog.get_batch("single").runs) == 12
 
 
-def test_materializations_and_per_partition_observations_carry_batch_lineage(layouts: Layouts) -> None:
+def test_materializations_and_per_partition_gate_results_carry_batch_lineage(layouts: Layouts) -> None:
     lake, instance = layouts.lake, layouts.range_instance  # the instance of the `range` batch alone
     key = staging_key("customer_txn_7d")
     materializations = instance.fetch_materializations(key, limit=10).records
@@ -119,7 +121,6 @@ def test_materializations_and_per_partition_observations_carry_batch_lineage(lay
     assert metadata["batch_id"].value == "range"
     assert metadata["partitions"].value == "2025-01-01..2025-01-03"
     assert metadata["dagster/row_count"].value == sum(r.row_count for r in records.values())
-    assert metadata["content_hash_per_partition"].value == {day: r.content_hash for day, r in records.items()}
     assert metadata["code_version"].value == feature_spec("customer_txn_7d").code_version
     assert metadata["upstream"].value == [
         {
@@ -129,9 +130,26 @@ def test_materializations_and_per_partition_observations_carry_batch_lineage(lay
             "partitions": ["2025-01-01", "2025-01-02", "2025-01-03"],
         }
     ]
-    observations = instance.fetch_observations(key, limit=10).records
-    observed = {o.partition_key: o.asset_observation.metadata["content_hash"].value for o in observations}
-    assert observed == {day: r.content_hash for day, r in records.items()}
+    # Each partition's own figures ride on its gate result; the run-wide evidence is observed once.
+    gates = instance.event_log_storage.get_asset_check_execution_history(
+        AssetCheckKey(key, GATE_CHECK), limit=10
+    )
+    results = {g.partition: g.event.dagster_event.event_specific_data.metadata for g in gates}
+    assert {day: found["content_hash"].value for day, found in results.items()} == {
+        day: r.content_hash for day, r in records.items()
+    }
+    assert {day: found["rows"].value for day, found in results.items()} == {
+        day: r.row_count for day, r in records.items()
+    }
+    [evidence] = instance.fetch_observations(key, limit=10).records
+    assert evidence.partition_key is None and evidence.asset_observation.metadata["partitions"].value == (
+        "2025-01-01..2025-01-03"
+    )
+    assert set(check_names(feature_spec("customer_txn_7d"))) == {
+        name.removeprefix("evidence/")
+        for name in evidence.asset_observation.metadata
+        if name.startswith("evidence/")
+    }
 
 
 def test_rerunning_a_partition_in_the_same_batch_replaces_it_and_leaves_one_copy(lake: Lake, spark) -> None:
