@@ -585,6 +585,12 @@ def covering_tests(data_files: list[Path], module: Path, source: str) -> dict[st
     return {name: tuple(per_tier) for name, per_tier in focus.items()}
 
 
+def _sites(target: Target, source: str) -> dict[tuple[int, str], tuple[int, Mutant]]:
+    """The module's mutants by the (line, change) a report entry names them with, each with its number
+    (as --list gives it)."""
+    return {(m.line, m.description): (n, m) for n, m in enumerate(mutants(target.scope, source), 1)}
+
+
 def reclassify(targets: list[Target], equivalents: Equivalents) -> int:
     """Move the report's survivors that equivalent.json now explains to its equivalents (a reviewed reason
     changes no test outcome, so this needs no run). The report names a survivor by line and change; its
@@ -596,13 +602,11 @@ def reclassify(targets: list[Target], equivalents: Equivalents) -> int:
         entry = report["modules"].get(target.path)
         if entry is None:
             continue
-        source = _git("show", f"{entry['commit']}:{target.path}")
-        function = {(m.line, m.description): m.function for m in mutants(target.scope, source)}
+        sites = _sites(target, _git("show", f"{entry['commit']}:{target.path}"))
         survived = []
         for item in entry["survived"]:
-            why = equivalents.get(
-                (target.path, function.get((item["line"], item["change"]), ""), item["change"])
-            )
+            found = sites.get((item["line"], item["change"]))
+            why = equivalents.get((target.path, found[1].function if found else "", item["change"]))
             if why is None:
                 survived.append(item)
             else:
@@ -626,8 +630,8 @@ def survivor_numbers(target: Target, entry: dict[str, Any] | None) -> set[int]:
             f"{target.path} changed since its entry ran on {entry['commit'][:10]}: run it in full instead"
         )
     wanted = {(item["line"], item["change"]) for item in entry["survived"]}
-    current = mutants(target.scope, (REPO / target.path).read_text())
-    numbers = {number for number, m in enumerate(current, 1) if (m.line, m.description) in wanted}
+    sites = _sites(target, (REPO / target.path).read_text())
+    numbers = {sites[site][0] for site in wanted if site in sites}
     if len(numbers) != len(wanted):
         raise SystemExit(f"{target.path}: some survivors of its entry are no longer mutants: run it in full")
     return numbers
