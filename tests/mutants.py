@@ -170,6 +170,8 @@ TARGETS = (
             Tier(("tests/test_file_verification.py",), "local"),
             spark_tier("tests/test_rollback_verification.py"),
             spark_tier("tests/test_drills.py", "-k", "not job and not commands"),
+            # Production does not move while a canary is open: promote and roll back refuse.
+            spark_tier("tests/test_canary.py", "-k", "rolled_back_canary_leaves_production"),
         ),
         420,
         reuse_templates=True,  # the templates stage and approve; promotion runs in the tests
