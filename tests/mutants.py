@@ -172,6 +172,8 @@ TARGETS = (
             spark_tier("tests/test_drills.py", "-k", "not job and not commands"),
             # Production does not move while a canary is open: promote and roll back refuse.
             spark_tier("tests/test_canary.py", "-k", "rolled_back_canary_leaves_production"),
+            # A daily fix without its downstream is refused, naming what it would leave stale.
+            spark_tier("tests/test_stale_downstream.py", "-k", "refused_naming_the_stale"),
         ),
         420,
         reuse_templates=True,  # the templates stage and approve; promotion runs in the tests
