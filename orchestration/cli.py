@@ -166,16 +166,14 @@ def _backfill_plan(
     settings: Settings, tables: list[str] | None, dates: DateRange, downstream: bool, per_run: int | None
 ) -> str:
     from backfills.assets.backfill_plan import plan_backfill
-    from backfills.assets.registry import feature_spec
-    from backfills.assets.run_layout import layout
-    from backfills.orchestration.local_backfill import backfill_ranges
+    from backfills.orchestration.local_backfill import backfill_layout
 
     catalog = _catalog(settings)
-    ranges = backfill_ranges(tables, dates, catalog, downstream=downstream)
-    lengths = layout(
-        [feature_spec(name) for name in ranges],
-        catalog.store,
+    ranges, lengths = backfill_layout(
+        tables,
+        dates,
         catalog,
+        downstream=downstream,
         max_rows_per_run=settings.max_rows_per_run,
         max_partitions_per_run=per_run,
     )

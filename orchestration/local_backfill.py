@@ -52,13 +52,28 @@ def new_batch_id() -> str:
     return f"local-{datetime.now(UTC):%Y%m%dT%H%M%S}-{uuid.uuid4().hex[:6]}"
 
 
-def backfill_ranges(
-    tables: Sequence[str] | None, dates: DateRange, catalog: ReleaseCatalog, *, downstream: bool
-) -> dict[str, DateRange]:
-    """Table -> days a backfill of `tables` (default: every feature table) over `dates` stages; with
-    `downstream`, the tables downstream of them too, over their blast radius."""
+def backfill_layout(
+    tables: Sequence[str] | None,
+    dates: DateRange,
+    catalog: ReleaseCatalog,
+    *,
+    downstream: bool,
+    max_rows_per_run: int,
+    max_partitions_per_run: int | None,
+) -> tuple[dict[str, DateRange], dict[str, int | None]]:
+    """What a backfill of `tables` (default: every feature table) over `dates` stages, table -> days (with
+    `downstream`, the tables downstream of them too, over their blast radius), and table -> the most
+    partitions one of its runs stages (assets/run_layout.py): for the run and for its dry run alike."""
     chosen = [feature_spec(name).name for name in tables] if tables else [spec.name for spec in FEATURES]
-    return blast_radius(chosen, dates, catalog) if downstream else dict.fromkeys(chosen, dates)
+    ranges = blast_radius(chosen, dates, catalog) if downstream else dict.fromkeys(chosen, dates)
+    per_run = layout(
+        [feature_spec(name) for name in ranges],
+        catalog.store,
+        catalog,
+        max_rows_per_run=max_rows_per_run,
+        max_partitions_per_run=max_partitions_per_run,
+    )
+    return ranges, per_run
 
 
 def blast_radius(tables: Sequence[str], dates: DateRange, catalog: ReleaseCatalog) -> dict[str, DateRange]:
@@ -111,11 +126,11 @@ def run_local_backfill(
     batch_id = batch_id or new_batch_id()
     job = defs.resolve_job_def(STAGE_FEATURES_JOB)
     catalog: ReleaseCatalog = defs.resources["catalog"].catalog()
-    ranges = backfill_ranges(tables, DateRange(start, end), catalog, downstream=downstream)
-    per_run = layout(
-        [feature_spec(name) for name in ranges],
-        defs.resources["catalog"].store(),
+    ranges, per_run = backfill_layout(
+        tables,
+        DateRange(start, end),
         catalog,
+        downstream=downstream,
         max_rows_per_run=max_rows_per_run,
         max_partitions_per_run=max_partitions_per_run,
     )
