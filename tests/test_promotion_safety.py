@@ -502,8 +502,17 @@ def test_each_production_change_records_what_serves_each_partition_and_why(paper
     _paper_batch(paper.catalog, "jan")
     _paper_batch(paper.catalog, "fix", FIX)
     first = paper.catalog.promote("jan", actor="ops", reason="first load")
+    first_facts = production_facts(paper.catalog, PublishedChange(first, None, {TABLE: ["2025-01-02"]}))
+    assert (first_facts[TABLE]["2025-01-02"]["forced"], first_facts[TABLE]["2025-01-02"]["overrides"]) == (
+        False,
+        None,
+    )
     approval = ApprovalFacts(
-        requester=ALICE, approvers=[Approver(user_id=BOB, display_name="bob", at=datetime.now(UTC))]
+        requester=ALICE,
+        approvers=[Approver(user_id=BOB, display_name="bob", at=datetime.now(UTC))],
+        forced=True,
+        overrides=["code_version"],
+        code_versions={TABLE: TableCode(staged=[SPEC.code_version], deployed="code-deployed-since")},
     )
     second = paper.catalog.promote("fix", actor="ops", reason="the fix", approval=approval)
     facts = production_facts(paper.catalog, PublishedChange(second, first.release_id, {TABLE: FIX}))
@@ -521,12 +530,15 @@ def test_each_production_change_records_what_serves_each_partition_and_why(paper
     )
     assert jan2["code_version"] == SPEC.code_version and jan2["reason"] == "the fix"
     assert "removed_from_production" not in jan2 and "rolled_back_to" not in jan2
-    assert (jan2["requester"], jan2["approvers"]) == (ALICE, "bob")
+    assert (jan2["requester"], jan2["approvers"], jan2["approver_ids"]) == (ALICE, "bob", BOB)
+    # A forced promotion says what it overrode, and which code was deployed when it went out.
+    assert (jan2["forced"], jan2["overrides"]) == (True, "code_version")
+    assert jan2["deployed_code_version"] == "code-deployed-since"
     back = paper.catalog.rollback(first.release_id, actor="carol", reason="fix is wrong")
     facts = production_facts(paper.catalog, PublishedChange(back, second.release_id, {TABLE: FIX}))
     assert facts[TABLE]["2025-01-04"]["removed_from_production"] is True  # jan never had Jan 4
     restored = facts[TABLE]["2025-01-02"]
-    assert "approvers" not in restored
+    assert "approvers" not in restored and "deployed_code_version" not in restored
     assert (restored["kind"], restored["rolled_back_to"], restored["batch_id"]) == (
         "rollback",
         first.release_id,
