@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 import signal
+import socket
 import subprocess
 import sys
 import threading
@@ -378,6 +379,28 @@ def test_a_writer_on_another_host_keeps_its_lease_until_it_expires(
                 with local.writer_lease(TABLE, "v1") as lease:
                     waited = time.monotonic() - started
     assert lease.inherited and waited >= 0.9  # taken over when the lease expired, not at once
+
+
+def test_a_live_writer_on_this_host_keeps_its_lease_until_it_expires_and_is_left_alone(
+    open_store: Callable[[], OnlineStore], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """Asking whether a writer of this host still runs must neither take its lease at once nor signal it."""
+    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    try:
+        monkeypatch.setattr(online_store, "_new_owner", lambda: f"{socket.gethostname()}:{writer.pid}:0123")
+        with open_store() as holder:
+            holder.lease_seconds = 1.0
+            with holder.writer_lease(TABLE, "v1"):
+                monkeypatch.undo()
+                with open_store() as local:
+                    started = time.monotonic()
+                    with local.writer_lease(TABLE, "v1") as lease:
+                        waited = time.monotonic() - started
+        assert lease.inherited and waited >= 0.9  # its process runs: taken over only when the lease expired
+        assert writer.poll() is None, f"the lease holder's process was stopped (exit {writer.returncode})"
+    finally:
+        writer.kill()
+        writer.wait()
 
 
 def test_a_writer_whose_lease_expired_and_was_taken_over_stops_writing(
