@@ -19,9 +19,12 @@ from tampering import change_one_byte
 from test_approvals import CHANNEL
 
 from backfills.assets.registry import dependency_order
+from backfills.errors import CurrentChangedError, InvalidRequestError, ReleaseNotFoundError
 from backfills.orchestration.cli import main
 from backfills.orchestration.definitions import build_definitions
 from backfills.orchestration.drills import DRILL_POINTER, DRILL_POINTER_KEY, past_drills, run_drill
+from backfills.resources.catalog import ReleaseCatalog
+from backfills.resources.catalog_models import Release
 from backfills.serving.online_store import open_online_store
 from backfills.serving.online_sync import sync_release
 
@@ -182,6 +185,108 @@ def test_a_drill_names_the_partitions_whose_files_were_deleted_or_modified(lake:
     assert any(f"{DAILY} 2025-01-02" in problem and "missing" in problem for problem in result.problems)
     assert any(f"{DAILY} 2025-01-03" in problem and "bytes" in problem for problem in result.problems)
     assert not past_drills(lake.catalog)[-1]["passed"]
+
+
+@pytest.mark.parametrize("damaged", [5, 6])
+def test_a_drill_names_its_first_five_problems_and_says_when_there_are_more(lake: Lake, damaged: int):
+    jan = lake.catalog.get_batch("jan")
+    partitions = [(DAILY, f"2025-01-0{day}") for day in range(1, 5)] + [
+        (WEEKLY, "2025-01-01"),
+        (WEEKLY, "2025-01-02"),
+    ]
+    for table, day in partitions[:damaged]:
+        (lake.root / jan.tables[table][day].files[0]).unlink()
+    result = run_drill(lake.catalog)
+    text = result.describe()
+    assert result.problem_count == len(result.problems) == damaged
+    assert text.endswith(": " + "; ".join(result.problems[:5]) + (" …" if damaged > 5 else ""))
+
+
+class _FaultyRollback(ReleaseCatalog):
+    """A rollback with the bugs a drill is there to catch: it leaves the daily table as production serves it
+    now (Jan 3..6 of `fix`), and loses the weekly table."""
+
+    def rollback(self, to: str, **kwargs) -> Release:
+        def lose_weekly(release: Release) -> Release:
+            return release.model_copy(
+                update={
+                    "table_indexes": {t: i for t, i in release.table_indexes.items() if t != WEEKLY},
+                    "partition_counts": {t: n for t, n in release.partition_counts.items() if t != WEEKLY},
+                }
+            )
+
+        others = [spec.name for spec in dependency_order() if spec.name != DAILY]
+        return super().rollback(to, tables=others, verify=lose_weekly, **kwargs)
+
+
+def test_a_drill_fails_when_the_rollback_would_serve_other_partitions_than_its_target(lake: Lake):
+    jan = lake.catalog.get_release(lake.catalog.current_release().parent_id)
+    result = run_drill(_FaultyRollback(lake.store))
+    differs = f"(the rollback would serve other content than release {jan.release_id} records)"
+    assert not result.passed and result.problems == [
+        *(f"{DAILY} 2025-01-0{day} {differs}" for day in (3, 4, 5, 6)),  # changed, and only now served
+        *(f"{WEEKLY} 2025-01-0{day} {differs}" for day in (1, 2, 3, 4)),  # lost with its table
+    ]
+
+
+def test_a_drill_needs_a_release_to_roll_back_to_and_takes_one_by_its_id(
+    staged_template: Path, tmp_path: Path
+):
+    shutil.copytree(staged_template, tmp_path / "lake")
+    lake = make_lake(tmp_path / "lake")
+    with pytest.raises(ReleaseNotFoundError, match="nothing has been promoted"):
+        run_drill(lake.catalog)
+    first = lake.catalog.promote("jan", actor="operator", reason="drill tests")
+    with pytest.raises(ReleaseNotFoundError, match=f"{first.release_id} is the first one"):
+        run_drill(lake.catalog)
+    lake.catalog.promote("fix", actor="operator", reason="drill tests")
+    lake.catalog.promote("jan", actor="operator", reason="drill tests")  # jan again over fix
+    result = run_drill(lake.catalog, to=first.release_id)
+    assert result.passed and result.target_release_id == first.release_id
+    assert lake.catalog.snapshot(lake.catalog.get_release(result.shadow_release_id)) == lake.catalog.snapshot(
+        first
+    )
+
+
+def test_a_drill_names_a_partition_whose_rows_cannot_be_loaded_into_the_online_store(
+    lake: Lake, spark, tmp_path: Path
+):
+    """An older record (no checksums) whose file is still there but no longer parquet: only loading its rows,
+    as a rollback of the online store would, finds it out."""
+
+    def without_checksums(manifest):
+        manifest.tables[DAILY]["2025-01-04"].file_checks = {}
+        return manifest
+
+    lake.catalog.update_batch("jan", without_checksums)
+    _jan_file(lake, "2025-01-04").write_bytes(b"not parquet at all")
+    with open_online_store(f"sqlite:///{tmp_path / 'online.db'}") as online:
+        sync_release(lambda: spark, lake.catalog, online)
+        result = run_drill(lake.catalog, online=online, session=lambda: spark)
+    [problem] = result.problems
+    assert not result.passed and problem.startswith(f"online {DAILY} 2025-01-04 (cannot be restored: ")
+    assert DAILY not in result.online_restored and len(result.online_restored) == 3
+
+
+class _RacingDrill(ReleaseCatalog):
+    """Another drill swaps the shadow pointer right after this one did."""
+
+    def rollback(self, to: str, **kwargs) -> Release:
+        mine = super().rollback(to, **kwargs)
+        self.shadow(kwargs["pointer"])  # the other drill starts
+        super().rollback(to, **kwargs)
+        return mine
+
+
+def test_a_drill_stops_when_another_one_moves_the_shadow_pointer(lake: Lake, tmp_path: Path):
+    before = _production(lake)
+    with pytest.raises(CurrentChangedError, match="run one drill at a time"):
+        run_drill(_RacingDrill(lake.store))
+    assert not lake.store.exists(DRILL_POINTER_KEY) and _production(lake) == before
+    with open_online_store(f"sqlite:///{tmp_path / 'online.db'}") as online:
+        with pytest.raises(InvalidRequestError, match="pass a session"):
+            run_drill(lake.catalog, online=online)
+    assert past_drills(lake.catalog) == []
 
 
 def test_the_drill_job_records_an_observation_and_tells_the_channel_when_it_fails(
