@@ -22,7 +22,13 @@ from backfills.assets.registry import dependency_order
 from backfills.errors import CurrentChangedError, InvalidRequestError, ReleaseNotFoundError
 from backfills.orchestration.cli import main
 from backfills.orchestration.definitions import build_definitions
-from backfills.orchestration.drills import DRILL_POINTER, DRILL_POINTER_KEY, past_drills, run_drill
+from backfills.orchestration.drills import (
+    DRILL_POINTER,
+    DRILL_POINTER_KEY,
+    deep_rows,
+    past_drills,
+    run_drill,
+)
 from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import Release
 from backfills.serving.online_store import open_online_store
@@ -251,8 +257,8 @@ def test_a_drill_needs_a_release_to_roll_back_to_and_takes_one_by_its_id(
 def test_a_drill_names_a_partition_whose_rows_cannot_be_loaded_into_the_online_store(
     lake: Lake, spark, tmp_path: Path
 ):
-    """An older record (no checksums) whose file is still there but no longer parquet: only loading its rows,
-    as a rollback of the online store would, finds it out."""
+    """An older record (no checksums) whose file is still there but no longer parquet: only reading its rows
+    finds it out, with the deep check or by loading them as a rollback of the online store would."""
 
     def without_checksums(manifest):
         manifest.tables[DAILY]["2025-01-04"].file_checks = {}
@@ -260,6 +266,9 @@ def test_a_drill_names_a_partition_whose_rows_cannot_be_loaded_into_the_online_s
 
     lake.catalog.update_batch("jan", without_checksums)
     _jan_file(lake, "2025-01-04").write_bytes(b"not parquet at all")
+    assert run_drill(lake.catalog).passed  # its file is there, and no checksum says otherwise
+    [unreadable] = run_drill(lake.catalog, deep_check=deep_rows(spark, lake.catalog)).problems
+    assert unreadable.startswith(f"{DAILY} 2025-01-04 (its files cannot be read: ")
     with open_online_store(f"sqlite:///{tmp_path / 'online.db'}") as online:
         sync_release(lambda: spark, lake.catalog, online)
         result = run_drill(lake.catalog, online=online, session=lambda: spark)
