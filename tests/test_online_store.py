@@ -4,6 +4,8 @@ writes, switches, crashes, rollbacks and pruning, values read back exactly, and 
 from __future__ import annotations
 
 import math
+import os
+import re
 import signal
 import socket
 import subprocess
@@ -393,14 +395,35 @@ def test_a_live_writer_on_this_host_keeps_its_lease_until_it_expires_and_is_left
             with holder.writer_lease(TABLE, "v1"):
                 monkeypatch.undo()
                 with open_store() as local:
-                    started = time.monotonic()
+                    started, cpu = time.monotonic(), time.thread_time()
                     with local.writer_lease(TABLE, "v1") as lease:
-                        waited = time.monotonic() - started
+                        waited, busy = time.monotonic() - started, time.thread_time() - cpu
         assert lease.inherited and waited >= 0.9  # its process runs: taken over only when the lease expired
+        assert busy < waited / 3  # it waited between claims, it did not spin on the store
         assert writer.poll() is None, f"the lease holder's process was stopped (exit {writer.returncode})"
     finally:
         writer.kill()
         writer.wait()
+
+
+def test_a_writer_of_another_user_on_this_host_counts_as_running() -> None:
+    """Signalling another user's process is not allowed: that says it runs, not that it died. Checked from a
+    forked child that is another user (nobody) when the tests run as root, of process 1 (root's init)."""
+    if os.getuid() != 0 and os.stat("/proc/1").st_uid == os.getuid():
+        pytest.skip("process 1 is this user's own here, and only root can become another user")
+    holder = f"{socket.gethostname()}:1:0123"
+    child = os.fork()
+    if child == 0:  # pragma: no cover (the child's exit code is the result)
+        code = 3
+        try:
+            if os.getuid() == 0:
+                os.setgid(65534)
+                os.setuid(65534)
+            code = 1 if online_store._holder_died(holder) else 0
+        finally:
+            os._exit(code)
+    _, status = os.waitpid(child, 0)
+    assert os.waitstatus_to_exitcode(status) == 0, "a running process of another user was taken for dead"
 
 
 def test_a_writer_whose_lease_expired_and_was_taken_over_stops_writing(
@@ -612,6 +635,47 @@ def test_requests_that_cannot_be_read_are_refused(store: OnlineStore) -> None:
         store.get("customer:txn", ["C000001"])
     with pytest.raises(InvalidRequestError, match="partition '03/01/2025' is not a day"):
         write(store, "v2", customers(2), partition="03/01/2025")
+
+
+def test_names_that_cannot_name_an_online_table_or_version_are_refused_before_anything_is_written(
+    store: OnlineStore,
+) -> None:
+    write(store, "v1", customers(2))
+    store.switch(TABLE, "v1", expected_current=None)
+    before = (store.versions(TABLE), store.get(TABLE, ["C000001"]))
+    with store.writer_lease(TABLE, "v2") as lease:
+        for table, version in (("customer:txn", "v2"), (TABLE, "v2/../v1")):
+            bad = "'customer:txn'" if table != TABLE else "'v2/../v1'"
+            with pytest.raises(InvalidRequestError, match=f"{re.escape(bad)} cannot name an online table"):
+                write(store, version, customers(2), table=table, lease=lease)
+            with pytest.raises(InvalidRequestError, match=f"{re.escape(bad)} cannot name an online table"):
+                with store.writer_lease(table, version):
+                    pass
+            with pytest.raises(InvalidRequestError, match=f"{re.escape(bad)} cannot name an online table"):
+                store.switch_tables({table: version}, expected={table: None})
+        with pytest.raises(InvalidRequestError, match="the lease on version v2 .* cannot write version v3"):
+            write(store, "v3", customers(2), lease=lease)
+    assert (store.versions(TABLE), store.get(TABLE, ["C000001"])) == before
+    assert not store.has_version(TABLE, "v3")
+
+
+def test_switching_needs_the_expected_version_of_every_table(store: OnlineStore) -> None:
+    write(store, "v1", customers(2))
+    with pytest.raises(InvalidRequestError, match=f"no expected current version given for {TABLE}"):
+        store.switch_tables({TABLE: "v1"}, expected={})
+    assert store.current(TABLE) is None
+    assert store.switch_tables({}, expected={}) == {}  # nothing asked, nothing switched
+
+
+def test_an_abandoned_version_is_thrown_away_and_its_lease_freed(store: OnlineStore) -> None:
+    with store.writer_lease(TABLE, "v1") as lease:
+        write(store, "v1", customers(3), lease=lease)
+        store.abandon(lease)  # say its rows did not read back equal
+        assert not store.has_version(TABLE, "v1")
+    with store.writer_lease(TABLE, "v1") as again:
+        assert not again.inherited  # released, not left to expire
+    with pytest.raises(OnlineStoreError, match="not completely written"):
+        store.switch(TABLE, "v1", expected_current=None)
 
 
 # Parity with the offline rows
