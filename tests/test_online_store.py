@@ -8,6 +8,7 @@ import os
 import re
 import signal
 import socket
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -516,6 +517,18 @@ def test_the_canary_slice_reads_its_routed_version_and_the_rest_the_current_one(
     assert store.get(TABLE, keys, channel="canary") == store.get(TABLE, keys)
 
 
+def test_keys_outside_the_canary_slice_are_read_from_the_current_version_alone(store: OnlineStore) -> None:
+    """The canary's version may have other columns (a changed table): a read of keys none of which is in
+    the slice never touches it."""
+    write(store, "v1", customers(200))
+    write(store, "v2", ({KEY: row[KEY], "txn_count_7d": 0} for row in customers(200, 2)))
+    store.switch(TABLE, "v1", expected_current=None)
+    store.route_canary(TABLE, "v2", percent=20, release_id="rel-canary")
+    outside = [key for key in (f"C{index:06d}" for index in range(200)) if not in_slice(key, 20)][:5]
+    rows = store.get(TABLE, outside, ["amount_sum_7d"], channel="canary")
+    assert rows == {key: {"amount_sum_7d": customer(int(key[1:]))["amount_sum_7d"]} for key in outside}
+
+
 def test_rewriting_a_version_replaces_it_whole_but_never_the_one_readers_are_on(store: OnlineStore) -> None:
     write(store, "v1", customers(3, 1))
 
@@ -651,8 +664,29 @@ def test_names_that_cannot_name_an_online_table_or_version_are_refused_before_an
             with pytest.raises(InvalidRequestError, match=f"{re.escape(bad)} cannot name an online table"):
                 with store.writer_lease(table, version):
                     pass
-            with pytest.raises(InvalidRequestError, match=f"{re.escape(bad)} cannot name an online table"):
+            refused = pytest.raises(
+                InvalidRequestError, match=f"{re.escape(bad)} cannot name an online table"
+            )
+            with refused:
                 store.switch_tables({table: version}, expected={table: None})
+            with refused:
+                store.route_canary(table, version, percent=10, release_id="rel-v2")
+            with refused:
+                store.get_version(table, version, ["C000001"])
+        for refuse_a_bad_table in (
+            lambda: store.discard("customer:txn", ["v1"]),
+            lambda: store.clear_canary("customer:txn"),
+            lambda: store.canary_route("customer:txn"),
+            lambda: store.current("customer:txn"),
+            lambda: store.versions("customer:txn"),
+            lambda: store.has_version("customer:txn", "v1"),
+        ):
+            with pytest.raises(InvalidRequestError, match="'customer:txn' cannot name an online table"):
+                refuse_a_bad_table()
+        with pytest.raises(InvalidRequestError, match="keys must be a sequence of entity IDs"):
+            store.get_version(TABLE, "v1", "C000001")
+        with pytest.raises(InvalidRequestError, match="'v2/../v1' cannot name an online table"):
+            store.has_version(TABLE, "v2/../v1")
         with pytest.raises(InvalidRequestError, match="the lease on version v2 .* cannot write version v3"):
             write(store, "v3", customers(2), lease=lease)
     assert (store.versions(TABLE), store.get(TABLE, ["C000001"])) == before
@@ -665,6 +699,10 @@ def test_switching_needs_the_expected_version_of_every_table(store: OnlineStore)
         store.switch_tables({TABLE: "v1"}, expected={})
     assert store.current(TABLE) is None
     assert store.switch_tables({}, expected={}) == {}  # nothing asked, nothing switched
+    assert store.synced_release() is None
+    # A release synced without any table to switch is still the store's release from then on.
+    assert store.switch_tables({}, expected={}, release=(None, "rel-1")) == {}
+    assert store.synced_release() == "rel-1"
 
 
 def test_an_abandoned_version_is_thrown_away_and_its_lease_freed(store: OnlineStore) -> None:
@@ -746,6 +784,8 @@ def test_an_absolute_sqlite_url_opens_that_file(tmp_path: Path) -> None:
     # SQLAlchemy's spelling of an absolute path (four slashes) names the same file.
     with open_online_store(f"sqlite:///{path}") as store:
         assert store.has_version(TABLE, "v1")
+    with pytest.raises(sqlite3.ProgrammingError, match="closed database"):  # the block released it
+        store.has_version(TABLE, "v1")
 
 
 @pytest.mark.parametrize(
@@ -755,6 +795,7 @@ def test_an_absolute_sqlite_url_opens_that_file(tmp_path: Path) -> None:
         "sqlite:online.db",
         "sqlite://db-host/online.db",
         "redis-cache:6379",
+        "redis://reader:hunter2@[::1:6379/0",
         "",
     ],
 )
@@ -764,17 +805,20 @@ def test_a_bad_url_names_the_variable_and_the_accepted_forms_but_no_password(url
 
     message = str(refused.value)
     assert message.startswith("BACKFILLS_ONLINE_STORE=")
+    if "[" in url:  # not even a URL: all of it but its scheme is hidden
+        assert message.startswith("BACKFILLS_ONLINE_STORE='redis:… (not a valid URL; hidden in case")
     assert "sqlite:///absolute/path.db" in message and "redis://[user:password@]host:port/db" in message
     assert "hunter2" not in message
 
 
-def test_an_unreachable_redis_is_named_without_its_password() -> None:
+@pytest.mark.parametrize("scheme", ["redis", "rediss"])  # rediss: over TLS
+def test_an_unreachable_redis_is_named_without_its_password(scheme: str) -> None:
     port = free_port()
 
     with pytest.raises(OnlineStoreError) as refused:
-        open_online_store(f"redis://reader:hunter2@127.0.0.1:{port}/0?password=hunter2")
+        open_online_store(f"{scheme}://reader:hunter2@127.0.0.1:{port}/0?password=hunter2")
 
-    assert f"cannot reach the online store at redis://reader@127.0.0.1:{port}/0:" in str(refused.value)
+    assert f"cannot reach the online store at {scheme}://reader@127.0.0.1:{port}/0:" in str(refused.value)
     assert "hunter2" not in str(refused.value)
 
 
