@@ -33,7 +33,7 @@ from tampering import change_one_byte
 
 from backfills.assets import registry
 from backfills.assets.reader import FeatureReader
-from backfills.assets.registry import dependency_order, feature_spec
+from backfills.assets.registry import FEATURES, dependency_order, feature_spec
 from backfills.assets.transformations import customer_risk_profile
 from backfills.errors import (
     BatchNotApprovedError,
@@ -59,13 +59,14 @@ from backfills.orchestration.sensors import APPROVAL_SENSOR, CANARY_HEALTH_SENSO
 from backfills.resources import canary as canary_channel
 from backfills.resources.approvals_store import ApprovalStore
 from backfills.resources.canary_slice import in_slice, slice_column
+from backfills.resources.catalog import ReleaseCatalog
 from backfills.resources.catalog_models import VoteRecord
 from backfills.resources.lifecycle import BatchState
 from backfills.resources.settings import load_settings
 from backfills.serving.online_canary import sync_canary
 from backfills.serving.online_rows import stored_form
 from backfills.serving.online_store import open_online_store
-from backfills.serving.online_sync import sync_release
+from backfills.serving.online_sync import loaded, sync_release
 from backfills.specs import CanaryHealthPolicy, ColumnHealth, DiffPolicy, ModelImpactPolicy
 
 PROFILE, SEVEN_DAY, DAILY = "customer_risk_profile", "customer_txn_7d", "customer_daily_txn"
@@ -244,8 +245,19 @@ def test_every_reader_gives_the_slice_the_canary_and_the_rest_production(
     # The online store: the slice's keys read the canary's newest partition, the others production's.
     with open_online_store(f"sqlite:///{tmp_path / 'online.db'}") as online:
         sync_release(lambda: spark, lake.catalog, online)
-        synced = {item.table: item.action for item in sync_canary(lambda: spark, lake.catalog, online)}
+        told: list[str] = []
+        routes = sync_canary(lambda: spark, lake.catalog, online, progress=told.append)
+        synced = {item.table: item.action for item in routes}
         assert synced[DAILY] == "loaded" and synced[SEVEN_DAY] == "loaded"
+        version = online.canary_route(DAILY).version
+        assert f"{DAILY}: canary version {version} loaded, 25% of keys read it" in told
+        assert len(told) == len(routes)
+        # Its parity figures are kept, and the audit trail says which route each table got.
+        parity = loaded(lake.catalog, DAILY, version)
+        assert parity.release_id == canary.release_id and parity.keys_written > 0
+        [audit] = [e for e in lake.catalog.events() if e.kind == "online_canary_synced"]
+        assert (audit.batch_id, audit.release_id) == ("bad", canary.release_id)
+        assert audit.details["tables"][DAILY] == {"action": "loaded", "version": version}
         newest = {(k, d): row for (k, d), row in through_canary.items() if d == DAY_2.isoformat()}
         online_rows = online.get(DAILY, customers, channel="canary")
         assert {key: row for key, row in online_rows.items() if row} == {
@@ -258,15 +270,82 @@ def test_every_reader_gives_the_slice_the_canary_and_the_rest_production(
         # Widening only adds entities, the same ones in every reader; narrowing is refused.
         expose(lake.catalog, RULES, spark, "bad", 50, requested_by="ops", health=None)
         assert _by_key(reader.read(DAILY, FIRST_DAY, DAY_2, channel="canary")) == expected(50)
-        assert {item.table: item.action for item in sync_canary(lambda: spark, lake.catalog, online)}[
-            DAILY
-        ] == "routed"
+        told.clear()
+        assert {
+            item.table: item.action
+            for item in sync_canary(lambda: spark, lake.catalog, online, progress=told.append)
+        }[DAILY] == "routed"
+        assert f"{DAILY}: 50% of keys read canary version {version}" in told
         wider = online.get(DAILY, customers, channel="canary")
         assert all(wider[key] == online_rows[key] for key in customers if in_slice(key, 25))
         assert online.canary_route(DAILY).percent == 50
     with pytest.raises(InvalidRequestError, match="can only widen .* never narrow to 10%"):
         expose(lake.catalog, RULES, spark, "bad", 10, requested_by="ops", health=None)
     assert canary_channel.open_canary(lake.catalog).percent == 50
+
+
+class _CrashBeforeTheBatchMoves(ReleaseCatalog):
+    """Dies (raises) right after the canary pointer was written, before the batch is marked as in canary."""
+
+    def move_batch(self, batch_id: str, to: BatchState):
+        raise ConnectionError("the machine died here")
+
+
+def test_an_opening_retried_after_a_crash_finishes_it_and_a_second_canary_is_refused_first(
+    lake: Lake, spark
+) -> None:
+    with pytest.raises(ConnectionError):
+        promote_to_canary(_CrashBeforeTheBatchMoves(lake.store), RULES, spark, "bad", 25, requested_by="ops")
+    assert lake.catalog.get_batch("bad").state == BatchState.APPROVED
+    with pytest.raises(InvalidRequestError, match="percent"):  # a retry is still checked
+        promote_to_canary(lake.catalog, RULES, spark, "bad", 150, requested_by="ops")
+    retried = promote_to_canary(lake.catalog, RULES, spark, "bad", 25, requested_by="ops")
+    assert retried == canary_channel.open_canary(lake.catalog) and retried.batch_id == "bad"
+    assert lake.catalog.get_batch("bad").state == BatchState.CANARY
+    # Without a reason given, the canary's release says why by the approval's decision.
+    release = lake.catalog.get_release(retried.release_id)
+    assert release.reason == ApprovalStore(lake.store).latest("bad").decision_summary is not None
+
+    catalog_before = {key: lake.store.get(key) for key in lake.store.list("catalog")}
+    with pytest.raises(CanaryConflictError, match="cannot open a canary of batch again"):
+        promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
+    assert {
+        key: lake.store.get(key) for key in lake.store.list("catalog")
+    } == catalog_before  # nothing staged
+
+
+def test_a_canary_rolled_back_while_its_online_routes_are_set_leaves_no_route(
+    lake: Lake, spark, tmp_path: Path
+) -> None:
+    """The pointer is read again once the routes are set: a rollback meanwhile (a health check's) is
+    followed at once, and every key reads production again."""
+    promote_to_canary(lake.catalog, RULES, spark, "bad", 25, requested_by="ops")
+    rolled_back = []
+
+    def session():  # the health check rolls the canary back while the sync loads its rows
+        if not rolled_back:
+            rolled_back.append(canary_channel.roll_back(lake.catalog, actor="health", reason="degraded"))
+        return spark
+
+    with open_online_store(f"sqlite:///{tmp_path / 'online.db'}") as online:
+        sync_release(lambda: spark, lake.catalog, online)
+        told: list[str] = []
+        routes = sync_canary(session, lake.catalog, online, progress=told.append)
+        assert rolled_back and all(online.canary_route(spec.name) is None for spec in dependency_order())
+        actions = {item.table: item.action for item in routes}
+        assert actions[DAILY] == actions[SEVEN_DAY] == "unrouted"  # routed first, then unrouted again
+        assert set(actions.values()) <= {"unrouted", "untouched"}
+        assert f"{DAILY}: every key reads the current version" in told
+        reader = FeatureReader(spark, lake.store)
+        customers = sorted({key for key, _ in _by_key(reader.read(DAILY, FIRST_DAY, DAY_2))})
+        assert online.get(DAILY, customers, channel="canary") == online.get(DAILY, customers)
+        told.clear()
+        assert {item.action for item in sync_canary(session, lake.catalog, online, progress=told.append)} == {
+            "untouched"
+        }
+        assert told == [f"{spec.name}: no canary route, nothing to do" for spec in FEATURES]
+    audit, _ = [e for e in lake.catalog.events() if e.kind == "online_canary_synced"]
+    assert audit.release_id is None and audit.details["tables"][DAILY]["action"] == "unrouted"
 
 
 # Completion, rollback, health
