@@ -388,7 +388,14 @@ def test_a_live_writer_on_this_host_keeps_its_lease_until_it_expires_and_is_left
     open_store: Callable[[], OnlineStore], monkeypatch: pytest.MonkeyPatch
 ) -> None:
     """Asking whether a writer of this host still runs must neither take its lease at once nor signal it."""
-    writer = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+    # Default signal handling, whatever this process ignores (under nohup, SIGHUP): a signal stops it.
+    writer = subprocess.Popen(
+        [
+            sys.executable,
+            "-c",
+            "import signal, time; signal.signal(signal.SIGHUP, signal.SIG_DFL); time.sleep(60)",
+        ]
+    )
     try:
         monkeypatch.setattr(online_store, "_new_owner", lambda: f"{socket.gethostname()}:{writer.pid}:0123")
         with open_store() as holder:
