@@ -148,6 +148,10 @@ def _by_key(frame) -> dict[tuple[str, str], dict]:
     }
 
 
+def _spark_jobs(spark) -> int:
+    return max(spark.sparkContext.statusTracker().getJobIdsForGroup(None), default=-1)
+
+
 def _health(spark, lake: Lake):
     return lambda canary: canary_health(spark, lake.catalog, canary)
 
@@ -285,7 +289,7 @@ def test_every_reader_gives_the_slice_the_canary_and_the_rest_production(
 
 
 class _CrashBeforeTheBatchMoves(ReleaseCatalog):
-    """Dies (raises) right after the canary pointer was written, before the batch is marked as in canary."""
+    """Dies (raises) before the batch moves: after the canary pointer was written (opening, completion)."""
 
     def move_batch(self, batch_id: str, to: BatchState):
         raise ConnectionError("the machine died here")
@@ -312,6 +316,29 @@ def test_an_opening_retried_after_a_crash_finishes_it_and_a_second_canary_is_ref
     assert {
         key: lake.store.get(key) for key in lake.store.list("catalog")
     } == catalog_before  # nothing staged
+
+
+def test_a_completion_retried_after_a_crash_finishes_its_bookkeeping_once(lake: Lake, spark) -> None:
+    canary = promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
+    with pytest.raises(ConnectionError):
+        expose(
+            _CrashBeforeTheBatchMoves(lake.store), RULES, spark, "again", 100, requested_by="ops", health=None
+        )
+    assert lake.catalog.current_release_id() == canary.release_id  # production switched, then the crash
+    assert lake.catalog.get_batch("again").state == BatchState.CANARY
+    assert ApprovalStore(lake.store).latest("again").status == "approved"
+
+    retried = expose(lake.catalog, RULES, spark, "again", 100, requested_by="ops", health=None, run_id="r-2")
+    assert retried.published.release.release_id == canary.release_id and retried.canary.status == "completed"
+    assert lake.catalog.get_batch("again").state == BatchState.PROMOTED
+    request = ApprovalStore(lake.store).latest("again")
+    assert (request.status, request.release_id, request.promotion_run_id) == (
+        "promoted",
+        canary.release_id,
+        "r-2",
+    )
+    completions = [e for e in lake.catalog.events(batch_id="again") if e.kind == "canary_completed"]
+    assert len(completions) == 1 and [s.action for s in retried.canary.steps] == ["opened", "completed"]
 
 
 def test_a_canary_rolled_back_while_its_online_routes_are_set_leaves_no_route(
@@ -352,8 +379,9 @@ def test_a_canary_rolled_back_while_its_online_routes_are_set_leaves_no_route(
 
 
 def test_a_healthy_canary_widens_and_completes_into_production_in_one_switch(lake: Lake, spark) -> None:
-    base = lake.catalog.current_release_id()
+    base, jobs = lake.catalog.current_release_id(), _spark_jobs(spark)
     canary = promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="alice-ops")
+    assert _spark_jobs(spark) == jobs  # its files verified by sizes and checksums: no rows read
     widened = expose(
         lake.catalog, RULES, spark, "again", 40, requested_by="bob-ops", health=_health(spark, lake)
     )
@@ -423,6 +451,9 @@ def test_a_degraded_canary_slice_rolls_the_canary_back_by_itself(lake: Lake, spa
     reader = FeatureReader(spark, lake.store)
     production = _by_key(reader.read(PROFILE, DAY_1, DAY_2))
     promote_to_canary(lake.catalog, RULES, spark, "bad", 30, requested_by="ops")
+    with pytest.raises(InvalidRequestError, match="never narrow to 20%"):  # refused before it is judged
+        expose(lake.catalog, RULES, spark, "bad", 20, requested_by="ops", health=_health(spark, lake))
+    assert canary_channel.open_canary(lake.catalog).percent == 30
     with pytest.raises(CanaryUnhealthyError, match="(?s)UNHEALTHY.*decline rate gap") as error:
         expose(lake.catalog, RULES, spark, "bad", 60, requested_by="ops", health=_health(spark, lake))
     assert "The canary was rolled back" in str(error.value)
@@ -506,7 +537,7 @@ def _refused_completion(lake: Lake, spark, error: type[Exception], match: str, r
     base, canary = lake.catalog.current_release_id(), canary_channel.open_canary(lake.catalog)
     with pytest.raises(error, match=match) as refused:
         expose(lake.catalog, rules, spark, "again", 100, requested_by="ops", health=None)
-    assert "The canary of batch again stays open at 10% of entities" in str(refused.value)
+    assert f"The canary of batch again stays open at {canary.percent:g}% of entities" in str(refused.value)
     assert lake.catalog.current_release_id() == base
     assert canary_channel.open_canary(lake.catalog) == canary
     assert lake.catalog.get_batch("again").state == BatchState.CANARY
@@ -554,12 +585,21 @@ def test_a_canary_is_not_completed_when_a_staged_file_changed_while_it_was_open(
 def test_a_canary_is_not_completed_under_code_deployed_since_unless_forced_with_a_reason(
     lake: Lake, spark, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
 ) -> None:
-    promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
     staged = feature_spec(PROFILE)
     deployed = dataclasses.replace(staged, transform=profile_v2)
     assert deployed.code_version != staged.code_version
+    changed = f"other code is deployed now: {PROFILE} was staged by code version {staged.code_version} but "
+    monkeypatch.setitem(registry.FEATURES_BY_NAME, PROFILE, deployed)
+    with pytest.raises(CodeVersionChangedError, match=re.escape(changed)):  # opening is a promotion's check
+        promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
+    assert canary_channel.open_canary(lake.catalog) is None
+    monkeypatch.setitem(registry.FEATURES_BY_NAME, PROFILE, staged)
+    promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
     monkeypatch.setitem(registry.FEATURES_BY_NAME, PROFILE, deployed)  # a deployment while the canary is open
-    changed = f"{PROFILE} was staged by code version {staged.code_version} but {deployed.code_version}"
+    # Widening needs no new approval, so no code check, up to the last step short of production.
+    widened = expose(lake.catalog, RULES, spark, "again", 99.5, requested_by="ops", health=None)
+    assert widened.canary.percent == 99.5 and widened.canary.status == "open" and widened.published is None
+    assert lake.catalog.current_release_id() != widened.canary.release_id
     _refused_completion(lake, spark, CodeVersionChangedError, re.escape(changed))
 
     monkeypatch.setenv("BACKFILLS_STORAGE_ROOT", str(lake.root))
@@ -598,6 +638,9 @@ def test_canary_steps_that_make_no_sense_are_refused(lake: Lake, spark) -> None:
     with pytest.raises(InvalidRequestError, match="more than 0 and at most 100"):
         promote_to_canary(lake.catalog, RULES, spark, "again", 150, requested_by="ops")
     promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
+    with pytest.raises(InvalidRequestError, match="more than 0 and at most 100"):
+        expose(lake.catalog, RULES, spark, "again", 150, requested_by="ops", health=None)
+    assert canary_channel.open_canary(lake.catalog).percent == 10
     with pytest.raises(CanaryConflictError, match="the open canary is of batch again, not bad"):
         expose(lake.catalog, RULES, spark, "bad", 50, requested_by="ops", health=None)
     with pytest.raises(InvalidRequestError, match="never narrow to 10%"):
