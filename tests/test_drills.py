@@ -53,6 +53,16 @@ def _jan_file(lake: Lake, day: str) -> Path:
     return lake.root / record.files[0]
 
 
+def _forget_checksums(lake: Lake, day: str) -> None:
+    """The daily table's record of `day` as earlier versions wrote it: no file checksums."""
+
+    def without_checksums(manifest):
+        manifest.tables[DAILY][day].file_checks = {}
+        return manifest
+
+    lake.catalog.update_batch("jan", without_checksums)
+
+
 def _production(lake: Lake) -> dict[str, bytes]:
     """CURRENT, every production release, the release tree and every batch manifest (its state), as bytes."""
     kept = ("catalog/audit/", "catalog/drills/")  # what a drill adds: its record and its shadow release
@@ -156,12 +166,7 @@ def _plant(lake: Lake, damage: str) -> str:
     path = _jan_file(lake, "2025-01-02")
     key = path.relative_to(lake.root).as_posix()
     if damage == "missing, staged without checksums":  # an older record: only presence can be checked
-
-        def without_checksums(manifest):
-            manifest.tables[DAILY]["2025-01-02"].file_checks = {}
-            return manifest
-
-        lake.catalog.update_batch("jan", without_checksums)
+        _forget_checksums(lake, "2025-01-02")
     if damage == "one byte":
         change_one_byte(path)
         return f"{DAILY} 2025-01-02 ({key} changed: its checksum is not the one recorded at staging)"
@@ -259,12 +264,7 @@ def test_a_drill_names_a_partition_whose_rows_cannot_be_loaded_into_the_online_s
 ):
     """An older record (no checksums) whose file is still there but no longer parquet: only reading its rows
     finds it out, with the deep check or by loading them as a rollback of the online store would."""
-
-    def without_checksums(manifest):
-        manifest.tables[DAILY]["2025-01-04"].file_checks = {}
-        return manifest
-
-    lake.catalog.update_batch("jan", without_checksums)
+    _forget_checksums(lake, "2025-01-04")
     _jan_file(lake, "2025-01-04").write_bytes(b"not parquet at all")
     assert run_drill(lake.catalog).passed  # its file is there, and no checksum says otherwise
     [unreadable] = run_drill(lake.catalog, deep_check=deep_rows(spark, lake.catalog)).problems
