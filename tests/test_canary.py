@@ -637,6 +637,15 @@ def test_canary_steps_that_make_no_sense_are_refused(lake: Lake, spark) -> None:
         promote_to_canary(lake.catalog, RULES, spark, "again", 100, requested_by="ops")
     with pytest.raises(InvalidRequestError, match="more than 0 and at most 100"):
         promote_to_canary(lake.catalog, RULES, spark, "again", 150, requested_by="ops")
+    production = lake.catalog.current_release()
+    for not_a_promotion in ({"kind": "rollback"}, {"batch_id": None}):
+        with pytest.raises(
+            InvalidRequestError, match=f"{production.release_id} is not a promotion of a batch"
+        ):
+            canary_channel.open_release(
+                lake.catalog, production.model_copy(update=not_a_promotion), 10, actor="ops"
+            )
+    assert canary_channel.open_canary(lake.catalog) is None
     promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
     with pytest.raises(InvalidRequestError, match="more than 0 and at most 100"):
         expose(lake.catalog, RULES, spark, "again", 150, requested_by="ops", health=None)
@@ -645,6 +654,9 @@ def test_canary_steps_that_make_no_sense_are_refused(lake: Lake, spark) -> None:
         expose(lake.catalog, RULES, spark, "bad", 50, requested_by="ops", health=None)
     with pytest.raises(InvalidRequestError, match="never narrow to 10%"):
         expose(lake.catalog, RULES, spark, "again", 10, requested_by="ops", health=None)
+    with pytest.raises(InvalidRequestError, match="never narrow to 5%"):  # the pointer refuses it on its own
+        canary_channel.widen(lake.catalog, "again", 5, actor="ops")
+    assert canary_channel.open_canary(lake.catalog).percent == 10
     with pytest.raises(InvalidRequestError, match="either|one of them"):
         FeatureReader(spark, lake.store).read(PROFILE, DAY_1, DAY_2, release="r-x", channel="canary")
 
