@@ -3,11 +3,12 @@ release) and the control slice (every other entity's rows in production) on the 
 changes, and compare the two.
 
 Two slices of a population differ a little even when nothing changed, so each gap is taken net of the gap the
-same two slices had in production (the slice's own production rows, the `baseline`): a decline rate gap of
-(canary - control) - (baseline - control), and the same for the mean score. A gap above the table's
-`CanaryHealthPolicy` is a breach. The health checks a table declares on its own columns (`ColumnHealth`:
-the column's mean and null rate) are judged the same way, net of the baseline. Free of Dagster: the jobs,
-the sensor and `expose` call it.
+same two slices had in production (the slice's own production rows, the `baseline`): (canary - control) -
+(baseline - control), which is canary - baseline, the same entities on the same days in either release. The
+control slice cancels out: it is reported for context, and a slice that leaves no entity outside it is
+judged all the same. A gap above the table's `CanaryHealthPolicy` is a breach. The health checks a table
+declares on its own columns (`ColumnHealth`: the column's mean and null rate) are judged the same way, net
+of the baseline. Free of Dagster: the jobs, the sensor and `expose` call it.
 """
 
 from __future__ import annotations
@@ -132,10 +133,12 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
-def _gap(canary: float | None, baseline: float | None, control: float | None) -> float | None:
-    if canary is None or baseline is None or control is None:
+def _gap(canary: float | None, baseline: float | None) -> float | None:
+    """The canary side net of the slice's own production rows; None when either side has no figure (no rows,
+    or only nulls)."""
+    if canary is None or baseline is None:
         return None
-    return round((canary - control) - (baseline - control), 6)
+    return round(canary - baseline, 6)
 
 
 def _sides(
@@ -172,8 +175,8 @@ def _model_health(model: ReferenceModel, spec: FeatureSpec, sides: DataFrame, da
     }
     empty = SliceScores(0, None, None)
     canary, control, baseline = (found.get(side, empty) for side in (CANARY, CONTROL, BASELINE))
-    decline_gap = _gap(canary.decline_rate, baseline.decline_rate, control.decline_rate)
-    score_gap = _gap(canary.score_mean, baseline.score_mean, control.score_mean)
+    decline_gap = _gap(canary.decline_rate, baseline.decline_rate)
+    score_gap = _gap(canary.score_mean, baseline.score_mean)
     policy = spec.canary_health
     breaches = []
     if decline_gap is not None and abs(decline_gap) > policy.max_decline_rate_gap:
@@ -215,9 +218,9 @@ def _column_health(
             )
             for side in (CANARY, CONTROL, BASELINE)
         )
-        gap = _gap(canary.mean, baseline.mean, control.mean)
+        gap = _gap(canary.mean, baseline.mean)
         shift = None if gap is None or not baseline.mean else round(gap / abs(baseline.mean), 6)
-        null_gap = _gap(canary.null_rate, baseline.null_rate, control.null_rate)
+        null_gap = _gap(canary.null_rate, baseline.null_rate)
         breaches = []
         if shift is not None and abs(shift) > check.max_mean_shift:
             breaches.append(

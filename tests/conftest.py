@@ -123,6 +123,14 @@ TEST_PARTITIONS_START = "2025-01-01"
 TEST_SPARK_REMOTE = os.environ.get("BACKFILLS_TEST_SPARK_REMOTE") or None
 
 
+def spark_jobs(spark: SparkSession) -> int | None:
+    """The ID of the session's last Spark job (-1 before the first), to tell whether a step ran any; None on
+    Spark Connect, whose client has no job tracker (the local runs check it)."""
+    if TEST_SPARK_REMOTE:
+        return None
+    return max(spark.sparkContext.statusTracker().getJobIdsForGroup(None), default=-1)
+
+
 @pytest.fixture(scope="session")
 def spark() -> Iterator[SparkSession]:
     """One local session for the run (or one of the server named by BACKFILLS_TEST_SPARK_REMOTE)."""

@@ -277,7 +277,11 @@ TARGETS = (
     Target(
         "canary",
         Scope("orchestration/canary.py"),
-        (spark_tier("tests/test_canary.py"),),
+        (
+            spark_tier("tests/test_canary.py"),
+            # Spark Connect has no job tracker: a local session tells whether opening a canary read rows.
+            Tier(("tests/test_canary.py", "-k", "healthy_canary"), "local"),
+        ),
         900,
         reuse_templates=True,
     ),

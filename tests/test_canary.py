@@ -25,7 +25,7 @@ import pandas as pd
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
-from conftest import Lake, built_once, make_lake
+from conftest import Lake, built_once, make_lake, spark_jobs
 from dagster import AssetKey, DagsterInstance, build_sensor_context
 from pyspark.sql import functions as F
 from slack_api import FakeSlack
@@ -146,10 +146,6 @@ def _by_key(frame) -> dict[tuple[str, str], dict]:
         (row["customer_id"], str(row["feature_date"])): json.loads(stored_form(row.asDict()))
         for row in frame.collect()
     }
-
-
-def _spark_jobs(spark) -> int:
-    return max(spark.sparkContext.statusTracker().getJobIdsForGroup(None), default=-1)
 
 
 def _health(spark, lake: Lake):
@@ -379,9 +375,9 @@ def test_a_canary_rolled_back_while_its_online_routes_are_set_leaves_no_route(
 
 
 def test_a_healthy_canary_widens_and_completes_into_production_in_one_switch(lake: Lake, spark) -> None:
-    base, jobs = lake.catalog.current_release_id(), _spark_jobs(spark)
+    base, jobs = lake.catalog.current_release_id(), spark_jobs(spark)
     canary = promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="alice-ops")
-    assert _spark_jobs(spark) == jobs  # its files verified by sizes and checksums: no rows read
+    assert spark_jobs(spark) == jobs  # its files verified by sizes and checksums: no rows read
     widened = expose(
         lake.catalog, RULES, spark, "again", 40, requested_by="bob-ops", health=_health(spark, lake)
     )
@@ -468,6 +464,39 @@ def test_a_degraded_canary_slice_rolls_the_canary_back_by_itself(lake: Lake, spa
     [column] = verdict.details["columns"]  # the profile's own check saw it too
     assert column["column"] == "decline_rate_7d" and column["mean_shift"] > 0.25 and column["breaches"]
     assert _by_key(reader.read(PROFILE, DAY_1, DAY_2, channel="canary")) == production
+
+
+def test_the_health_check_compares_the_slice_readers_see_and_needs_rows_on_both_of_its_sides(
+    lake: Lake, spark
+) -> None:
+    """The sides are cut by the table's first entity key, as every reader slices. A slice that holds no entity
+    yet has no gap to judge (not a breach, not a crash); one that leaves no entity outside it is judged all
+    the same (the control slice is context: the gaps compare the slice with its own production rows)."""
+    reader = FeatureReader(spark, lake.store)
+    two_keys = dataclasses.replace(feature_spec(PROFILE), entity_keys=("customer_id", "risk_tier"))
+    rows = [key for key, _ in _by_key(reader.read(PROFILE, DAY_1, DAY_2))]  # production's, both days
+    empty = next(p for p in (0.01, 0.02, 0.05) if not any(in_slice(key, p) for key in rows))
+    everyone = next(p for p in (99.99, 99.98, 99.95, 99.9) if all(in_slice(key, p) for key in rows))
+    opened = promote_to_canary(lake.catalog, RULES, spark, "again", 30, requested_by="ops")
+    verdicts = {}
+    for percent in (30, empty, everyone):
+        verdict = canary_health(
+            spark, lake.catalog, opened.model_copy(update={"percent": percent}), [two_keys]
+        )
+        [model] = verdict.models
+        in_canary = [key for key in rows if in_slice(key, percent)]
+        assert model.days == DAYS and model.canary.rows == model.baseline.rows == len(in_canary)
+        assert model.control.rows == len(rows) - len(in_canary)
+        [column] = verdict.columns
+        assert verdict.healthy and column.breaches == model.breaches == []
+        verdicts[percent] = (
+            model.decline_rate_gap,
+            model.score_mean_gap,
+            column.mean_shift,
+            column.null_rate_gap,
+        )
+    # `again` recomputed the same rows: every gap is nought where there is something to compare.
+    assert verdicts == {30: (0, 0, 0, 0), empty: (None, None, None, None), everyone: (0, 0, 0, 0)}
 
 
 def _profile_judged_by(check: ColumnHealth):

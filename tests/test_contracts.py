@@ -15,6 +15,7 @@ import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
+from conftest import spark_jobs
 from pyspark.sql import Column, DataFrame, SparkSession
 from pyspark.sql import functions as F
 
@@ -61,10 +62,6 @@ def faulty_zone(tmp_path_factory: pytest.TempPathFactory) -> LocalObjectStore:
 def read_raw(spark: SparkSession, store: LocalObjectStore, days: list[date]) -> DataFrame:
     """Raw rows as the daily feature reads them, with the day of the file each row came from."""
     return read_landed(spark, store, [landing_key(day) for day in days])
-
-
-def spark_jobs_so_far(spark: SparkSession) -> int:
-    return max(spark.sparkContext.statusTracker().getJobIdsForGroup(None), default=-1)
 
 
 def offending_txn_ids(table: pa.Table, broken: pa.Array) -> list[str]:
@@ -171,12 +168,12 @@ def test_landing_schema_drift_is_refused_from_footers_before_any_spark_job(
 ) -> None:
     day = FAULT_DAYS[fault]
     keys = [landing_key(CLEAN_DAY), landing_key(day)]
-    jobs_before = spark_jobs_so_far(spark)
+    jobs_before = spark_jobs(spark)
 
     with pytest.raises(SchemaDriftError) as raised:
         check_landing_schema(spark, faulty_zone, keys)
 
-    assert spark_jobs_so_far(spark) == jobs_before
+    assert spark_jobs(spark) == jobs_before
     message = str(raised.value)
     assert f"file day {day.isoformat()} ({landing_key(day)}) {problem}" in message
     assert "nothing was staged" in message
@@ -320,12 +317,12 @@ def test_wrong_missing_or_extra_columns_are_refused_before_any_spark_job(
         .drop("merchant_category_count")
         .withColumn("debug_note", F.lit("x"))
     )
-    jobs_before = spark_jobs_so_far(spark)
+    jobs_before = spark_jobs(spark)
 
     with pytest.raises(ContractViolationError) as raised:
         _enforce_daily(broken)
 
-    assert spark_jobs_so_far(spark) == jobs_before
+    assert spark_jobs(spark) == jobs_before
     message = str(raised.value)
     assert "amount_max_usd must have type decimal(18,2) (found double)" in message
     assert "merchant_category_count is missing (expected bigint)" in message
