@@ -28,7 +28,7 @@ from backfills.serving.online_redis import RedisOnlineStore
 from backfills.serving.online_rows import stored_form
 from backfills.serving.online_sqlite import SqliteOnlineStore
 from backfills.serving.online_store import OnlineStore
-from backfills.serving.online_sync import online_status, sync_release
+from backfills.serving.online_sync import TableSync, _Sampled, online_status, sync_release
 
 DAILY, PROFILE = "customer_daily_txn", "customer_risk_profile"
 SEVEN_DAY, THIRTY_DAY = "customer_txn_7d", "customer_txn_30d"
@@ -76,8 +76,26 @@ def test_each_table_serves_its_newest_partition_reloading_only_what_changed(
 ):
     session = lambda: spark  # noqa: E731
     first = _promote(lake, "jan")
-    synced = {sync.table: sync for sync in sync_release(session, lake.catalog, online)}
+    told: list[str] = []
+    synced = {sync.table: sync for sync in sync_release(session, lake.catalog, online, progress=told.append)}
     assert sorted(synced) == sorted(TABLES)
+    versions = {table: online.current(table).version for table in TABLES}
+    assert told == [
+        f"{sync.table}: 2025-01-04 of release {first} loaded as version {versions[sync.table]} "
+        f"({sync.keys_written} keys in {sync.seconds:.1f}s, {sync.keys_written} read back equal)"
+        for sync in synced.values()
+    ]
+    [event] = [event for event in lake.catalog.events() if event.kind == "online_synced"]
+    daily = synced[DAILY]
+    assert event.details["tables"][DAILY] == {  # what the observation of online/<table> shows in Dagster
+        "action": "loaded",
+        "release_id": first,
+        "partition": "2025-01-04",
+        "version": versions[DAILY],
+        "keys_written": daily.keys_written,
+        "duration_seconds": round(daily.seconds, 3),
+        **{f"parity/{name}": value for name, value in daily.parity.items()},
+    }
     for table in TABLES:
         assert synced[table].action == "loaded" and _served(online, spark, lake, table) == (
             "2025-01-04",
@@ -89,16 +107,26 @@ def test_each_table_serves_its_newest_partition_reloading_only_what_changed(
             parity["passed"]
             and parity["keys_checked"] == parity["offline_rows"] == synced[table].keys_written
         )
-    assert {sync.action for sync in sync_release(session, lake.catalog, online)} == {"unchanged"}
+    told.clear()
+    assert {sync.action for sync in sync_release(session, lake.catalog, online, progress=told.append)} == {
+        "unchanged"
+    }
+    assert told == [
+        f"{table}: 2025-01-04 of release {first}: version {versions[table]} already current, nothing to do"
+        for table in synced
+    ]
 
     _promote(lake, "fix")  # customer_daily_txn through Jan 6
     synced = {sync.table: sync for sync in sync_release(session, lake.catalog, online)}
     assert synced[DAILY].action == "loaded" and _served(online, spark, lake, DAILY) == ("2025-01-06", True)
     assert {synced[table].action for table in TABLES if table != DAILY} == {"unchanged"}
 
-    lake.catalog.rollback(first, actor="operator", reason="undo fix")
-    [back] = sync_release(session, lake.catalog, online, tables=[DAILY])
+    undone = lake.catalog.rollback(first, actor="operator", reason="undo fix").release_id
+    told.clear()
+    [back] = sync_release(session, lake.catalog, online, tables=[DAILY], progress=told.append)
     assert (back.action, back.keys_written) == ("switched", 0)  # the kept version: nothing reloaded
+    switched = f"switched to kept version {versions[DAILY]}, nothing reloaded"
+    assert told == [f"{DAILY}: 2025-01-04 of release {undone}: {switched}"]
     assert _served(online, spark, lake, DAILY) == ("2025-01-04", True)
 
     status = {item["table"]: item for item in online_status(lake.catalog, online)}
@@ -106,6 +134,29 @@ def test_each_table_serves_its_newest_partition_reloading_only_what_changed(
     assert status[DAILY]["release_id"] == first and status[DAILY]["partition"] == "2025-01-04"
     synced_events = [event for event in lake.catalog.events() if event.kind == "online_synced"]
     assert len(synced_events) == 4
+
+
+def test_a_table_production_does_not_serve_is_reported_as_left_alone() -> None:
+    untouched = TableSync(DAILY, "r-1", "not_served", previous_version="v-old")
+    assert untouched.describe() == (
+        f"{DAILY}: - of release r-1: production serves no partition of it; online left as it was"
+    )
+    assert untouched.metadata() == {
+        "action": "not_served",
+        "release_id": "r-1",
+        "partition": "",
+        "version": "",
+        "keys_written": 0,
+        "duration_seconds": 0.0,
+    }
+
+
+def test_a_sync_keeps_only_a_sample_of_the_rows_it_streams_to_read_back() -> None:
+    rows = ({"customer_id": f"C{n:06d}", "n": n} for n in range(100_000))
+    sampled = _Sampled(rows, "customer_id", total=100_000, size=1_000)
+    assert sum(1 for _ in sampled) == 100_000  # every row goes to the store
+    assert 500 < len(sampled.sample) < 2_000  # about the sample size in memory, not the partition
+    assert all(sampled.sample[key]["customer_id"] == key for key in sampled.sample)
 
 
 def _on_earlier_versions(store: OnlineStore) -> None:
