@@ -38,9 +38,8 @@ from backfills.resources.feature_store import PartitionFiles, read_partitions
 from backfills.serving.online_store import DEFAULT_KEEP, OnlineStore, OnlineVersion, WriterLease
 from backfills.serving.parity import DEFAULT_SAMPLE_SIZE, ParityResult, parity
 
-# Under the storage root, for `backfills online status`: each table's last sync, and the parity figures of
-# every version loaded (a rollback switches back to a version without reading it again).
-STATUS_PREFIX = "online/status"
+# Under the storage root, for `backfills online status`: the parity figures of every version loaded (a
+# rollback switches back to a version without reading it again). What each sync did is in its audit event.
 PARITY_PREFIX = "online/parity"
 Action = Literal["loaded", "switched", "unchanged", "not_served"]
 # A sync starts again (on the newest release) when production or the online store moved under it; this many
@@ -273,11 +272,6 @@ def _done(base: TableSync, action: Action, started: float) -> TableSync:
     return TableSync(**{**asdict(base), "action": action, "seconds": time.monotonic() - started})
 
 
-def record_status(catalog: ReleaseCatalog, sync: TableSync) -> None:
-    """Keep the table's last sync under the storage root."""
-    catalog.store.put(f"{STATUS_PREFIX}/{sync.table}.json", json.dumps(asdict(sync), sort_keys=True).encode())
-
-
 def record_parity(catalog: ReleaseCatalog, sync: TableSync) -> None:
     """Keep the parity figures of a version as soon as it is loaded (a rollback, or a concurrent sync,
     switches to it later without reading it again)."""
@@ -285,21 +279,12 @@ def record_parity(catalog: ReleaseCatalog, sync: TableSync) -> None:
     catalog.store.put(f"{PARITY_PREFIX}/{sync.table}/{sync.version}.json", body)
 
 
-def _recorded(catalog: ReleaseCatalog, key: str) -> TableSync | None:
-    try:
-        return TableSync(**json.loads(catalog.store.get(key)))
-    except ObjectNotFoundError:
-        return None
-
-
-def last_sync(catalog: ReleaseCatalog, table: str) -> TableSync | None:
-    """The table's last sync, whatever it did."""
-    return _recorded(catalog, f"{STATUS_PREFIX}/{table}.json")
-
-
 def loaded(catalog: ReleaseCatalog, table: str, version: str) -> TableSync | None:
     """The sync that loaded `version` of `table` (with its parity figures), if it was recorded."""
-    return _recorded(catalog, f"{PARITY_PREFIX}/{table}/{version}.json")
+    try:
+        return TableSync(**json.loads(catalog.store.get(f"{PARITY_PREFIX}/{table}/{version}.json")))
+    except ObjectNotFoundError:
+        return None
 
 
 def sync_release(
@@ -313,8 +298,8 @@ def sync_release(
     progress: Callable[[str], None] = lambda _: None,
 ) -> list[TableSync]:
     """Bring the online store in step with the current release: every table it serves, or `tables`, staged
-    then switched in one step (see the module's docstring). Each table's last sync is recorded, and the
-    audit trail gets one `online_synced` event. A failure while staging a table switches nothing: it is
+    then switched in one step (see the module's docstring). The audit trail gets one `online_synced` event
+    with what the sync did to each table. A failure while staging a table switches nothing: it is
     recorded as `online_sync_failed` naming the table, and raised naming it."""
     loaded_before: dict[tuple[str, str], TableSync] = {}
     for _ in range(SYNC_ATTEMPTS):
@@ -386,13 +371,12 @@ def _finished(
     keep: int,
     progress: Callable[[str], None],
 ) -> list[TableSync]:
-    """After the switch: prune what was loaded, record each table's sync and the audit event."""
+    """After the switch: prune what was loaded, tell what each table's sync did, record the audit event."""
     now = datetime.now(UTC).isoformat()
     results = [replace(sync, synced_at=now) for sync in staged]
     for sync in results:
         if sync.action == "loaded":
             online.prune(sync.table, keep)
-        record_status(catalog, sync)
         progress(sync.describe())
     catalog.append_event(
         "online_synced",

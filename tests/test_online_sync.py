@@ -13,7 +13,7 @@ import signal
 import subprocess
 import sys
 import uuid
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -22,7 +22,7 @@ from conftest import Lake, make_lake
 from test_approvals import TABLES
 
 from backfills.assets.reader import FeatureReader
-from backfills.errors import OnlineParityError
+from backfills.errors import OnlineParityError, OnlineStoreError
 from backfills.orchestration.cli import main
 from backfills.serving.online_redis import RedisOnlineStore
 from backfills.serving.online_rows import stored_form
@@ -136,6 +136,77 @@ def test_each_table_serves_its_newest_partition_reloading_only_what_changed(
     assert len(synced_events) == 4
 
 
+def test_each_table_is_reported_as_it_stands_and_only_the_newest_versions_are_kept(
+    lake: Lake, online: OnlineStore, spark
+):
+    session = lambda: spark  # noqa: E731
+    assert sync_release(session, lake.catalog, online) == []  # nothing in production: nothing to do
+    _on_earlier_versions(online, [DAILY, PROFILE])  # an earlier release left these two online
+    fix = _promote(lake, "fix")  # the daily table only
+    told: list[str] = []
+    synced = sync_release(session, lake.catalog, online, tables=TABLES, keep=1, progress=told.append)
+    actions = {sync.table: sync.action for sync in synced}
+    assert actions == {
+        DAILY: "loaded",
+        PROFILE: "not_served",
+        SEVEN_DAY: "not_served",
+        THIRTY_DAY: "not_served",
+    }
+    left = f"of release {fix}: production serves no partition of it; online left as it was"
+    assert [line for line in told if "online left" in line] == [
+        f"{t}: - {left}" for t in TABLES if t != DAILY
+    ]
+    assert [kept.version for kept in online.versions(DAILY)] == [online.current(DAILY).version]  # keep=1
+    assert [kept.version for kept in online.versions(PROFILE)] == [EARLIER]
+
+    status = {item["table"]: item for item in online_status(lake.catalog, online)}
+    assert status[DAILY]["state"] == "in_step" and status[DAILY]["production_partition"] == "2025-01-06"
+    assert (status[PROFILE]["state"], status[PROFILE]["rows"], status[PROFILE]["in_step"]) == (
+        "not_in_production",
+        1,
+        False,
+    )
+    assert (status[SEVEN_DAY]["state"], status[SEVEN_DAY]["rows"], status[SEVEN_DAY]["in_step"]) == (
+        "not_served",
+        0,
+        True,
+    )
+
+    _promote(lake, "jan")  # now production serves every table; the sync is of the daily table only
+    [daily] = sync_release(session, lake.catalog, online, tables=[DAILY])
+    assert daily.action == "unchanged"  # its newest partition is still the fix's Jan 6
+    status = {item["table"]: item for item in online_status(lake.catalog, online)}
+    assert {status[table]["state"] for table in TABLES if table != DAILY} == {"behind"}
+    assert not any(status[table]["in_step"] for table in TABLES if table != DAILY)
+
+
+def test_a_failure_outside_the_store_names_its_innermost_cause(lake: Lake, online: OnlineStore):
+    _promote(lake, "jan")
+    spark_error = (
+        "An error occurred while calling o93.collectToPython.\n"
+        ": org.apache.spark.SparkException: Job aborted\n"
+        "\tat org.apache.spark.Something.run(Something.scala:1)\n"
+        "Caused by: org.apache.spark.SparkException: Task failed\n"
+        "\tat org.apache.spark.Task.run(Task.scala:2)\n"
+        "Caused by: java.io.FileNotFoundException: part-0.parquet (No such file or directory)\n\tat java.io.x"
+    )
+    for message, cause in (
+        (spark_error, "java.io.FileNotFoundException: part-0.parquet"),
+        ("\n  lost\n", "lost"),
+    ):
+
+        def session(message: str = message):
+            raise RuntimeError(message)
+
+        with pytest.raises(OnlineStoreError) as error:
+            sync_release(session, lake.catalog, online, tables=[DAILY])
+        assert str(error.value).startswith(f"online table {DAILY} could not be staged: RuntimeError: {cause}")
+        assert str(error.value).endswith("readers stay on the versions they had: no table was switched")
+        assert (
+            online.current(DAILY) is None and online.versions(DAILY) == []
+        )  # what was written is thrown away
+
+
 def test_a_table_production_does_not_serve_is_reported_as_left_alone() -> None:
     untouched = TableSync(DAILY, "r-1", "not_served", previous_version="v-old")
     assert untouched.describe() == (
@@ -159,9 +230,9 @@ def test_a_sync_keeps_only_a_sample_of_the_rows_it_streams_to_read_back() -> Non
     assert all(sampled.sample[key]["customer_id"] == key for key in sampled.sample)
 
 
-def _on_earlier_versions(store: OnlineStore) -> None:
-    """Every table on a version an earlier release left (one customer each), switched together."""
-    for table in TABLES:
+def _on_earlier_versions(store: OnlineStore, tables: Sequence[str] = TABLES) -> None:
+    """Each of `tables` on a version an earlier release left (one customer each), switched together."""
+    for table in tables:
         store.write_version(
             table,
             EARLIER,
@@ -172,7 +243,7 @@ def _on_earlier_versions(store: OnlineStore) -> None:
             content_hash="sha256:earlier",
         )
     store.switch_tables(
-        dict.fromkeys(TABLES, EARLIER), expected=dict.fromkeys(TABLES), release=(None, "r-earlier")
+        dict.fromkeys(tables, EARLIER), expected=dict.fromkeys(tables), release=(None, "r-earlier")
     )
 
 
@@ -217,6 +288,7 @@ def test_a_failure_on_the_second_table_switches_none_and_names_it(lake: Lake, on
     assert _on_earlier(online)  # the daily table, staged before it, was not switched either
     assert re.match(f"online table {PROFILE}: .*rows: {rows - 1} online, {rows} offline", str(error.value))
     assert str(error.value).endswith("readers stay on the versions they had: no table was switched")
+    assert f"not switched: readers stay on version {EARLIER};" in str(error.value)
     [failed] = [event for event in lake.catalog.events() if event.kind == "online_sync_failed"]
     assert failed.release_id == release and failed.details["table"] == PROFILE
     assert not any(event.kind == "online_synced" for event in lake.catalog.events())
