@@ -398,13 +398,15 @@ def _state(current: OnlineVersion | None, wanted: str | None) -> OnlineState:
     return "in_step" if current is not None and current.version == wanted else "behind"
 
 
-def online_status(catalog: ReleaseCatalog, online: OnlineStore) -> list[dict[str, Any]]:
+def online_status(
+    catalog: ReleaseCatalog, online: OnlineStore, *, now: datetime | None = None
+) -> list[dict[str, Any]]:
     """Per table of the registry: the version readers are on (release, partition, rows, when it was synced
-    and how long ago), the newest partition production serves, where the two stand (`state`; `in_step`:
-    the store serves what production serves, nothing when it serves nothing), and the parity of the sync
-    that loaded the current version."""
+    and how long before `now`), the newest partition production serves, where the two stand (`state`;
+    `in_step`: the store serves what production serves, nothing when it serves nothing), and the parity of
+    the sync that loaded the current version."""
     release = catalog.current_release()
-    now = datetime.now(UTC)
+    now = now or datetime.now(UTC)
     found = []
     for spec in FEATURES:
         current = online.current(spec.name)

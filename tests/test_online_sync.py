@@ -14,6 +14,7 @@ import subprocess
 import sys
 import uuid
 from collections.abc import Iterator, Sequence
+from datetime import timedelta
 from pathlib import Path
 
 import pyarrow.parquet as pq
@@ -159,8 +160,11 @@ def test_each_table_is_reported_as_it_stands_and_only_the_newest_versions_are_ke
     assert [kept.version for kept in online.versions(DAILY)] == [online.current(DAILY).version]  # keep=1
     assert [kept.version for kept in online.versions(PROFILE)] == [EARLIER]
 
-    status = {item["table"]: item for item in online_status(lake.catalog, online)}
+    synced_at = online.current(DAILY).synced_at
+    later = synced_at + timedelta(hours=1000, seconds=45)
+    status = {item["table"]: item for item in online_status(lake.catalog, online, now=later)}
     assert status[DAILY]["state"] == "in_step" and status[DAILY]["production_partition"] == "2025-01-06"
+    assert (status[DAILY]["synced_at"], status[DAILY]["hours_since_sync"]) == (synced_at.isoformat(), 1000.01)
     assert (status[PROFILE]["state"], status[PROFILE]["rows"], status[PROFILE]["in_step"]) == (
         "not_in_production",
         1,
