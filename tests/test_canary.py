@@ -42,6 +42,7 @@ from backfills.errors import (
     CanaryUnhealthyError,
     CodeVersionChangedError,
     CurrentChangedError,
+    IllegalTransitionError,
     InvalidRequestError,
     StagedContentChangedError,
 )
@@ -312,6 +313,35 @@ def test_an_opening_retried_after_a_crash_finishes_it_and_a_second_canary_is_ref
     assert {
         key: lake.store.get(key) for key in lake.store.list("catalog")
     } == catalog_before  # nothing staged
+
+
+def test_the_canary_pointer_opens_a_staged_promotion_of_production_one_canary_at_a_time(lake: Lake) -> None:
+    """What promote_to_canary checks first, the pointer checks again on its own (another caller, a race)."""
+    pointer = lambda: canary_channel.last_canary(lake.catalog)  # noqa: E731
+    again, bad = (lake.catalog.stage_promotion(batch, actor="ops") for batch in ("again", "bad"))
+    lake.catalog.commit(again)  # production moves (someone bypassing the jobs) after `bad` was staged on it
+    with pytest.raises(CurrentChangedError, match=f"since release {bad.release_id} was staged on"):
+        canary_channel.open_release(lake.catalog, bad, 10, actor="ops")
+    assert pointer() is None
+
+    bad = lake.catalog.stage_promotion("bad", actor="ops")  # staged again, on production as it is now
+    opened = canary_channel.open_release(lake.catalog, bad, 10, actor="ops")
+    assert pointer() == opened and lake.catalog.get_batch("bad").state == BatchState.CANARY
+    again = lake.catalog.stage_promotion("again", actor="ops")
+    with pytest.raises(
+        CanaryConflictError, match="cannot open a canary of batch again: the canary of batch bad"
+    ):
+        canary_channel.open_release(lake.catalog, again, 20, actor="ops")
+    assert pointer() == opened and lake.catalog.get_batch("again").state == BatchState.APPROVED
+
+    canary_channel.roll_back(lake.catalog, actor="ops", reason="make room")
+    closed = pointer()
+    with pytest.raises(IllegalTransitionError, match="batch bad cannot go from rolled_back to canary"):
+        canary_channel.open_release(lake.catalog, bad, 10, actor="ops")  # a rolled-back batch is final
+    assert pointer() == closed and closed.status == "rolled_back"
+    second = canary_channel.open_release(lake.catalog, again, 20, actor="ops")  # a closed canary makes room
+    assert pointer() == second and (second.batch_id, second.percent, second.status) == ("again", 20, "open")
+    assert lake.catalog.get_batch("again").state == BatchState.CANARY
 
 
 def test_a_completion_retried_after_a_crash_finishes_its_bookkeeping_once(lake: Lake, spark) -> None:
