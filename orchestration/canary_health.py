@@ -6,9 +6,10 @@ Two slices of a population differ a little even when nothing changed, so each ga
 same two slices had in production (the slice's own production rows, the `baseline`): (canary - control) -
 (baseline - control), which is canary - baseline, the same entities on the same days in either release. The
 control slice cancels out: it is reported for context, and a slice that leaves no entity outside it is
-judged all the same. A gap above the table's `CanaryHealthPolicy` is a breach. The health checks a table
-declares on its own columns (`ColumnHealth`: the column's mean and null rate) are judged the same way, net
-of the baseline. Free of Dagster: the jobs, the sensor and `expose` call it.
+judged all the same. A gap above the table's `CanaryHealthPolicy` is a breach, and so is a slice with no
+rows in the canary release where production has some (nothing to compare is no pass). The health checks a
+table declares on its own columns (`ColumnHealth`: the column's mean and null rate) are judged the same
+way, net of the baseline. Free of Dagster: the jobs, the sensor and `expose` call it.
 """
 
 from __future__ import annotations
@@ -133,6 +134,11 @@ def _number(value: float | None) -> str:
     return "-" if value is None else f"{value:.4g}"
 
 
+def _lost_slice(days: list[str], baseline_rows: int) -> list[str]:
+    """The breach of a canary slice with no rows where production has some: nothing to compare is no pass."""
+    return [f"the canary slice has no rows on {days[0]}..{days[-1]}, where production has {baseline_rows}"]
+
+
 def _gap(canary: float | None, baseline: float | None) -> float | None:
     """The canary side net of the slice's own production rows; None when either side has no figure (no rows,
     or only nulls)."""
@@ -178,7 +184,7 @@ def _model_health(model: ReferenceModel, spec: FeatureSpec, sides: DataFrame, da
     decline_gap = _gap(canary.decline_rate, baseline.decline_rate)
     score_gap = _gap(canary.score_mean, baseline.score_mean)
     policy = spec.canary_health
-    breaches = []
+    breaches = _lost_slice(days, baseline.rows) if baseline.rows and not canary.rows else []
     if decline_gap is not None and abs(decline_gap) > policy.max_decline_rate_gap:
         breaches.append(
             f"the decline rate gap {decline_gap:+.2%} is beyond {policy.max_decline_rate_gap:.2%}"
@@ -198,6 +204,7 @@ def _column_health(
         row[SIDE]: row
         for row in sides.groupBy(SIDE)
         .agg(
+            F.count(F.lit(1)).alias("rows"),
             *(
                 F.round(F.avg(F.col(check.column).cast("double")), 6).alias(f"mean_{n}")
                 for n, check in enumerate(checks)
@@ -221,7 +228,11 @@ def _column_health(
         gap = _gap(canary.mean, baseline.mean)
         shift = None if gap is None or not baseline.mean else round(gap / abs(baseline.mean), 6)
         null_gap = _gap(canary.null_rate, baseline.null_rate)
-        breaches = []
+        breaches = (
+            _lost_slice(days, figures[BASELINE]["rows"])
+            if BASELINE in figures and CANARY not in figures
+            else []
+        )
         if shift is not None and abs(shift) > check.max_mean_shift:
             breaches.append(
                 f"the mean of {check.column} moved {shift:+.2%}, beyond {check.max_mean_shift:.2%}"

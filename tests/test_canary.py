@@ -22,6 +22,7 @@ from datetime import UTC, date, datetime
 from pathlib import Path
 
 import pandas as pd
+import pyarrow as pa
 import pyarrow.compute as pc
 import pyarrow.parquet as pq
 import pytest
@@ -527,6 +528,23 @@ def test_the_health_check_compares_the_slice_readers_see_and_needs_rows_on_both_
         )
     # `again` recomputed the same rows: every gap is nought where there is something to compare.
     assert verdicts == {30: (0, 0, 0, 0), empty: (None, None, None, None), everyone: (0, 0, 0, 0)}
+
+
+def test_a_canary_whose_slice_lost_its_rows_is_unhealthy(lake: Lake, spark) -> None:
+    """Nothing to compare is no pass: the canary release's profile files lost every row of the slice."""
+    canary = promote_to_canary(lake.catalog, RULES, spark, "again", 30, requested_by="ops")
+    for day in DAYS:
+        for key in lake.catalog.get_batch("again").tables[PROFILE][day].files:
+            rows = pq.read_table(lake.root / key)
+            outside = [not in_slice(customer, 30) for customer in rows["customer_id"].to_pylist()]
+            pq.write_table(rows.filter(pa.array(outside)), lake.root / key)
+            (lake.root / key).with_name(f".{Path(key).name}.crc").unlink(missing_ok=True)
+    verdict = canary_health(spark, lake.catalog, canary)
+    [model], [column] = verdict.models, verdict.columns
+    assert model.canary.rows == 0 < model.baseline.rows and model.decline_rate_gap is None
+    lost = f"the canary slice has no rows on {DAY_1}..{DAY_2}, where production has {model.baseline.rows}"
+    assert model.breaches == column.breaches == [lost] and not verdict.healthy
+    assert lost in verdict.describe()
 
 
 def _profile_judged_by(check: ColumnHealth):
