@@ -61,7 +61,7 @@ from backfills.orchestration.sensors import APPROVAL_SENSOR, CANARY_HEALTH_SENSO
 from backfills.resources import canary as canary_channel
 from backfills.resources.approvals_store import ApprovalStore
 from backfills.resources.canary_slice import in_slice, slice_column
-from backfills.resources.catalog import ReleaseCatalog
+from backfills.resources.catalog import PRODUCTION, ReleaseCatalog
 from backfills.resources.catalog_models import VoteRecord
 from backfills.resources.lifecycle import BatchState
 from backfills.resources.settings import load_settings
@@ -345,6 +345,39 @@ def test_the_canary_pointer_opens_a_staged_promotion_of_production_one_canary_at
     assert lake.catalog.get_batch("again").state == BatchState.CANARY
 
 
+class _CrashAfterTheSwitch(ReleaseCatalog):
+    """Dies (raises) right after CURRENT moved to the canary's release, before the pointer says completed."""
+
+    def commit(self, release, pointer=PRODUCTION):
+        super().commit(release, pointer)
+        raise ConnectionError("the machine died here")
+
+
+def test_a_completion_that_crashed_after_the_switch_is_still_an_open_canary_to_finish(
+    lake: Lake, spark
+) -> None:
+    canary = promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
+    with pytest.raises(ConnectionError):
+        expose(_CrashAfterTheSwitch(lake.store), RULES, spark, "again", 100, requested_by="ops", health=None)
+    assert lake.catalog.current_release_id() == canary.release_id
+    assert canary_channel.open_canary(lake.catalog).release_id == canary.release_id
+    # Production moved to the canary's own release, not under it: a step in between is no conflict.
+    widened = expose(lake.catalog, RULES, spark, "again", 50, requested_by="ops", health=None)
+    assert widened.canary.percent == 50
+    done = expose(lake.catalog, RULES, spark, "again", 100, requested_by="ops", health=None)
+    assert done.canary.status == "completed" and done.published.release.release_id == canary.release_id
+    assert lake.catalog.get_batch("again").state == BatchState.PROMOTED
+
+
+def test_a_canary_is_rolled_back_only_with_a_reason(lake: Lake, spark) -> None:
+    opened = promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
+    for reason in ("", "   "):
+        with pytest.raises(InvalidRequestError, match="rolling a canary back needs a reason"):
+            canary_channel.roll_back(lake.catalog, actor="ops", reason=reason)
+    assert canary_channel.open_canary(lake.catalog) == opened
+    assert lake.catalog.get_batch("again").state == BatchState.CANARY
+
+
 def test_a_completion_retried_after_a_crash_finishes_its_bookkeeping_once(lake: Lake, spark) -> None:
     canary = promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
     with pytest.raises(ConnectionError):
@@ -594,11 +627,13 @@ def test_a_health_check_on_a_column_the_table_does_not_have_is_refused() -> None
 
 
 def test_a_canary_is_refused_completion_when_production_moved_under_it(lake: Lake, spark) -> None:
+    base = lake.catalog.current_release_id()
     promote_to_canary(lake.catalog, RULES, spark, "again", 10, requested_by="ops")
     moved = lake.catalog.promote("bad", actor="someone-bypassing-the-jobs")
-    with pytest.raises(CurrentChangedError, match="production moved .* since the canary of batch again"):
+    since = f"production moved from {base} to {moved.release_id} since the canary of batch again"
+    with pytest.raises(CurrentChangedError, match=since):
         expose(lake.catalog, RULES, spark, "again", 100, requested_by="ops", health=None)
-    with pytest.raises(CurrentChangedError, match="production moved"):
+    with pytest.raises(CurrentChangedError, match=since):
         expose(lake.catalog, RULES, spark, "again", 50, requested_by="ops", health=None)
     assert lake.catalog.current_release_id() == moved.release_id
     assert canary_channel.open_canary(lake.catalog).percent == 10
