@@ -553,6 +553,13 @@ def test_the_health_check_compares_the_slice_readers_see_and_needs_rows_on_both_
         assert model.control.rows == len(rows) - len(in_canary)
         [column] = verdict.columns
         assert verdict.healthy and column.breaches == model.breaches == []
+        if percent == 30:  # the slice's figures, as the reference model scores its rows, to 6 places
+            [reference] = two_keys.reference_models
+            exposed = reader.read(PROFILE, DAY_1, DAY_2, release=opened.release_id).where(
+                slice_column(F.col("customer_id"), 30)
+            )
+            figures = reference.score(exposed).agg(F.avg("score"), F.count(F.lit(1))).first()
+            assert (model.canary.score_mean, model.canary.rows) == (round(figures[0], 6), figures[1])
         verdicts[percent] = (
             model.decline_rate_gap,
             model.score_mean_gap,
