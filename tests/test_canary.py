@@ -510,7 +510,12 @@ def test_a_rolled_back_canary_leaves_production_as_it_was(lake: Lake, spark) -> 
 def test_a_degraded_canary_slice_rolls_the_canary_back_by_itself(lake: Lake, spark) -> None:
     reader = FeatureReader(spark, lake.store)
     production = _by_key(reader.read(PROFILE, DAY_1, DAY_2))
-    promote_to_canary(lake.catalog, RULES, spark, "bad", 30, requested_by="ops")
+    canary = promote_to_canary(lake.catalog, RULES, spark, "bad", 30, requested_by="ops")
+    scores_only = dataclasses.replace(  # judged by the mean score alone, with no room at all
+        feature_spec(PROFILE), canary_health=CanaryHealthPolicy(max_decline_rate_gap=1, max_score_mean_gap=0)
+    )
+    [scored] = canary_health(spark, lake.catalog, canary, [scores_only]).models
+    assert scored.breaches == [f"the mean score gap {scored.score_mean_gap:+.4f} is beyond 0.0000"]
     with pytest.raises(InvalidRequestError, match="never narrow to 20%"):  # refused before it is judged
         expose(lake.catalog, RULES, spark, "bad", 20, requested_by="ops", health=_health(spark, lake))
     assert canary_channel.open_canary(lake.catalog).percent == 30
@@ -553,13 +558,19 @@ def test_the_health_check_compares_the_slice_readers_see_and_needs_rows_on_both_
         assert model.control.rows == len(rows) - len(in_canary)
         [column] = verdict.columns
         assert verdict.healthy and column.breaches == model.breaches == []
-        if percent == 30:  # the slice's figures, as the reference model scores its rows, to 6 places
+        if in_canary:  # the slice's figures, as the reference model scores its rows, to 6 places
             [reference] = two_keys.reference_models
             exposed = reader.read(PROFILE, DAY_1, DAY_2, release=opened.release_id).where(
-                slice_column(F.col("customer_id"), 30)
+                slice_column(F.col("customer_id"), percent)
             )
-            figures = reference.score(exposed).agg(F.avg("score"), F.count(F.lit(1))).first()
-            assert (model.canary.score_mean, model.canary.rows) == (round(figures[0], 6), figures[1])
+            scored = reference.score(exposed)
+            declined = F.avg((F.col("decision") == "decline").cast("double"))
+            mean, rate, count = scored.agg(F.avg("score"), declined, F.count(F.lit(1))).first()
+            assert (model.canary.score_mean, model.canary.decline_rate, model.canary.rows) == (
+                round(mean, 6),
+                round(rate, 6),
+                count,
+            )
         verdicts[percent] = (
             model.decline_rate_gap,
             model.score_mean_gap,
