@@ -581,21 +581,61 @@ def test_the_health_check_compares_the_slice_readers_see_and_needs_rows_on_both_
     assert verdicts == {30: (0, 0, 0, 0), empty: (None, None, None, None), everyone: (0, 0, 0, 0)}
 
 
+def _rewrite_again_profile(lake: Lake, change) -> None:
+    """Someone rewrote the staged profile files of batch `again` (its canary's release): `change` takes and
+    gives a file's rows."""
+    for day in DAYS:
+        for key in lake.catalog.get_batch("again").tables[PROFILE][day].files:
+            pq.write_table(change(pq.read_table(lake.root / key)), lake.root / key)
+            (lake.root / key).with_name(f".{Path(key).name}.crc").unlink(missing_ok=True)
+
+
+def _slice_mask(rows: pa.Table, percent: float) -> list[bool]:
+    return [in_slice(customer, percent) for customer in rows["customer_id"].to_pylist()]
+
+
 def test_a_canary_whose_slice_lost_its_rows_is_unhealthy(lake: Lake, spark) -> None:
     """Nothing to compare is no pass: the canary release's profile files lost every row of the slice."""
     canary = promote_to_canary(lake.catalog, RULES, spark, "again", 30, requested_by="ops")
-    for day in DAYS:
-        for key in lake.catalog.get_batch("again").tables[PROFILE][day].files:
-            rows = pq.read_table(lake.root / key)
-            outside = [not in_slice(customer, 30) for customer in rows["customer_id"].to_pylist()]
-            pq.write_table(rows.filter(pa.array(outside)), lake.root / key)
-            (lake.root / key).with_name(f".{Path(key).name}.crc").unlink(missing_ok=True)
+    _rewrite_again_profile(lake, lambda rows: rows.filter(pa.array([not x for x in _slice_mask(rows, 30)])))
     verdict = canary_health(spark, lake.catalog, canary)
     [model], [column] = verdict.models, verdict.columns
     assert model.canary.rows == 0 < model.baseline.rows and model.decline_rate_gap is None
     lost = f"the canary slice has no rows on {DAY_1}..{DAY_2}, where production has {model.baseline.rows}"
     assert model.breaches == column.breaches == [lost] and not verdict.healthy
     assert lost in verdict.describe()
+
+
+def test_nulls_that_appear_in_the_canary_slice_breach_the_null_rate_check(lake: Lake, spark) -> None:
+    canary = promote_to_canary(lake.catalog, RULES, spark, "again", 30, requested_by="ops")
+    kept: list[float] = []  # the slice's values of decline_rate_7d left
+    blanked: list[int] = []  # the rows blanked
+    ratios: list[float] = []  # the slice's values of txn_velocity_ratio (untouched)
+
+    def blank_every_third_in_slice(rows: pa.Table) -> pa.Table:
+        values, velocity = rows["decline_rate_7d"].to_pylist(), rows["txn_velocity_ratio"].to_pylist()
+        for index, exposed in enumerate(_slice_mask(rows, 30)):
+            if exposed:
+                ratios.append(velocity[index])
+            if exposed and index % 3 == 0:
+                values[index] = None
+                blanked.append(index)
+            elif exposed:
+                kept.append(values[index])
+        column = rows.schema.get_field_index("decline_rate_7d")
+        return rows.set_column(column, rows.schema.field(column), pa.array(values, pa.float64()))
+
+    _rewrite_again_profile(lake, blank_every_third_in_slice)
+    checks = CanaryHealthPolicy(columns=(ColumnHealth("decline_rate_7d"), ColumnHealth("txn_velocity_ratio")))
+    profile = dataclasses.replace(feature_spec(PROFILE), canary_health=checks)
+    blanks, velocity = canary_health(spark, lake.catalog, canary, [profile]).columns
+    rate = len(blanked) / (len(blanked) + len(kept))
+    assert (
+        blanks.baseline.null_rate == 0 and blanks.canary.null_rate == round(rate, 6) == blanks.null_rate_gap
+    )
+    assert blanks.canary.mean == round(sum(kept) / len(kept), 6)
+    assert blanks.breaches == [f"the null rate of decline_rate_7d moved +{rate:.2%}, beyond 1.00%"]
+    assert velocity.canary.mean == round(sum(ratios) / len(ratios), 6) and velocity.breaches == []
 
 
 def _profile_judged_by(check: ColumnHealth):
