@@ -581,6 +581,30 @@ def test_the_health_check_compares_the_slice_readers_see_and_needs_rows_on_both_
     assert verdicts == {30: (0, 0, 0, 0), empty: (None, None, None, None), everyone: (0, 0, 0, 0)}
 
 
+class _BeforeAnyRelease(ReleaseCatalog):
+    """The catalog as it is before anything was promoted: no production release."""
+
+    def current_release(self):
+        return None
+
+
+def test_a_table_the_canary_does_not_change_is_noted_not_judged(lake: Lake, spark) -> None:
+    canary = promote_to_canary(
+        lake.catalog, RULES, spark, "again", 30, requested_by="ops"
+    )  # the profile only
+    checked = CanaryHealthPolicy(columns=(ColumnHealth("txn_count"),))
+    daily = dataclasses.replace(feature_spec(DAILY), canary_health=checked)
+    verdict = canary_health(spark, lake.catalog, canary, [daily])
+    assert verdict.models == verdict.columns == [] and verdict.healthy
+    nothing = (
+        "the canary changes no partition production serves, so its models and health checks have nothing"
+    )
+    assert verdict.notes == [f"{DAILY}: {nothing} to compare"]
+    # The first release of all as a canary: no production yet to compare with.
+    verdict = canary_health(spark, _BeforeAnyRelease(lake.store), canary)
+    assert verdict.models == verdict.columns == [] and verdict.notes == [f"{PROFILE}: {nothing} to compare"]
+
+
 def _rewrite_again_profile(lake: Lake, change) -> None:
     """Someone rewrote the staged profile files of batch `again` (its canary's release): `change` takes and
     gives a file's rows."""
