@@ -1,12 +1,23 @@
-"""Tampering with a staged file the way only a checksum can see: one byte of a Parquet data page changed in
-place, the file's size and footer intact. Shared by the tests of promotion, canary completion, rollback and
-drills."""
+"""Tampering with a staged file: the way only a checksum can see (one byte of a Parquet data page changed in
+place, the file's size and footer intact), or its rows rewritten. Shared by the tests of promotion, canary
+completion and health, rollback, drills and the online sync."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 
+import pyarrow as pa
 import pyarrow.parquet as pq
+
+
+def rewrite_rows(path: Path, change: Callable[[pa.Table], pa.Table]) -> pa.Table:
+    """Rewrite the Parquet file with `change` of its rows, and drop the checksum the local Hadoop file system
+    keeps beside it (S3 has none), so Spark reads the new bytes as they are. Returns the rows it had."""
+    rows = pq.read_table(path)
+    pq.write_table(change(rows), path)
+    path.with_name(f".{path.name}.crc").unlink(missing_ok=True)
+    return rows
 
 
 def change_one_byte(path: Path) -> int:

@@ -30,7 +30,7 @@ from conftest import Lake, built_once, make_lake, spark_jobs
 from dagster import AssetKey, DagsterInstance, build_sensor_context
 from pyspark.sql import functions as F
 from slack_api import FakeSlack
-from tampering import change_one_byte
+from tampering import change_one_byte, rewrite_rows
 
 from backfills.assets import registry
 from backfills.assets.reader import FeatureReader
@@ -610,8 +610,7 @@ def _rewrite_again_profile(lake: Lake, change) -> None:
     gives a file's rows."""
     for day in DAYS:
         for key in lake.catalog.get_batch("again").tables[PROFILE][day].files:
-            pq.write_table(change(pq.read_table(lake.root / key)), lake.root / key)
-            (lake.root / key).with_name(f".{Path(key).name}.crc").unlink(missing_ok=True)
+            rewrite_rows(lake.root / key, change)
 
 
 def _slice_mask(rows: pa.Table, percent: float) -> list[bool]:
